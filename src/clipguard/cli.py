@@ -1,0 +1,266 @@
+"""The ``clipguard`` command line: one sub-command per pipeline stage, each a thin layer over a
+public function of the library. Errors meant for the user are printed as one line (exit code 2).
+
+Examples::
+
+    clipguard synth --out world                       # the embedded shapes world
+    clipguard poison world/train/manifest.parquet --out poisoned --attack badnets \\
+        --param size=8 --param cell=2 --rate 0.05 --target star --classes world/classes.json
+    clipguard train poisoned/manifest.parquet --out model --model tiny-rn --epochs 10
+    clipguard embed model poisoned/manifest.parquet --out emb
+    clipguard scan emb --out scan --top 20
+    clipguard eval model world/test/manifest.parquet --classes world/classes.json --attack poisoned/attack.json
+    clipguard demo --out demo                         # all of the above in one command
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clipguard.errors import ClipguardError
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("size=8", "pattern=noise")`` -> ``{"size": 8, "pattern": "noise"}`` (JSON values where possible)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ClipguardError(f"--param {item!r}: expected NAME=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _echo_json(data: dict) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="clipguard")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """Find, simulate and remove backdoors in CLIP models and image-text data."""
+    ctx.obj = {"progress": not quiet}
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--n-train", default=20000, show_default=True)
+@click.option("--n-test", default=2000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.pass_obj
+def synth(obj: dict, out: str, n_train: int, n_test: int, seed: int) -> None:
+    """Generate the embedded shapes world (PNG images + manifests + classes.json)."""
+    from clipguard.data.synth import generate_world
+
+    info = generate_world(out, n_train=n_train, n_test=n_test, seed=seed, progress=obj["progress"])
+    click.echo(f"wrote {n_train} train and {n_test} test pairs to {out} (classes: {', '.join(info['classes'])})")
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder of the poisoned dataset.")
+@click.option("--attack", default="badnets", show_default=True, help="Trigger name (`clipguard attacks`).")
+@click.option("--param", "params", multiple=True, help="Trigger parameter NAME=VALUE (repeatable).")
+@click.option("--rate", type=float, default=None, help="Share of rows to poison, in (0, 1).")
+@click.option("--count", type=int, default=None, help="Number of rows to poison (instead of --rate).")
+@click.option("--target", required=True, help="Target class name, e.g. 'star'.")
+@click.option("--clean-label", is_flag=True, help="Label-consistent: trigger only images whose caption names the target.")
+@click.option("--classes", type=click.Path(), default=None, help="classes.json whose templates make poison captions.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_obj
+def poison(obj: dict, manifest: str, out: str, attack: str, params: tuple[str, ...], rate: float | None,
+           count: int | None, target: str, clean_label: bool, classes: str | None, seed: int) -> None:
+    """Write a poisoned copy of MANIFEST with a JSON attack spec and a ground-truth column."""
+    from clipguard.attacks import get_trigger, poison_dataset
+    from clipguard.data.manifest import read_manifest
+    from clipguard.data.synth import TEMPLATES
+    from clipguard.evaluate.api import read_classes
+
+    if rate is None and count is None:
+        raise ClipguardError("give --rate (share in (0, 1)) or --count (number of rows)")
+    templates = read_classes(classes)[1] if classes else list(TEMPLATES)
+    trigger = get_trigger(attack, **_parse_params(params))
+    res = poison_dataset(read_manifest(manifest), out, trigger, target=target, rate=rate, count=count,
+                         mode="clean" if clean_label else "dirty", templates=templates, seed=seed,
+                         progress=obj["progress"])
+    click.echo(f"poisoned {res.n_poisoned} of {res.n_total} rows with {trigger!r} -> {res.manifest_path}"
+               + (f" ({len(res.skipped)} unreadable candidates skipped)" if len(res.skipped) else ""))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--model", default="tiny-rn", show_default=True, help="Architecture (`clipguard models`).")
+@click.option("--weights", type=click.Path(), default=None, help="Initial weights (.safetensors or weights-only torch file).")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=0.1, show_default=True)
+@click.option("--warmup-steps", default=50, show_default=True)
+@click.option("--grad-clip", default=1.0, show_default=True, help="Max gradient norm (0 = off).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --out.")
+@click.pass_obj
+def train(obj: dict, manifest: str, out: str, model: str, weights: str | None, epochs: int, batch_size: int,
+          lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, seed: int, no_resume: bool) -> None:
+    """Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."""
+    from clipguard.train import TrainConfig, train_from_manifest
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      warmup_steps=warmup_steps, grad_clip=grad_clip or None, seed=seed)
+    _, res = train_from_manifest(manifest, out, model=model, config=cfg, weights=weights, resume=not no_resume,
+                                 progress=obj["progress"])
+    last = res.history[-1] if res.history else {}
+    click.echo(f"trained {model} on {res.n_pairs} pairs ({res.n_skipped} skipped) for {len(res.history)} epochs, "
+               f"final loss {last.get('loss', float('nan')):.4f} -> {out}")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("manifest", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Embedding folder (clip-retrieval layout).")
+@click.option("--shard-size", default=100_000, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--no-text", is_flag=True, help="Image embeddings only.")
+@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
+@click.pass_obj
+def embed(obj: dict, model_dir: str, manifest: str, out: str, shard_size: int, batch_size: int, no_text: bool,
+          workers: int) -> None:
+    """Embed MANIFEST with the model in MODEL_DIR (resumable, sharded)."""
+    from clipguard.data.manifest import read_manifest
+    from clipguard.embed import embed_dataset
+    from clipguard.models import load_model
+
+    res = embed_dataset(load_model(model_dir), read_manifest(manifest), out, shard_size=shard_size,
+                        batch_size=batch_size, text=not no_text, num_workers=workers, progress=obj["progress"])
+    click.echo(f"embedded {res.n_embedded} pairs, skipped {res.n_skipped} {res.skip_counts or ''} -> {out}")
+
+
+@cli.command()
+@click.argument("emb_dir", type=click.Path())
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: EMB_DIR).")
+@click.option("--detector", "detectors", multiple=True, help="Detector name (repeatable; default: all).")
+@click.option("-k", "--k", "k", default=16, show_default=True, help="Neighbours per sample.")
+@click.option("--reference", default="global", show_default=True, type=click.Choice(["global", "batch"]),
+              help="global: exact kNN over the whole set; batch: the DAO paper's per-batch reference.")
+@click.option("--batch-size", default=2048, show_default=True, help="Reference batch size (--reference batch).")
+@click.option("--backend", default="blocked", show_default=True, type=click.Choice(["blocked", "faiss"]))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
+@click.pass_obj
+def scan(obj: dict, emb_dir: str, out: str | None, detectors: tuple[str, ...], k: int, reference: str,
+         batch_size: int, backend: str, seed: int, top: int) -> None:
+    """Score every sample of an embedding folder (higher = more suspicious)."""
+    from clipguard.detect.scan import run_scan, top_suspects
+
+    res = run_scan(emb_dir, out or emb_dir, detectors=list(detectors) or None, k=k, reference=reference,
+                   batch_size=batch_size, seed=seed, backend=backend)
+    n = len(res.scores)
+    click.echo(f"scored {n} samples -> {Path(out or emb_dir) / 'scores'}")
+    if res.metrics:
+        click.echo(f"{'detector':10s} {'AUROC':>7s} {'AUPRC':>7s} {'TPR@1%FPR':>10s}")
+        for det, m in res.metrics.items():
+            click.echo(f"{det:10s} {m['auroc']:7.4f} {m['auprc']:7.4f} {m['tpr_at_1pct_fpr']:10.4f}")
+    if top:
+        det = (list(detectors) or ["dao"])[0]
+        click.echo(top_suspects(res, det, top).to_string())
+
+
+@cli.command(name="eval")
+@click.argument("model_dir", type=click.Path())
+@click.argument("test_manifest", type=click.Path())
+@click.option("--classes", required=True, type=click.Path(), help="classes.json with 'classes' and 'templates'.")
+@click.option("--attack", "attack_spec", type=click.Path(), default=None, help="attack.json written by `clipguard poison`.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_obj
+def eval_(obj: dict, model_dir: str, test_manifest: str, classes: str, attack_spec: str | None, out: str | None,
+          seed: int) -> None:
+    """Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."""
+    from clipguard.evaluate.api import evaluate_model
+    from clipguard.utils.io import write_json
+
+    res = evaluate_model(model_dir, test_manifest, classes, attack_spec=attack_spec, seed=seed,
+                         progress=obj["progress"])
+    if out:
+        write_json(out, res)
+    _echo_json(res)
+
+
+@cli.command()
+@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--n-train", default=20000, show_default=True)
+@click.option("--rate", default=0.05, show_default=True, help="Poison rate.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.pass_obj
+def demo(obj: dict, out: str, n_train: int, rate: float, epochs: int, seed: int) -> None:
+    """The whole pipeline on the embedded world: synth -> poison -> train -> embed -> scan -> eval."""
+    from clipguard.demo import DemoConfig, format_summary, run_demo
+
+    summary = run_demo(DemoConfig(out=out, n_train=n_train, poison_rate=rate, epochs=epochs, seed=seed),
+                       progress=obj["progress"])
+    click.echo(format_summary(summary))
+
+
+@cli.command()
+def models() -> None:
+    """List model architectures (clipguard's tiny configs, then open_clip's)."""
+    from clipguard.models import list_models
+
+    for name in list_models():
+        click.echo(name)
+
+
+@cli.command()
+def attacks() -> None:
+    """List the registered attacks and their parameters."""
+    import inspect
+
+    from clipguard.attacks import ATTACKS
+
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        sig = [str(p) for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"]
+        click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        click.echo(f"    parameters: {', '.join(sig)}")
+
+
+@cli.command()
+def detectors() -> None:
+    """List the registered detectors."""
+    from clipguard.detect.detectors import DETECTORS
+
+    for name in DETECTORS.names():
+        doc = (DETECTORS.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name}: {doc[0] if doc else ''}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI; user errors become one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="clipguard", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClipguardError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

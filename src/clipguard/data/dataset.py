@@ -1,0 +1,133 @@
+"""A torch Dataset over a manifest, with bad rows skipped, counted and logged (never dropped silently).
+
+Rows are checked in two places:
+
+* at construction: empty captions and missing image files are skipped;
+* at load time: an image that cannot be decoded makes ``__getitem__`` return ``None``; the
+  :func:`collate_skipping` collate function removes such items and reports them in the batch,
+  so consumers record them in their :class:`SkipLog`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from clipguard.data.manifest import Manifest
+
+log = logging.getLogger("clipguard")
+
+
+@dataclass
+class SkipLog:
+    """Rows skipped by a job: ``(row, id, reason)`` triples, written to ``skipped.csv``."""
+
+    entries: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def add(self, row: int, id_: str, reason: str) -> None:
+        self.entries.append((row, id_, reason))
+        log.warning("skipped row %d (id %s): %s", row, id_, reason)
+
+    def counts(self) -> dict[str, int]:
+        """Number of skipped rows per reason (the reason's text up to the first colon)."""
+        out: dict[str, int] = {}
+        for _, _, reason in self.entries:
+            key = reason.split(":")[0]
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        import pandas as pd
+
+        path = Path(path)
+        pd.DataFrame(self.entries, columns=["row", "id", "reason"]).to_csv(path, index=False)
+        return path
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image fully (decoding errors surface here, not later) and convert it to RGB."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+class ImageCaptionDataset(Dataset):
+    """Image-caption pairs of a manifest.
+
+    Args:
+        manifest: the loaded manifest.
+        transform: image transform (e.g. open_clip's preprocess) mapping a PIL image to a
+            (3, H, W) float tensor; ``None`` returns the PIL image.
+        tokenizer: optional callable mapping a list of captions to a (n, L) LongTensor.
+        skip_log: where skipped rows are recorded (a new one if omitted).
+
+    Items are dicts ``{"index": int, "image": Tensor(3,H,W), "text": LongTensor(L) | str}``
+    where ``index`` is the row in the manifest; ``None`` for an image that cannot be decoded.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        transform: Callable[[Image.Image], Any] | None = None,
+        tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+        skip_log: SkipLog | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.skip_log = skip_log if skip_log is not None else SkipLog()
+        df = manifest.df
+        rows = []
+        for i in range(len(df)):
+            cap = df["caption"].iat[i]
+            if cap is None or (isinstance(cap, float)) or not str(cap).strip():
+                self.skip_log.add(i, str(df["id"].iat[i]), "empty caption")
+                continue
+            if not manifest.image_path(i).is_file():
+                self.skip_log.add(i, str(df["id"].iat[i]), f"missing image: {manifest.image_path(i)}")
+                continue
+            rows.append(i)
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> dict[str, Any] | None:
+        i = self.rows[j]
+        try:
+            img = load_rgb(self.manifest.image_path(i))
+        except Exception as exc:  # PIL raises several types for corrupt files
+            return {"index": i, "error": f"unreadable image: {type(exc).__name__}: {exc}"}
+        caption = str(self.manifest.df["caption"].iat[i])
+        text: Any = caption
+        if self.tokenizer is not None:
+            text = self.tokenizer([caption])[0]
+        image = self.transform(img) if self.transform is not None else img
+        return {"index": i, "image": image, "text": text}
+
+
+def collate_skipping(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate dataset items, moving failed ones into ``batch["errors"]`` as ``(index, reason)``."""
+    good = [it for it in items if "error" not in it]
+    errors = [(it["index"], it["error"]) for it in items if "error" in it]
+    batch: dict[str, Any] = {"errors": errors, "index": torch.tensor([it["index"] for it in good], dtype=torch.long)}
+    if good:
+        for key in ("image", "text"):
+            vals = [it[key] for it in good]
+            batch[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return batch
+
+
+def record_errors(batch: dict[str, Any], dataset: ImageCaptionDataset) -> None:
+    """Add a collated batch's decoding failures to the dataset's skip log."""
+    for i, reason in batch["errors"]:
+        dataset.skip_log.add(int(i), str(dataset.manifest.df["id"].iat[int(i)]), reason)

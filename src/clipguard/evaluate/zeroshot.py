@@ -1,0 +1,129 @@
+"""Zero-shot classification: clean accuracy (CA) and attack success rate (ASR).
+
+Conventions (stated in every report):
+
+* Class text embeddings: each class name is filled into every template, the normalised text
+  embeddings are averaged per class and normalised again (the CLIP protocol). The headline CA and
+  ASR use this template ensemble; per-template figures and their mean are reported beside it.
+* CA = top-1 accuracy on clean test images.
+* ASR = share of triggered test images whose true class is NOT the target that are classified as
+  the target. (Not accuracy against true labels, and target-class images are excluded.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from clipguard.attacks.base import Trigger
+from clipguard.data.dataset import SkipLog, load_rgb
+from clipguard.data.manifest import Manifest
+from clipguard.errors import ConfigError
+from clipguard.models.factory import ClipBundle
+from clipguard.utils.seeding import derive_seed
+
+ASR_CONVENTION = ("ASR = share of triggered test images whose true class is not the target that are "
+                  "classified as the target; headline figures use class embeddings averaged over all templates")
+
+
+@torch.no_grad()
+def text_embeddings(bundle: ClipBundle, captions: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+    """(n, D) L2-normalised text embeddings of ``captions``."""
+    out = []
+    for s in range(0, len(captions), batch_size):
+        toks = bundle.tokenizer(list(captions[s:s + batch_size]))
+        out.append(torch.nn.functional.normalize(bundle.model.encode_text(toks).float(), dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def image_embeddings(bundle: ClipBundle, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(n, D) L2-normalised embeddings of preprocessed images (n, 3, H, W)."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        out.append(torch.nn.functional.normalize(bundle.model.encode_image(images[s:s + batch_size]).float(), dim=-1))
+    return torch.cat(out)
+
+
+def build_classifier(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """(C, D) per-class text embeddings averaged over ``templates`` and re-normalised."""
+    caps = [t.format(c) for c in classnames for t in templates]
+    emb = text_embeddings(bundle, caps).view(len(classnames), len(templates), -1).mean(1)
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
+@dataclass
+class TestImages:
+    """Preprocessed test images (n, 3, H, W), their labels (n,), and rows skipped while loading."""
+
+    images: torch.Tensor
+    labels: np.ndarray
+    skipped: SkipLog
+
+
+def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger | None = None,
+                     seed: int = 0, progress: bool = True, desc: str = "test images") -> TestImages:
+    """Load the labelled test split (column ``label``), optionally with ``trigger`` applied (test variant)."""
+    if "label" not in manifest.df.columns:
+        raise ConfigError(f"{manifest.path}: a labelled test manifest needs an integer 'label' column")
+    imgs, labels, skipped = [], [], SkipLog()
+    for i in tqdm(range(len(manifest)), desc=desc, disable=not progress, unit="img", mininterval=1.0):
+        try:
+            pil = load_rgb(manifest.image_path(i))
+        except Exception as exc:
+            skipped.add(i, str(manifest.df["id"].iat[i]), f"unreadable image: {type(exc).__name__}: {exc}")
+            continue
+        if trigger is not None:
+            seed_i = derive_seed(seed, "test-trigger", manifest.df["id"].iat[i])
+            pil = Image.fromarray(trigger.apply(np.asarray(pil), seed=seed_i, test=True))
+        imgs.append(bundle.preprocess(pil))
+        labels.append(int(manifest.df["label"].iat[i]))
+    return TestImages(torch.stack(imgs), np.asarray(labels), skipped)
+
+
+def _predict(img_emb: torch.Tensor, classifier: torch.Tensor) -> np.ndarray:
+    return (img_emb @ classifier.t()).argmax(1).numpy()
+
+
+def evaluate_zero_shot(bundle: ClipBundle, test: Manifest, classnames: Sequence[str], templates: Sequence[str], *,
+                       trigger: Trigger | None = None, target: str | None = None, seed: int = 0,
+                       progress: bool = True) -> dict:
+    """CA (and ASR when ``trigger`` and ``target`` are given) of ``bundle`` on a labelled test split.
+
+    Returns:
+        ``{"clean_accuracy", "clean_accuracy_per_template", "n_test"}`` plus, with a trigger,
+        ``{"attack_success_rate", "attack_success_rate_per_template",
+        "attack_success_rate_template_mean", "n_asr", "target", "asr_convention"}``.
+    """
+    bundle.model.eval()
+    clean = load_test_images(bundle, test, progress=progress, desc="clean test")
+    emb = image_embeddings(bundle, clean.images)
+    heads = {"ensemble": build_classifier(bundle, classnames, templates)}
+    heads.update({t: build_classifier(bundle, classnames, [t]) for t in templates})
+    ca = {name: float((_predict(emb, w) == clean.labels).mean()) for name, w in heads.items()}
+    out: dict = {"clean_accuracy": ca.pop("ensemble"), "clean_accuracy_per_template": ca, "n_test": len(clean.labels),
+                 "n_test_skipped": len(clean.skipped)}
+    if trigger is None:
+        return out
+    if target not in classnames:
+        raise ConfigError(f"target {target!r} is not one of the classes: {', '.join(classnames)}")
+    t_idx = list(classnames).index(target)
+    trig = load_test_images(bundle, test, trigger=trigger, seed=seed, progress=progress, desc="triggered test")
+    keep = trig.labels != t_idx
+    if not keep.any():
+        raise ConfigError("every test image belongs to the target class; ASR is undefined")
+    temb = image_embeddings(bundle, trig.images[torch.from_numpy(keep)])
+    asr = {name: float((_predict(temb, w) == t_idx).mean()) for name, w in heads.items()}
+    out.update({
+        "attack_success_rate": asr.pop("ensemble"),
+        "attack_success_rate_per_template": asr,
+        "attack_success_rate_template_mean": float(np.mean(list(asr.values()))),
+        "n_asr": int(keep.sum()),
+        "target": target,
+        "asr_convention": ASR_CONVENTION,
+    })
+    return out

@@ -1,0 +1,148 @@
+"""A factory over open_clip.
+
+* Any open_clip architecture by name (``RN50``, ``ViT-B-32``, ...), randomly initialised; no weights
+  are ever downloaded.
+* Tiny architectures for CPU work, registered as JSON files in ``clipguard/models/configs``
+  (``tiny-rn``, ``tiny-vit``); open_clip sees them under the same names.
+* Local weights from a ``.safetensors`` file, or a torch file loaded with ``weights_only=True``
+  (untrusted pickles are never executed).
+* A trained model is saved as a folder: ``model.safetensors`` + ``model.json`` (architecture name
+  and full config), loadable without clipguard's config registry.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipguard.errors import ConfigError
+from clipguard.utils.io import atomic_path, write_json
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP model with its preprocessing and tokenizer.
+
+    Attributes:
+        model: an ``open_clip.CLIP`` (``encode_image``: (B,3,H,W) -> (B,D); ``encode_text``: (B,L) -> (B,D)).
+        preprocess: PIL image -> (3, H, W) float tensor (open_clip's eval transform).
+        tokenizer: list of captions -> (n, L) LongTensor.
+        name: architecture name.
+        config: the open_clip model config (dict with embed_dim, vision_cfg, text_cfg).
+    """
+
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    name: str
+    config: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        size = self.config["vision_cfg"]["image_size"]
+        return int(size if isinstance(size, int) else size[0])
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`: clipguard's tiny configs first, then open_clip's."""
+    tiny = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    return tiny + [m for m in open_clip.list_models() if m not in tiny]
+
+
+def get_model_config(name: str) -> dict[str, Any]:
+    """The open_clip config dict of architecture ``name`` (a copy)."""
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ConfigError(f"unknown model {name!r}; `clipguard models` lists the {len(list_models())} known names")
+    return copy.deepcopy(cfg)
+
+
+def _build(name: str, config: dict[str, Any]) -> ClipBundle:
+    cfg = copy.deepcopy(config)
+    if "hf_model_name" in cfg.get("text_cfg", {}) or cfg.get("custom_text"):
+        model = open_clip.CustomTextCLIP(**cfg)
+    else:
+        model = open_clip.CLIP(embed_dim=cfg.pop("embed_dim"), vision_cfg=cfg.pop("vision_cfg"),
+                               text_cfg=cfg.pop("text_cfg"), **cfg)
+    image_size = config["vision_cfg"]["image_size"]
+    preprocess = open_clip.image_transform(image_size, is_train=False,
+                                           mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD)
+    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"].get("context_length", 77))
+    model.eval()
+    return ClipBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, config=config)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read weights from ``.safetensors`` or a torch file (``weights_only=True``: no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot be loaded safely with weights_only=True ({exc}); "
+                          "convert it to .safetensors") from None
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def create_model(name: str, *, weights: str | os.PathLike | None = None, seed: int | None = 0) -> ClipBundle:
+    """Create architecture ``name`` with random init (seeded), optionally loading local ``weights``.
+
+    Args:
+        name: a name from :func:`list_models`.
+        weights: optional ``.safetensors`` or torch weights file for that architecture.
+        seed: seed of the random initialisation (``None`` keeps the global RNG state).
+    """
+    config = get_model_config(name)
+    if seed is not None:
+        torch.manual_seed(seed)
+    bundle = _build(name, config)
+    if weights is not None:
+        try:
+            missing, unexpected = bundle.model.load_state_dict(load_state_dict(weights), strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+            raise ConfigError(f"{weights}: weights do not match architecture {name!r} ({first.strip()})") from None
+        if missing or unexpected:
+            raise ConfigError(f"{weights}: weights do not match architecture {name!r} "
+                              f"(missing {len(missing)} keys e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})")
+    return bundle
+
+
+def save_model(bundle: ClipBundle, out_dir: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+    """Save as ``out_dir/model.safetensors`` + ``out_dir/model.json``; returns ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(out / "model.json", {"model_name": bundle.name, "config": bundle.config, **(extra or {})})
+    return out
+
+
+def load_model(path: str | os.PathLike) -> ClipBundle:
+    """Load a model folder written by :func:`save_model` (or its ``model.json``/``.safetensors`` path)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta_path = folder / "model.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{folder}: no model.json; pass a folder written by `clipguard train`")
+    meta = json.loads(meta_path.read_text())
+    bundle = _build(meta["model_name"], meta["config"])
+    bundle.model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    bundle.model.eval()
+    return bundle

@@ -1,0 +1,42 @@
+"""``clipguard train`` as a function: manifest in, trained model folder out."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from clipguard.data.dataset import ImageCaptionDataset
+from clipguard.data.manifest import read_manifest
+from clipguard.models.factory import ClipBundle, create_model, save_model
+from clipguard.train.trainer import TrainConfig, TrainResult, load_pairs, train_clip
+from clipguard.utils.runrecord import RunRecord, fingerprint_files
+
+
+def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, model: str = "tiny-rn",
+                        config: TrainConfig = TrainConfig(), weights: str | os.PathLike | None = None,
+                        resume: bool = True, progress: bool = True) -> tuple[ClipBundle, TrainResult]:
+    """Train architecture ``model`` (random init, or ``weights``) on a manifest; save it to ``out_dir``.
+
+    Writes ``model.safetensors``, ``model.json``, ``checkpoints/state.pt``, ``skipped.csv`` (rows
+    left out, with reasons) and ``run.json`` (config, versions, timings, data fingerprint, history).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rec = RunRecord("train", {"manifest": str(manifest_path), "model": model, "weights": str(weights) if weights else None,
+                              **asdict(config)})
+    manifest = read_manifest(manifest_path)
+    rec["data_fingerprint"] = fingerprint_files([manifest.path])
+    bundle = create_model(model, weights=weights, seed=config.seed)
+    ds = ImageCaptionDataset(manifest, bundle.preprocess, bundle.tokenizer)
+    with rec.stage("decode"):
+        pairs = load_pairs(ds, progress=progress)
+    ds.skip_log.save(out / "skipped.csv")
+    with rec.stage("train"):
+        result = train_clip(bundle, pairs, config, out, resume=resume, progress=progress)
+    result.n_skipped = len(ds.skip_log)
+    save_model(bundle, out, extra={"trained_on": str(manifest.path), "train_config": asdict(config)})
+    rec["n_rows"], rec["n_pairs"], rec["n_skipped"] = len(manifest), result.n_pairs, result.n_skipped
+    rec["skip_counts"] = ds.skip_log.counts()
+    rec["history"] = result.history
+    rec.save(out)
+    return bundle, result

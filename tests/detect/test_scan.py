@@ -1,0 +1,114 @@
+"""run_scan end to end on a small embedding folder."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipguard.detect import rank_desc, run_scan, top_suspects
+from clipguard.errors import ConfigError, EmbeddingError
+from clipguard.utils.runrecord import fingerprint_arrays
+
+NAMES = ["kdist", "lid", "slof", "dao"]
+
+
+def _folder(root, sizes=(150, 120, 0), d=16, n_poison=6, ground_truth=True, seed=0):
+    """Clean Gaussian clusters plus a tight poisoned cluster, split into shards of ``sizes``."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    centers = rng.normal(size=(4, d))
+    x = centers[rng.integers(0, 4, n)] + 0.6 * rng.normal(size=(n, d))
+    poisoned = np.zeros(n, bool)
+    poisoned[rng.choice(n, n_poison, replace=False)] = True
+    x[poisoned] = rng.normal(size=d) + 0.05 * rng.normal(size=(n_poison, d))
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    start = 0
+    for i, m in enumerate(sizes):
+        np.save(root / "img_emb" / f"img_emb_{i}.npy", x[start:start + m].astype(np.float16))
+        meta = {"id": [f"s{i}_{r}" for r in range(m)], "caption": ["c"] * m}
+        if ground_truth:
+            meta["poisoned"] = poisoned[start:start + m]
+        pd.DataFrame(meta).to_parquet(root / "metadata" / f"metadata_{i}.parquet", index=False)
+        start += m
+    return poisoned
+
+
+def test_run_scan_end_to_end(tmp_path):
+    emb, out = tmp_path / "emb", tmp_path / "out"
+    poisoned = _folder(emb)
+    res = run_scan(emb, out, k=8)
+
+    assert res.detectors == NAMES
+    assert [p.name for p in res.score_paths] == ["scores_0.parquet", "scores_1.parquet",
+                                                 "scores_2.parquet"]
+    cols = ["id"] + [f"{n}_{w}" for n in NAMES for w in ("score", "rank")] + ["poisoned"]
+    parts = [pd.read_parquet(out / "scores" / f"scores_{i}.parquet") for i in range(3)]
+    assert [len(p) for p in parts] == [150, 120, 0]
+    for p in parts:
+        assert list(p.columns) == cols
+    allp = pd.concat(parts, ignore_index=True)
+    assert allp["id"].tolist()[148:152] == ["s0_148", "s0_149", "s1_0", "s1_1"]
+    np.testing.assert_array_equal(allp["poisoned"], poisoned)
+    for name in NAMES:
+        assert allp[f"{name}_score"].dtype == np.float64
+        assert allp[f"{name}_rank"].dtype == np.int64
+        np.testing.assert_array_equal(np.sort(allp[f"{name}_rank"]), np.arange(1, 271))
+        top = allp.loc[allp[f"{name}_rank"] == 1, f"{name}_score"].item()
+        assert top == allp[f"{name}_score"].max()
+    pd.testing.assert_frame_equal(allp, res.scores[cols])
+
+    run = json.loads(res.run_json.read_text())
+    assert run["n"] == 270 and run["d"] == 16
+    assert run["shard_sizes"] == [150, 120] and run["skipped_shards"] == [2]
+    assert run["config"]["k"] == 8 and run["config"]["reference"] == "global"
+    assert {"load", "score", "write", "total"} <= set(run["timings_s"])
+    image = np.concatenate([np.load(emb / "img_emb" / f"img_emb_{i}.npy") for i in range(2)])
+    assert run["data_fingerprint"] == fingerprint_arrays(image.astype(np.float32))
+    assert set(run["detection"]) == set(NAMES)
+    for name in NAMES:
+        assert set(run["detection"][name]) == {"auroc", "auprc", "tpr_at_1pct_fpr"}
+    assert run["detection"] == res.metrics
+    for name in ("kdist", "slof", "dao"):
+        assert res.metrics[name]["auroc"] >= 0.95
+
+    top3 = top_suspects(res, "dao", 3)
+    assert top3["dao_rank"].tolist() == [1, 2, 3]
+    with pytest.raises(ConfigError, match="was not part of this scan"):
+        top_suspects(res, "lof", 3)
+
+
+def test_run_scan_batch_mode_without_ground_truth(tmp_path):
+    emb, out = tmp_path / "emb", tmp_path / "out"
+    _folder(emb, sizes=(100, 90), ground_truth=False)
+    res = run_scan(emb, out, detectors=["dao", "kdist"], k=8, reference="batch", batch_size=64,
+                   seed=1)
+    assert res.metrics is None
+    part = pd.read_parquet(out / "scores" / "scores_1.parquet")
+    assert list(part.columns) == ["id", "dao_score", "dao_rank", "kdist_score", "kdist_rank"]
+    run = json.loads(res.run_json.read_text())
+    assert run["detection"] is None and run["config"]["batch_size"] == 64
+
+
+def test_nan_embedding_names_the_row(tmp_path):
+    emb = tmp_path / "emb"
+    _folder(emb, sizes=(10, 12))
+    x = np.load(emb / "img_emb" / "img_emb_1.npy")
+    x[3, 2] = np.nan
+    np.save(emb / "img_emb" / "img_emb_1.npy", x)
+    with pytest.raises(EmbeddingError, match=r"NaN or inf \(first: .*img_emb_1\.npy row 3 \(global row 13\)\)"):
+        run_scan(emb, tmp_path / "out", k=4)
+
+
+def test_bad_config(tmp_path):
+    emb = tmp_path / "emb"
+    _folder(emb, sizes=(10, 12))
+    with pytest.raises(ConfigError, match="unknown detector"):
+        run_scan(emb, tmp_path / "out", detectors=["nope"])
+    with pytest.raises(ConfigError, match="k <= 21"):
+        run_scan(emb, tmp_path / "out", k=30)
+
+
+def test_rank_desc_ties_and_nan():
+    s = np.array([0.5, np.nan, 2.0, 0.5, -np.inf, np.inf])
+    np.testing.assert_array_equal(rank_desc(s), [3, 6, 2, 4, 5, 1])

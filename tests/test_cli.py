@@ -1,0 +1,68 @@
+"""The command line: thin commands, one-line errors, bad rows counted end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+
+from tests_helpers import make_bad_manifest
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run([sys.executable, "-m", "clipguard", "-q", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=240)
+
+
+def test_wrong_columns_is_one_line_error(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("url,text\nx.png,hello\n")
+    for cmd in (["train", p, "--out", tmp_path / "m"], ["poison", p, "--out", tmp_path / "p", "--target", "star",
+                                                          "--rate", "0.1"]):
+        r = run_cli(*cmd)
+        assert r.returncode != 0
+        assert "Traceback" not in r.stderr
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("error:") and "id, image, caption" in lines[0]
+
+
+def test_unknown_names_and_bad_rate_are_one_line_errors(tiny_world, tmp_path):
+    m = tiny_world / "train" / "manifest.parquet"
+    cases = [
+        (["poison", m, "--out", tmp_path / "p", "--attack", "nope", "--target", "star", "--rate", "0.1"], "unknown attack"),
+        (["poison", m, "--out", tmp_path / "p", "--target", "star", "--rate", "1.5"], "rate must be in (0, 1)"),
+        (["poison", m, "--out", tmp_path / "p", "--target", "banana", "--count", "3", "--clean-label"],
+         "no caption names the target"),
+        (["train", m, "--out", tmp_path / "t", "--model", "ViT-Z"], "unknown model"),
+    ]
+    for args, text in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr
+
+
+def test_bad_rows_are_counted_through_train_embed_scan(tmp_path):
+    manifest = make_bad_manifest(tmp_path, n_good=40)
+    r = run_cli("train", manifest, "--out", tmp_path / "model", "--epochs", "1", "--batch-size", "16")
+    assert r.returncode == 0, r.stderr
+    run = json.loads((tmp_path / "model" / "run.json").read_text())
+    assert run["n_rows"] == 43 and run["n_pairs"] == 40 and run["n_skipped"] == 3
+    assert run["skip_counts"] == {"missing image": 1, "unreadable image": 1, "empty caption": 1}
+    assert len(pd.read_csv(tmp_path / "model" / "skipped.csv")) == 3
+
+    r = run_cli("embed", tmp_path / "model", manifest, "--out", tmp_path / "emb")
+    assert r.returncode == 0, r.stderr
+    assert "skipped 3" in r.stdout
+    r = run_cli("scan", tmp_path / "emb", "--out", tmp_path / "scan", "-k", "5", "--top", "3", "--detector", "dao")
+    assert r.returncode == 0, r.stderr
+    scores = pd.read_parquet(tmp_path / "scan" / "scores" / "scores_0.parquet")
+    assert len(scores) == 40 and np.isfinite(scores["dao_score"]).all()
+
+
+def test_listing_commands():
+    for cmd, expect in (("models", "tiny-rn"), ("attacks", "badnets"), ("detectors", "dao")):
+        r = run_cli(cmd)
+        assert r.returncode == 0 and expect in r.stdout
