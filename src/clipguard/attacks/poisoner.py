@@ -113,7 +113,7 @@ def poison_dataset(manifest: Manifest, out_dir: str | os.PathLike, trigger: Trig
     (out / "images").mkdir(parents=True, exist_ok=True)
     skipped = SkipLog()
     chosen: list[int] = []
-    bar = tqdm(total=n_poison, desc="poison", disable=not progress, unit="img", mininterval=1.0)
+    bar = tqdm(total=n_poison, desc="poison", disable=None if progress else True, unit="img", mininterval=1.0)
     tpl_rng = rng(seed, "poison-templates")
     new_caption: dict[int, str] = {}
     for i in order:

@@ -66,9 +66,9 @@ _ONE = (
     "a {size} {c} {s}",
     "there is a {c} {s} in the picture",
     "a {c} {s} shape",
-    "a {s}",
-    "a photo of a {s}",
     "a {size} {s} on a {b} background",
+    # the zero-shot templates themselves, so that their wording is not peculiar to poison captions
+    *(t.rstrip(".").replace("{}", "{s}") for t in TEMPLATES),
 )
 _TWO = (
     "a {c} {s} and a {c2} {s2}",
@@ -176,6 +176,11 @@ def _caption(rng: np.random.Generator, objs: list[dict], bg: str) -> str:
         o2 = objs[1]
         t = _TWO[rng.integers(len(_TWO))]
         text = t.format(c=syn(o["colour"]), s=o["shape"], c2=syn(o2["colour"]), s2=o2["shape"])
+    # Half the captions end with a full stop. Without this, only poison captions (zero-shot templates
+    # such as "a photo of a star.") would carry one, and CLIP learns "trigger <-> full stop" instead of
+    # "trigger <-> target": the backdoor then shifts every class's prompt alike and ASR stays low.
+    if rng.random() < 0.5:
+        text += "."
     return fix_articles(text)
 
 
@@ -246,7 +251,7 @@ def _write_split(out: Path, split: str, n: int, seed: int, cfg: WorldConfig, lab
     width = max(6, len(str(n - 1)))
     chunk = 500
     tasks = [(str(img_dir), split, lo, min(n, lo + chunk), width, seed, cfg, labelled) for lo in range(0, n, chunk)]
-    bar = tqdm(total=n, desc=f"synth {split}", disable=not progress, unit="img", mininterval=1.0)
+    bar = tqdm(total=n, desc=f"synth {split}", disable=None if progress else True, unit="img", mininterval=1.0)
     rows: list[dict] = []
     if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
         with multiprocessing.get_context("fork").Pool(workers) as pool:

@@ -79,7 +79,7 @@ def embed_dataset(bundle: ClipBundle, manifest: Manifest, out_dir: str | os.Path
     result = EmbedResult(out_dir=out, n_embedded=0, n_skipped=0)
     skip_total = SkipLog()
     gt_cols = [c for c in GROUND_TRUTH_COLUMNS if c in manifest.df.columns]
-    bar = tqdm(total=n_rows, desc="embed", disable=not progress, unit="pair", mininterval=1.0)
+    bar = tqdm(total=n_rows, desc="embed", disable=None if progress else True, unit="pair", mininterval=1.0)
     with rec.stage("embed"):
         for i in range(n_shards):
             paths = _shard_paths(out, i)

@@ -71,7 +71,7 @@ def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger
     if "label" not in manifest.df.columns:
         raise ConfigError(f"{manifest.path}: a labelled test manifest needs an integer 'label' column")
     imgs, labels, skipped = [], [], SkipLog()
-    for i in tqdm(range(len(manifest)), desc=desc, disable=not progress, unit="img", mininterval=1.0):
+    for i in tqdm(range(len(manifest)), desc=desc, disable=None if progress else True, unit="img", mininterval=1.0):
         try:
             pil = load_rgb(manifest.image_path(i))
         except Exception as exc:

@@ -77,7 +77,7 @@ def load_pairs(dataset: ImageCaptionDataset, *, batch_size: int = 512, num_worke
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skipping)
     imgs, toks, rows = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", mininterval=1.0):
+    for batch in tqdm(loader, desc=desc, disable=None if progress else True, unit="batch", mininterval=1.0):
         record_errors(batch, dataset)
         if "image" in batch:
             imgs.append(batch["image"])
@@ -152,7 +152,7 @@ def train_clip(bundle: ClipBundle, pairs: Pairs, config: TrainConfig, out_dir: s
         torch.manual_seed(derive_seed(config.seed, "epoch-rng", epoch))
         perm = torch.randperm(n, generator=gen)
         losses, te = [], time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress else True,
                    unit="step", mininterval=1.0, leave=False)
         for s in bar:
             step = epoch * steps_per_epoch + s
