@@ -111,16 +111,20 @@ def poison(obj: dict, manifest: str, out: str, attack: str, params: tuple[str, .
 @click.option("--grad-clip", default=1.0, show_default=True, help="Max gradient norm (0 = off).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --out.")
+@click.option("--adaptive-density", default=0.0, show_default=True,
+              help="Adaptive attacker: weight of the poisoned samples' batch SLOF added to the loss.")
+@click.option("--adaptive-k", default=8, show_default=True, help="Neighbours of the adaptive batch SLOF.")
 @click.pass_obj
 def train(obj: dict, manifest: str, out: str, model: str, weights: str | None, epochs: int, batch_size: int,
-          lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, seed: int, no_resume: bool) -> None:
+          lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, seed: int, no_resume: bool,
+          adaptive_density: float, adaptive_k: int) -> None:
     """Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."""
     from clipguard.train import TrainConfig, train_from_manifest
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       warmup_steps=warmup_steps, grad_clip=grad_clip or None, seed=seed)
     _, res = train_from_manifest(manifest, out, model=model, config=cfg, weights=weights, resume=not no_resume,
-                                 progress=obj["progress"])
+                                 progress=obj["progress"], adaptive_density=adaptive_density, adaptive_k=adaptive_k)
     last = res.history[-1] if res.history else {}
     click.echo(f"trained {model} on {res.n_pairs} pairs ({res.n_skipped} skipped) for {len(res.history)} epochs, "
                f"final loss {last.get('loss', float('nan')):.4f} -> {out}")
@@ -224,17 +228,53 @@ def models() -> None:
 
 
 @cli.command()
-def attacks() -> None:
+@click.option("--gallery", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG of clean vs triggered samples for every attack.")
+def attacks(gallery: str | None) -> None:
     """List the registered attacks and their parameters."""
     import inspect
 
     from clipguard.attacks import ATTACKS
 
+    if gallery:
+        from clipguard.attacks.gallery import write_gallery
+
+        click.echo(f"gallery -> {write_gallery(gallery)}")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
         sig = [str(p) for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"]
         click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
         click.echo(f"    parameters: {', '.join(sig)}")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("manifest", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for trigger.png + trigger.json.")
+@click.option("--target", required=True, help="Target class name.")
+@click.option("--classes", type=click.Path(), default=None, help="classes.json whose templates describe the target.")
+@click.option("--size", default=8, show_default=True, help="Patch side in pixels.")
+@click.option("--location", default="bottom_right", show_default=True)
+@click.option("--steps", default=300, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.pass_obj
+def badclip(obj: dict, model_dir: str, manifest: str, out: str, target: str, classes: str | None, size: int,
+            location: str, steps: int, seed: int) -> None:
+    """Optimise a BadCLIP patch against the (clean) model in MODEL_DIR on images of MANIFEST.
+
+    Then poison with it: clipguard poison ... --attack badclip --param patch=OUT/trigger.png
+    """
+    from clipguard.attacks.badclip import BadCLIPConfig, optimize_badclip_patch
+    from clipguard.data.manifest import read_manifest
+    from clipguard.data.synth import TEMPLATES
+    from clipguard.evaluate.api import read_classes
+    from clipguard.models import load_model
+
+    templates = read_classes(classes)[1] if classes else list(TEMPLATES)
+    trig = optimize_badclip_patch(load_model(model_dir), read_manifest(manifest), out, target=target,
+                                  templates=templates, progress=obj["progress"],
+                                  config=BadCLIPConfig(size=size, location=location, steps=steps, seed=seed))
+    click.echo(f"optimised patch -> {trig.patch}")
 
 
 @cli.command()

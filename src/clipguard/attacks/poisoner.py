@@ -8,6 +8,11 @@ Modes:
 * ``"clean"`` (label-consistent): the trigger is put only on images whose caption already names the
   target (whole word, case-insensitive); captions are kept.
 
+Multi-trigger attacks (:class:`~clipguard.attacks.multi.MultiTrigger`) give each poisoned row one
+member trigger (equal shares, seeded) and that member's target. Targeted data poisoning
+(:class:`~clipguard.attacks.tdpa.TargetedPoison`) adds ``count`` copies of one image with real
+captions naming the target instead of triggering existing rows.
+
 Output folder::
 
     out/manifest.parquet   all rows; clean rows point to the source images (relative paths),
@@ -29,6 +34,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from clipguard.attacks.base import Trigger
+from clipguard.attacks.multi import MultiTrigger
+from clipguard.attacks.tdpa import TargetedPoison
 from clipguard.data.dataset import SkipLog, load_rgb
 from clipguard.data.manifest import Manifest, write_manifest
 from clipguard.errors import ConfigError
@@ -99,7 +106,19 @@ def poison_dataset(manifest: Manifest, out_dir: str | os.PathLike, trigger: Trig
     df = manifest.df.copy()
     n_total = len(df)
     n_poison = _n_to_poison(n_total, rate, count)
-    mentions = names_target(df["caption"].tolist(), target)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    if isinstance(trigger, TargetedPoison):
+        return _poison_targeted(manifest, out, trigger, target=target, n_copies=n_poison, seed=seed, rate=rate,
+                                count=count)
+    members = trigger.members if isinstance(trigger, MultiTrigger) else [trigger]
+    member_targets = [trigger.target_of(j, target) if isinstance(trigger, MultiTrigger) else target
+                      for j in range(len(members))]
+    if mode == "clean" and len(set(member_targets)) > 1:
+        raise ConfigError("clean-label poisoning with one target per trigger is not supported; use one target")
+    mentions = np.zeros(n_total, dtype=bool)
+    for t in set(member_targets):
+        mentions |= names_target(df["caption"].tolist(), t)
     candidates = np.flatnonzero(mentions if mode == "clean" else ~mentions)
     if len(candidates) == 0:
         what = "names" if mode == "clean" else "does not name"
@@ -109,10 +128,11 @@ def poison_dataset(manifest: Manifest, out_dir: str | os.PathLike, trigger: Trig
         raise ConfigError(f"asked to poison {n_poison} rows but only {len(candidates)} rows are {mode}-label "
                           f"candidates for target {target!r}; lower the rate or count")
     order = rng(seed, "poison-rows").permutation(candidates)
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    # member j of a multi-trigger attack gets rows in equal shares, in a seeded order
+    which = rng(seed, "poison-members").permutation(np.arange(n_poison) % len(members))
     skipped = SkipLog()
     chosen: list[int] = []
+    member_of: dict[int, int] = {}
     bar = tqdm(total=n_poison, desc="poison", disable=None if progress else True, unit="img", mininterval=1.0)
     tpl_rng = rng(seed, "poison-templates")
     new_caption: dict[int, str] = {}
@@ -125,32 +145,35 @@ def poison_dataset(manifest: Manifest, out_dir: str | os.PathLike, trigger: Trig
         except Exception as exc:  # missing or corrupt source image: counted, next candidate used
             skipped.add(i, str(df["id"].iat[i]), f"unreadable image: {type(exc).__name__}: {exc}")
             continue
-        poisoned = trigger.apply(img, seed=derive_seed(seed, "trigger", df["id"].iat[i]))
+        j = int(which[len(chosen)])
+        poisoned = members[j].apply(img, seed=derive_seed(seed, "trigger", df["id"].iat[i]))
         Image.fromarray(poisoned).save(out / "images" / f"{df['id'].iat[i]}.png")
         if mode == "dirty":
-            new_caption[i] = templates[int(tpl_rng.integers(len(templates)))].format(target)
+            new_caption[i] = templates[int(tpl_rng.integers(len(templates)))].format(member_targets[j])
         chosen.append(i)
+        member_of[i] = j
         bar.update(1)
     bar.close()
     if len(chosen) < n_poison:
         raise ConfigError(f"only {len(chosen)} of {n_poison} requested rows could be poisoned "
                           f"({len(skipped)} candidate images unreadable)")
 
-    rel = os.path.relpath(manifest.root.resolve(), out.resolve())
-    df["image"] = [str(p) if os.path.isabs(str(p)) else os.path.normpath(os.path.join(rel, str(p)))
-                   for p in df["image"]]
-    df["original_caption"] = df["caption"]
-    df["poisoned"] = False
-    df["trigger"] = ""
+    df = _relative_images(manifest, out)
     for i in chosen:
         df.loc[i, "image"] = f"images/{df['id'].iat[i]}.png"
         df.loc[i, "poisoned"] = True
-        df.loc[i, "trigger"] = trigger.name
+        df.loc[i, "trigger"] = trigger.member_name(member_of[i]) if isinstance(trigger, MultiTrigger) else trigger.name
         if i in new_caption:
             df.loc[i, "caption"] = new_caption[i]
-    manifest_path = write_manifest(df, out / "manifest.parquet")
     ids = [str(df["id"].iat[i]) for i in sorted(chosen)]
-    spec = {
+    spec = _spec(trigger, manifest, target=target, mode=mode, rate=rate, count=count, n_total=n_total, ids=ids,
+                 seed=seed, templates=templates)
+    return _write(df, out, spec, skipped)
+
+
+def _spec(trigger: Trigger, manifest: Manifest, *, target: str, mode: str, rate: float | None, count: int | None,
+          n_total: int, ids: list[str], seed: int, templates: Sequence[str], **extra: object) -> dict:
+    return {
         **trigger.spec(),
         "trigger": trigger.spec(),
         "target": target,
@@ -164,9 +187,69 @@ def poison_dataset(manifest: Manifest, out_dir: str | os.PathLike, trigger: Trig
         "source_manifest": str(manifest.path) if manifest.path else None,
         "source_fingerprint": fingerprint_files([manifest.path]) if manifest.path else None,
         "poisoned_ids": ids,
+        **extra,
     }
+
+
+def _write(df, out: Path, spec: dict, skipped: SkipLog) -> PoisonResult:
+    manifest_path = write_manifest(df, out / "manifest.parquet")
     spec_path = out / "attack.json"
     write_json(spec_path, spec)
     if len(skipped):
         skipped.save(out / "skipped.csv")
-    return PoisonResult(manifest_path, spec_path, ids, n_total, skipped)
+    return PoisonResult(manifest_path, spec_path, spec["poisoned_ids"], spec["n_total"], skipped)
+
+
+def _relative_images(manifest: Manifest, out: Path):
+    """A copy of the manifest's rows whose image paths are relative to ``out``."""
+    df = manifest.df.copy()
+    rel = os.path.relpath(manifest.root.resolve(), out.resolve())
+    df["image"] = [str(p) if os.path.isabs(str(p)) else os.path.normpath(os.path.join(rel, str(p)))
+                   for p in df["image"]]
+    df["original_caption"] = df["caption"]
+    df["poisoned"] = False
+    df["trigger"] = ""
+    return df
+
+
+def _poison_targeted(manifest: Manifest, out: Path, trigger: TargetedPoison, *, target: str, n_copies: int,
+                     seed: int, rate: float | None, count: int | None) -> PoisonResult:
+    """TDPA: ``n_copies`` new rows, all the source image, captions drawn from real target captions."""
+    df0 = manifest.df
+    mentions = names_target(df0["caption"].tolist(), target)
+    if not mentions.any():
+        raise ConfigError(f"no caption names the target {target!r}; targeted poisoning draws its captions from them")
+    if trigger.source_id is not None:
+        hits = np.flatnonzero(df0["id"].astype(str).to_numpy() == str(trigger.source_id))
+        if len(hits) == 0:
+            raise ConfigError(f"tdpa: source_id {trigger.source_id!r} is not an id of {manifest.path}")
+        src = int(hits[0])
+    else:
+        pool = np.flatnonzero(~mentions)
+        if len(pool) == 0:
+            raise ConfigError(f"tdpa: every caption names {target!r}; no source image to mislabel")
+        src = int(rng(seed, "tdpa-source").choice(pool))
+    try:
+        img = load_rgb(manifest.image_path(src))
+    except Exception as exc:
+        raise ConfigError(f"tdpa: source image of row {src} cannot be read ({exc}); choose another source_id") from None
+    img.save(out / "images" / "tdpa_source.png")
+    caps = df0["caption"].to_numpy()[mentions]
+    picks = rng(seed, "tdpa-captions").integers(len(caps), size=n_copies)
+    df = _relative_images(manifest, out)
+    width = max(5, len(str(n_copies - 1)))
+    ids = [f"tdpa-{j:0{width}d}" for j in range(n_copies)]
+    if set(ids) & set(df["id"]):
+        raise ConfigError("tdpa: the manifest already has ids starting with 'tdpa-'; rename them first")
+    new = {c: [None] * n_copies for c in df.columns}
+    new.update({"id": ids, "image": ["images/tdpa_source.png"] * n_copies, "caption": [str(caps[p]) for p in picks],
+                "original_caption": [str(df0["caption"].iat[src])] * n_copies, "poisoned": [True] * n_copies,
+                "trigger": ["tdpa"] * n_copies})
+    import pandas as pd
+
+    df = pd.concat([df, pd.DataFrame(new)[df.columns]], ignore_index=True)
+    df["poisoned"] = df["poisoned"].astype(bool)
+    spec = _spec(trigger, manifest, target=target, mode="dirty", rate=rate, count=count, n_total=len(df), ids=ids,
+                 seed=seed, templates=[], source_id=str(df0["id"].iat[src]), source_image="images/tdpa_source.png",
+                 source_caption=str(df0["caption"].iat[src]))
+    return _write(df, out, spec, SkipLog())

@@ -14,16 +14,21 @@ from clipguard.utils.runrecord import RunRecord, fingerprint_files
 
 def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, model: str = "tiny-rn",
                         config: TrainConfig = TrainConfig(), weights: str | os.PathLike | None = None,
-                        resume: bool = True, progress: bool = True) -> tuple[ClipBundle, TrainResult]:
+                        resume: bool = True, progress: bool = True,
+                        adaptive_density: float = 0.0, adaptive_k: int = 8) -> tuple[ClipBundle, TrainResult]:
     """Train architecture ``model`` (random init, or ``weights``) on a manifest; save it to ``out_dir``.
 
     Writes ``model.safetensors``, ``model.json``, ``checkpoints/state.pt``, ``skipped.csv`` (rows
     left out, with reasons) and ``run.json`` (config, versions, timings, data fingerprint, history).
+
+    ``adaptive_density > 0`` trains as the density-evading attacker: the mean batch SLOF of the
+    manifest's ``poisoned`` rows, times this weight, is added to the loss
+    (:func:`clipguard.attacks.adaptive.density_evasion_loss`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rec = RunRecord("train", {"manifest": str(manifest_path), "model": model, "weights": str(weights) if weights else None,
-                              **asdict(config)})
+                              "adaptive_density": adaptive_density, "adaptive_k": adaptive_k, **asdict(config)})
     manifest = read_manifest(manifest_path)
     rec["data_fingerprint"] = fingerprint_files([manifest.path])
     bundle = create_model(model, weights=weights, seed=config.seed)
@@ -31,8 +36,18 @@ def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.Path
     with rec.stage("decode"):
         pairs = load_pairs(ds, progress=progress)
     ds.skip_log.save(out / "skipped.csv")
+    extra = None
+    if adaptive_density > 0:
+        from clipguard.attacks.adaptive import density_evasion_loss
+        from clipguard.errors import ConfigError
+
+        if "poisoned" not in manifest.df.columns:
+            raise ConfigError(f"{manifest.path}: --adaptive-density needs the ground-truth 'poisoned' column "
+                              "(a manifest written by `clipguard poison`)")
+        extra = density_evasion_loss(manifest.df["poisoned"].astype(bool).to_numpy(), k=adaptive_k,
+                                     weight=adaptive_density)
     with rec.stage("train"):
-        result = train_clip(bundle, pairs, config, out, resume=resume, progress=progress)
+        result = train_clip(bundle, pairs, config, out, resume=resume, progress=progress, extra_loss=extra)
     result.n_skipped = len(ds.skip_log)
     save_model(bundle, out, extra={"trained_on": str(manifest.path), "train_config": asdict(config)})
     rec["n_rows"], rec["n_pairs"], rec["n_skipped"] = len(manifest), result.n_pairs, result.n_skipped

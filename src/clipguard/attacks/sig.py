@@ -1,0 +1,41 @@
+"""SIG (Barni et al. 2019): a horizontal sinusoidal signal over the whole image.
+
+s(j) = amplitude * sin(2 pi * frequency * j / W) for column j; x' = clip(x + s) on the [0, 1]
+scale (additive, as in the original), or with ``alpha`` set, x' = (1 - alpha) x + alpha (0.5 + s)
+(the blended form some CLIP papers use). Defaults from the seeds: amplitude 60/255, 6 periods.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from clipguard.attacks.base import ATTACKS, Trigger
+from clipguard.errors import ConfigError
+
+
+@ATTACKS.register("sig")
+class SIG(Trigger):
+    """Sinusoidal signal trigger.
+
+    Args:
+        amplitude: peak amplitude on the [0, 1] scale (60/255 in the seeds).
+        frequency: number of periods across the image width (6).
+        alpha: ``None`` for the additive form, or the blend weight in (0, 1].
+    """
+
+    def __init__(self, amplitude: float = 60 / 255, frequency: float = 6, alpha: float | None = None) -> None:
+        if amplitude <= 0 or frequency <= 0:
+            raise ConfigError("sig: amplitude and frequency must be > 0")
+        if alpha is not None and not 0 < alpha <= 1:
+            raise ConfigError(f"sig: alpha must be in (0, 1], got {alpha}")
+        self.amplitude, self.frequency, self.alpha = amplitude, frequency, alpha
+
+    def signal(self, w: int) -> np.ndarray:
+        """(w,) float32 signal over the columns."""
+        j = np.arange(w, dtype=np.float32)
+        return (self.amplitude * np.sin(2 * np.pi * self.frequency * j / w)).astype(np.float32)
+
+    def _apply(self, image: np.ndarray, *, seed: int, test: bool) -> np.ndarray:
+        x = image.astype(np.float32) / 255.0
+        s = self.signal(image.shape[1])[None, :, None]
+        out = x + s if self.alpha is None else (1 - self.alpha) * x + self.alpha * (0.5 + s)
+        return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
