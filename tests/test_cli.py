@@ -62,7 +62,24 @@ def test_bad_rows_are_counted_through_train_embed_scan(tmp_path):
     assert len(scores) == 40 and np.isfinite(scores["dao_score"]).all()
 
 
-def test_listing_commands():
-    for cmd, expect in (("models", "tiny-rn"), ("attacks", "badnets"), ("detectors", "dao")):
+def test_listing_commands(tmp_path):
+    for cmd, expect in (("models", "tiny-rn"), ("detectors", "dao")):
         r = run_cli(cmd)
         assert r.returncode == 0 and expect in r.stdout
+    r = run_cli("attacks", "--gallery", tmp_path / "g.png")
+    assert r.returncode == 0 and (tmp_path / "g.png").is_file()
+    for name in ("badnets", "blended", "sig", "wanet", "nashville", "multi", "tdpa", "badclip"):
+        assert f"{name}:" in r.stdout
+
+
+def test_poison_with_json_params_and_clean_label(tiny_world, tmp_path):
+    m = tiny_world / "train" / "manifest.parquet"
+    r = run_cli("poison", m, "--out", tmp_path / "p", "--attack", "multi", "--target", "star", "--count", "6",
+                "--param", 'triggers=[{"attack": "sig"}, {"attack": "wanet"}]', "--param", 'targets=["star", "ring"]')
+    assert r.returncode == 0, r.stderr
+    df = pd.read_parquet(tmp_path / "p" / "manifest.parquet")
+    assert sorted(df.loc[df["poisoned"], "trigger"].unique()) == ["multi:0:sig", "multi:1:wanet"]
+    r = run_cli("poison", m, "--out", tmp_path / "c", "--attack", "blended", "--target", "star", "--rate", "0.01",
+                "--clean-label")
+    assert r.returncode == 0, r.stderr
+    assert "poisoned 6 of 600" in r.stdout

@@ -242,7 +242,7 @@ def attacks(gallery: str | None) -> None:
         click.echo(f"gallery -> {write_gallery(gallery)}")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
-        sig = [str(p) for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"]
+        sig = [f"{n}={p.default!r}" for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"]
         click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
         click.echo(f"    parameters: {', '.join(sig)}")
 
