@@ -85,3 +85,19 @@ def test_bad_arguments(tiny_world, tmp_path, trigger):
 
 def test_names_target_whole_words():
     assert names_target(["a star", "a starfish", "STAR!", "stars"], "star").tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("name,params", [("blended", {}), ("sig", {}), ("wanet", {}), ("nashville", {}),
+                                         ("badnets", {"pattern": "noise", "size": 6})])
+def test_every_trigger_poisons_exact_counts_losslessly(tiny_world, tmp_path, name, params):
+    from clipguard.utils.seeding import derive_seed
+
+    trigger = get_trigger(name, **params)
+    src = read_manifest(tiny_world / "train" / "manifest.parquet")
+    res = poison_dataset(src, tmp_path / "p", trigger, target="star", count=7, seed=2, progress=False)
+    m = read_manifest(res.manifest_path)
+    assert int(m.df["poisoned"].sum()) == 7 and (m.df.loc[m.df["poisoned"], "trigger"] == name).all()
+    for i in np.flatnonzero(m.df["poisoned"].to_numpy()):
+        written = np.asarray(Image.open(m.image_path(int(i))).convert("RGB"))
+        clean = np.asarray(Image.open(src.image_path(int(i))).convert("RGB"))
+        assert np.array_equal(written, trigger.apply(clean, seed=derive_seed(2, "trigger", m.df["id"].iat[int(i)])))
