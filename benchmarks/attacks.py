@@ -39,6 +39,8 @@ CATALOGUE = {
     "blended": ("blended", {"alpha": 0.2}, "dirty", {}),
     "sig": ("sig", {}, "dirty", {}),
     "wanet": ("wanet", {"k": 4, "strength": 1.0}, "dirty", {}),
+    # s=1 moves pixels by about half a pixel: too subtle for the tiny CNN at 32 px; s=4 is ~2 px
+    "wanet-s4": ("wanet", {"k": 4, "strength": 4.0}, "dirty", {}),
     "nashville": ("nashville", {}, "dirty", {}),
     "badnets-clean-label": ("badnets", {"size": 8, "cell": 2}, "clean", {}),
     "multi": ("multi", {"triggers": [{"attack": "badnets", "params": {"size": 8, "cell": 2}},
