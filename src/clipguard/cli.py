@@ -154,31 +154,63 @@ def embed(obj: dict, model_dir: str, manifest: str, out: str, shard_size: int, b
 @cli.command()
 @click.argument("emb_dir", type=click.Path())
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: EMB_DIR).")
-@click.option("--detector", "detectors", multiple=True, help="Detector name (repeatable; default: all).")
+@click.option("--detector", "detectors", multiple=True,
+              help="Detector name (repeatable; default: every detector whose inputs the folder has; "
+                   "`clipguard detectors` lists them).")
 @click.option("-k", "--k", "k", default=16, show_default=True, help="Neighbours per sample.")
-@click.option("--reference", default="global", show_default=True, type=click.Choice(["global", "batch"]),
-              help="global: exact kNN over the whole set; batch: the DAO paper's per-batch reference.")
+@click.option("--reference", default="auto", show_default=True,
+              type=click.Choice(["auto", "global", "batch", "reference", "multi_reference"]),
+              help="global: exact kNN over the whole set; batch: the DAO paper's per-batch reference; "
+                   "reference: one fixed random reference of --reference-size; multi_reference: "
+                   "--n-references random references, scores averaged; auto: chosen from N "
+                   "(recorded in run.json).")
 @click.option("--batch-size", default=2048, show_default=True, help="Reference batch size (--reference batch).")
-@click.option("--backend", default="blocked", show_default=True, type=click.Choice(["blocked", "faiss"]))
+@click.option("--reference-size", type=int, default=None,
+              help="M of the reference modes [default: 50000 for reference, 2048 for multi_reference].")
+@click.option("--n-references", type=int, default=None, help="R of multi_reference [default: 8].")
+@click.option("--index", default="auto", show_default=True, type=click.Choice(["auto", "flat", "ivf"]),
+              help="FAISS index of the reference modes: flat (exact) or ivf (recall written to run.json).")
+@click.option("--nlist", type=int, default=None, help="IVF lists [default: 4*sqrt(M)].")
+@click.option("--nprobe", type=int, default=None,
+              help="IVF lists probed per query [default: tuned on a sample to reach --target-recall].")
+@click.option("--target-recall", default=0.95, show_default=True, help="recall@k the IVF nprobe tuning aims for.")
+@click.option("--backend", default="blocked", show_default=True, type=click.Choice(["blocked", "faiss"]),
+              help="Exact kNN backend of --reference global.")
+@click.option("--suspect-share", default=0.01, show_default=True,
+              help="Share of the samples marked is_<detector>_suspect.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
+@click.option("--rank-by", default=None,
+              help="Detector whose suspects --top prints [default: the first --detector, else fused].")
 @click.pass_obj
 def scan(obj: dict, emb_dir: str, out: str | None, detectors: tuple[str, ...], k: int, reference: str,
-         batch_size: int, backend: str, seed: int, top: int) -> None:
+         batch_size: int, reference_size: int | None, n_references: int | None, index: str,
+         nlist: int | None, nprobe: int | None, target_recall: float, backend: str, suspect_share: float,
+         seed: int, top: int, rank_by: str | None) -> None:
     """Score every sample of an embedding folder (higher = more suspicious)."""
     from clipguard.detect.scan import run_scan, top_suspects
 
     res = run_scan(emb_dir, out or emb_dir, detectors=list(detectors) or None, k=k, reference=reference,
-                   batch_size=batch_size, seed=seed, backend=backend)
+                   batch_size=batch_size, reference_size=reference_size, n_references=n_references,
+                   index=index, nlist=nlist, nprobe=nprobe, target_recall=target_recall, seed=seed,
+                   backend=backend, suspect_share=suspect_share)
     n = len(res.scores)
+    plan = res.info.get("reference_plan", {})
     click.echo(f"scored {n} samples -> {Path(out or emb_dir) / 'scores'}")
+    click.echo(f"reference: {plan.get('mode')} ({plan.get('reason')})"
+               + (f"; kNN recall@k {res.info['recall_at_k']:.4f}" if "recall_at_k" in res.info else ""))
+    for det, why in res.skipped_detectors.items():
+        click.echo(f"skipped {det}: {why}")
+    w = max(10, *(len(d) for d in res.detectors))
     if res.metrics:
-        click.echo(f"{'detector':10s} {'AUROC':>7s} {'AUPRC':>7s} {'TPR@1%FPR':>10s}")
+        click.echo(f"{'detector':{w}s} {'AUROC':>7s} {'AUPRC':>7s} {'TPR@1%FPR':>10s}")
         for det, m in res.metrics.items():
-            click.echo(f"{det:10s} {m['auroc']:7.4f} {m['auprc']:7.4f} {m['tpr_at_1pct_fpr']:10.4f}")
+            click.echo(f"{det:{w}s} {m['auroc']:7.4f} {m['auprc']:7.4f} {m['tpr_at_1pct_fpr']:10.4f}")
     if top:
-        det = (list(detectors) or ["dao"])[0]
-        click.echo(top_suspects(res, det, top).to_string())
+        det = rank_by or (list(detectors) or ["fused" if "fused" in res.detectors else res.detectors[0]])[0]
+        cols = ["id", f"{det}_score", f"{det}_rank", f"is_{det}_suspect"] + (
+            ["poisoned"] if "poisoned" in res.scores.columns else [])
+        click.echo(top_suspects(res, det, top)[cols].to_string())
 
 
 @cli.command(name="eval")

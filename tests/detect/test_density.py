@@ -127,6 +127,38 @@ def test_hand_example_detects_wrong_neighbour_lists():
     assert not np.allclose(lid_bad, LID)
 
 
+def _published_neighbour_lists(x, k):
+    """The published detector's neighbour lists, restated in NumPy to reproduce its defect: the
+    self column is deleted from each row of the distance matrix, the shortened row is sorted,
+    and the resulting positions are then used to index the FULL reference list."""
+    dist = 1.0 - x @ x.T
+    no_self = np.array([np.delete(dist[i], i) for i in range(len(x))])  # (n, n - 1)
+    return np.argsort(no_self, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(reference="global", backend="blocked"),
+    dict(reference="global", backend="faiss"),
+    dict(reference="batch", batch_size=6),  # one batch holding everything
+    dict(reference="reference", reference_size=6),  # a reference of everything (FAISS)
+    dict(reference="multi_reference", reference_size=6, n_references=2),
+])
+def test_published_index_defect_reproduced_and_ours_unaffected(kwargs):
+    D = HAND_D16 / 16
+    kd, lid = neighbour_stats(D)
+    bad = _published_neighbour_lists(HAND, K)
+    # the defect on the toy example: 5 of the 6 lists are wrong, and P1, P3, P4 even list
+    # themselves (P3: [P3, P2] instead of [P4, P2])
+    np.testing.assert_array_equal(bad[3], [3, 2])
+    assert (bad != HAND_NN).any(axis=1).sum() == 5
+    assert [i for i in range(6) if i in bad[i]] == [1, 3, 4]
+    assert abs(slof(D, bad, kd)[3] - SLOF[3]) > 1 and abs(dao(D, bad, kd, lid)[3] - DAO[3]) > 1
+    # every neighbour path of ours gives the exact hand-computed values
+    got = score_all(HAND, ["kdist", "lid", "slof", "dao"], k=K, **kwargs)
+    for name, want in EXPECTED.items():
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=1e-9)
+
+
 # --- guards and conventions --------------------------------------------------------------
 
 def test_lid_all_equal_distances_is_large_finite():

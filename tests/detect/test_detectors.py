@@ -16,6 +16,7 @@ from clipguard.errors import ConfigError
 from clipguard.evaluate.detection_metrics import detection_metrics
 
 NAMES = ["kdist", "lid", "slof", "dao"]
+ALL = NAMES + ["density_anomaly", "iforest", "clipscore", "caption_dup", "caption_disagreement", "fused"]
 
 
 def _data(n=300, d=16, seed=0):
@@ -35,12 +36,12 @@ def _poisoned_mixture(seed=0, n_clean=2000, n_poison=10, d=32, n_clusters=8):
 
 
 def test_registry():
-    assert DETECTORS.names() == NAMES
+    assert DETECTORS.names() == ALL
     det = DETECTORS.get("dao")(k=5)
     assert det.k == 5 and not hasattr(det, "reference_")  # constructor only stores params
     with pytest.raises(TypeError):
         DETECTORS.get("dao")(5)  # keyword-only
-    with pytest.raises(ConfigError, match="kdist, lid, slof, dao"):
+    with pytest.raises(ConfigError, match="kdist, lid, slof, dao, density_anomaly, iforest"):
         DETECTORS.get("lof")
 
 

@@ -102,3 +102,20 @@ def test_normalize_rejects_bad_rows():
         normalize(z)
     with pytest.raises(EmbeddingError, match="shard 9 row 4"):
         normalize(z, describe_row=lambda i: f"shard 9 row {i}")
+
+
+def test_normalize_in_blocks_equals_one_block(monkeypatch):
+    import clipguard.detect.knn as knn
+
+    raw = np.random.default_rng(4).normal(size=(103, 6))
+    whole = normalize(raw)
+    monkeypatch.setattr(knn, "_NORMALIZE_BLOCK_VALUES", 6 * 10)  # blocks of 10 rows
+    np.testing.assert_array_equal(normalize(raw), whole)
+    np.testing.assert_allclose(whole, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
+    raw[57, 2] = np.nan
+    raw[88] = 0
+    with pytest.raises(EmbeddingError, match=r"1 of 103 .*NaN or inf \(first: row 57\)"):
+        normalize(raw)
+    raw[57, 2] = 1
+    with pytest.raises(EmbeddingError, match=r"1 of 103 .*zeros \(first: row 88\)"):
+        normalize(raw)

@@ -9,7 +9,7 @@ from clipguard.detect import rank_desc, run_scan, top_suspects
 from clipguard.errors import ConfigError, EmbeddingError
 from clipguard.utils.runrecord import fingerprint_arrays
 
-NAMES = ["kdist", "lid", "slof", "dao"]
+NAMES = ["kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "caption_dup", "fused"]
 
 
 def _folder(root, sizes=(150, 120, 0), d=16, n_poison=6, ground_truth=True, seed=0):
@@ -39,10 +39,15 @@ def test_run_scan_end_to_end(tmp_path):
     poisoned = _folder(emb)
     res = run_scan(emb, out, k=8)
 
+    # default = every registered detector whose inputs the folder has: it has captions in
+    # metadata but no text_emb/, so the two that need caption embeddings are skipped
     assert res.detectors == NAMES
+    assert set(res.skipped_detectors) == {"clipscore", "caption_disagreement"}
     assert [p.name for p in res.score_paths] == ["scores_0.parquet", "scores_1.parquet",
                                                  "scores_2.parquet"]
-    cols = ["id"] + [f"{n}_{w}" for n in NAMES for w in ("score", "rank")] + ["poisoned"]
+    cols = ["id"] + [f"{pre}{n}{post}" for n in NAMES
+                     for pre, post in (("", "_score"), ("", "_rank"), ("is_", "_suspect"))]
+    cols.append("poisoned")
     parts = [pd.read_parquet(out / "scores" / f"scores_{i}.parquet") for i in range(3)]
     assert [len(p) for p in parts] == [150, 120, 0]
     for p in parts:
@@ -56,12 +61,20 @@ def test_run_scan_end_to_end(tmp_path):
         np.testing.assert_array_equal(np.sort(allp[f"{name}_rank"]), np.arange(1, 271))
         top = allp.loc[allp[f"{name}_rank"] == 1, f"{name}_score"].item()
         assert top == allp[f"{name}_score"].max()
+        # is_<det>_suspect = the top 1% = ceil(2.7) = 3 samples
+        assert allp[f"is_{name}_suspect"].sum() == 3
+        assert (allp.loc[allp[f"is_{name}_suspect"], f"{name}_rank"] <= 3).all()
     pd.testing.assert_frame_equal(allp, res.scores[cols])
 
     run = json.loads(res.run_json.read_text())
     assert run["n"] == 270 and run["d"] == 16
     assert run["shard_sizes"] == [150, 120] and run["skipped_shards"] == [2]
-    assert run["config"]["k"] == 8 and run["config"]["reference"] == "global"
+    assert run["config"]["k"] == 8 and run["config"]["reference"] == "auto"
+    assert run["reference_plan"]["mode"] == "global" and "N=270" in run["reference_plan"]["reason"]
+    assert run["n_skipped_detectors"] == 2
+    assert "caption embeddings" in run["skipped_detectors"]["clipscore"]
+    assert run["detectors"] == NAMES and run["n_suspects"] == 3
+    assert run["detector_info"]["fused"]["components"] == ["dao", "density_anomaly", "caption_dup"]
     assert {"load", "score", "write", "total"} <= set(run["timings_s"])
     image = np.concatenate([np.load(emb / "img_emb" / f"img_emb_{i}.npy") for i in range(2)])
     assert run["data_fingerprint"] == fingerprint_arrays(image.astype(np.float32))
@@ -85,7 +98,8 @@ def test_run_scan_batch_mode_without_ground_truth(tmp_path):
                    seed=1)
     assert res.metrics is None
     part = pd.read_parquet(out / "scores" / "scores_1.parquet")
-    assert list(part.columns) == ["id", "dao_score", "dao_rank", "kdist_score", "kdist_rank"]
+    assert list(part.columns) == ["id", "dao_score", "dao_rank", "is_dao_suspect", "kdist_score",
+                                  "kdist_rank", "is_kdist_suspect"]
     run = json.loads(res.run_json.read_text())
     assert run["detection"] is None and run["config"]["batch_size"] == 64
 

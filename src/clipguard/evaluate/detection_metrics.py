@@ -73,3 +73,16 @@ def detection_metrics(y_true, scores) -> dict[str, float]:
         "auprc": float(average_precision_score(y, r)),
         "tpr_at_1pct_fpr": float(tpr[fpr <= FPR_BUDGET].max()),
     }
+
+
+def detection_metrics_many(y_true, scores: dict) -> dict[str, dict[str, float]]:
+    """:func:`detection_metrics` of several scores against the same ground truth.
+
+    Args:
+        y_true: (n,) ground truth, 1 = poisoned.
+        scores: ``{name: (n,) scores}``, higher = more suspicious.
+
+    Returns:
+        ``{name: {"auroc", "auprc", "tpr_at_1pct_fpr"}}`` in the order of ``scores``.
+    """
+    return {name: detection_metrics(y_true, s) for name, s in scores.items()}

@@ -1,0 +1,319 @@
+"""The :class:`Scan` facade: one object to audit an embedding set for backdoor samples.
+
+In the spirit of cleanlab's ``Datalab``: construct it on the data, call
+:meth:`Scan.find_suspects`, then read :meth:`Scan.report` and :meth:`Scan.get_suspects`, and
+:meth:`Scan.save` the results in the same layout as :func:`~clipguard.detect.scan.run_scan`
+(which is this class applied to a folder).
+
+Example:
+    >>> import numpy as np
+    >>> from clipguard.detect import Scan
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 16))
+    >>> x[:, 0] += 4                               # clean data: a cone around e_0 ...
+    >>> x[:5, 0] -= 8                              # ... five samples point the other way
+    >>> scan = Scan(x, ground_truth=np.arange(500) < 5).find_suspects(["kdist", "dao"], k=8)
+    >>> sorted(scan.get_suspects("kdist").index)   # the top 1% by default
+    [0, 1, 2, 3, 4]
+    >>> print(scan.report())                       # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from clipguard.detect.detectors import DETECTORS
+from clipguard.detect.layout import EmbeddingSet, load_embedding_folder
+from clipguard.detect.scan import (
+    DEFAULT_SUSPECT_SHARE,
+    _check_config,
+    build_score_table,
+    detection_table,
+    n_suspects,
+    record_scoring,
+    write_scan,
+)
+from clipguard.detect.scoring import score_embeddings, split_by_inputs
+from clipguard.errors import ConfigError
+from clipguard.utils.runrecord import RunRecord, fingerprint_arrays
+
+log = logging.getLogger("clipguard")
+
+
+class Scan:
+    """Audit one set of CLIP training pairs for backdoor samples.
+
+    Args:
+        image_emb: (N, d) image embeddings (any float dtype; normalised when scoring).
+        text_emb: (N, d_t) caption embeddings, row-aligned, or None.
+        captions: N caption strings, or None.
+        ids: N sample ids (default ``0..N-1``).
+        ground_truth: N booleans (True = poisoned), or None; gives AUROC/AUPRC in the report.
+
+    Attributes (after :meth:`find_suspects`):
+        scores: N-row DataFrame in dataset order: ``id``, ``shard``, ``row_in_shard``, and per
+            detector ``<det>_score`` (float64, higher = more suspicious), ``<det>_rank``
+            (1 = most suspicious), ``is_<det>_suspect``; ``poisoned`` with ground truth.
+        detectors: the detectors that ran.
+        skipped_detectors: ``{name: reason}`` of default detectors skipped for missing inputs.
+        info: reference plan (mode chosen and why), per-draw kNN info (IVF recall), detector info.
+        metrics: ``{det: {"auroc", "auprc", "tpr_at_1pct_fpr"}}`` or None.
+
+    ``is_<det>_suspect`` marks the ``ceil(suspect_share * N)`` best-ranked samples of that
+    detector (``suspect_share`` of :meth:`find_suspects`, 1% by default: the share the DAO paper
+    found enough to filter for patch triggers). It is a filtering budget, not a threshold on
+    the score.
+    """
+
+    def __init__(
+        self,
+        image_emb: np.ndarray,
+        text_emb: np.ndarray | None = None,
+        captions: Iterable[Any] | None = None,
+        ids: Iterable[Any] | None = None,
+        ground_truth: Iterable[Any] | None = None,
+    ) -> None:
+        image = np.asarray(image_emb)
+        if image.ndim != 2:
+            raise ConfigError(f"image_emb must be a 2-D array (N, d), got shape {image.shape}")
+        n = image.shape[0]
+        if n == 0:
+            raise ConfigError("image_emb has 0 rows; nothing to scan")
+        self.image = np.asarray(image, dtype=np.float32)
+        self.text = None if text_emb is None else np.asarray(text_emb, dtype=np.float32)
+        if self.text is not None and (self.text.ndim != 2 or self.text.shape[0] != n):
+            raise ConfigError(f"text_emb must have shape (N={n}, d_t), got {self.text.shape}")
+        self.captions = None if captions is None else np.asarray(list(captions), dtype=object)
+        self.ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(list(ids))
+        self.ground_truth = None if ground_truth is None else np.asarray(list(ground_truth))
+        for what, arr in (("captions", self.captions), ("ids", self.ids),
+                          ("ground_truth", self.ground_truth)):
+            if arr is not None and len(arr) != n:
+                raise ConfigError(f"{what} has {len(arr)} entries but image_emb has {n} rows; "
+                                  "they must be row-aligned")
+        self._shard = np.zeros(n, dtype=np.int64)
+        self._row_in_shard = np.arange(n, dtype=np.int64)
+        self._shard_ids, self._skipped_shards = [0], []
+        self._sizes = [int(n)]
+        self._source: str | None = None
+        self._locate = None
+        self._load_s: float | None = None
+        self._rec: RunRecord | None = None
+        self._table: pd.DataFrame | None = None
+
+    # -- construction from a folder -------------------------------------------------------
+    @classmethod
+    def from_folder(cls, path: str | Path) -> "Scan":
+        """Read a clip-retrieval embedding folder (``img_emb/``, optional ``text_emb/`` and
+        ``metadata/`` with ``id``, ``caption``, ``poisoned`` columns); empty shards are skipped.
+
+        Raises:
+            EmbeddingError: the folder is malformed (see
+                :func:`~clipguard.detect.layout.load_embedding_folder`).
+        """
+        t0 = time.perf_counter()
+        es: EmbeddingSet = load_embedding_folder(path)
+        meta = es.metadata
+        scan = cls(es.image, es.text,
+                   captions=meta["caption"].to_numpy(dtype=object) if "caption" in meta.columns else None,
+                   ids=meta["id"].to_numpy() if "id" in meta.columns else None,
+                   ground_truth=meta["poisoned"].to_numpy() if "poisoned" in meta.columns else None)
+        scan._shard = meta["shard"].to_numpy(np.int64)
+        scan._row_in_shard = meta["row_in_shard"].to_numpy(np.int64)
+        scan._shard_ids, scan._skipped_shards = list(es.shard_ids), list(es.skipped_shards)
+        scan._source = str(path)
+        scan._locate = lambda i: f"{path}/{es.locate(i)}"
+        scan._load_s = time.perf_counter() - t0
+        scan._sizes = list(es.shard_sizes)
+        return scan
+
+    @property
+    def available_inputs(self) -> set[str]:
+        """``{"image"}`` plus ``"text"`` / ``"captions"`` when present."""
+        return {"image"} | ({"text"} if self.text is not None else set()) | (
+            {"captions"} if self.captions is not None else set())
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    # -- the work --------------------------------------------------------------------------
+    def find_suspects(
+        self,
+        detectors: Iterable[str] | None = None,
+        *,
+        k: int = 16,
+        reference: str = "auto",
+        suspect_share: float = DEFAULT_SUSPECT_SHARE,
+        batch_size: int = 2048,
+        reference_size: int | None = None,
+        n_references: int | None = None,
+        index: str = "auto",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        target_recall: float = 0.95,
+        n_recall: int = 1000,
+        seed: int = 0,
+        backend: str = "blocked",
+        detector_params: dict[str, dict[str, Any]] | None = None,
+    ) -> "Scan":
+        """Score every sample with ``detectors`` and mark the suspects.
+
+        Args:
+            detectors: registered names; None = every registered detector whose inputs this
+                data has (the others are skipped, see ``skipped_detectors``). Naming a detector
+                whose input is missing raises ConfigError.
+            k: neighbours per sample.
+            reference: reference mode (``"auto"``, ``"global"``, ``"batch"``, ``"reference"``,
+                ``"multi_reference"``; see :mod:`clipguard.detect.reference`).
+            suspect_share: share of the samples marked ``is_<det>_suspect``, in (0, 1].
+            batch_size, reference_size, n_references, index, nlist, nprobe, target_recall,
+                n_recall, seed, backend, detector_params: as in
+                :func:`~clipguard.detect.scan.run_scan`.
+
+        Returns:
+            self, for chaining.
+        """
+        explicit = detectors is not None
+        names = list(dict.fromkeys(detectors)) if explicit else DETECTORS.names()
+        if not names:
+            raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
+        _check_config(names, k, reference, batch_size, backend, index, suspect_share)
+        rec = RunRecord("scan", config={
+            "emb_dir": self._source, "detectors": names if explicit else None, "k": int(k),
+            "reference": reference, "batch_size": int(batch_size), "reference_size": reference_size,
+            "n_references": n_references, "index": index, "nlist": nlist, "nprobe": nprobe,
+            "target_recall": float(target_recall), "n_recall": int(n_recall), "seed": int(seed),
+            "backend": backend, "suspect_share": float(suspect_share), "detector_params": detector_params or {},
+        })
+        if self._load_s is not None:
+            rec["timings_s"]["load"] = round(self._load_s, 4)
+        names, skipped = split_by_inputs(names, self.available_inputs, explicit=explicit)
+        if skipped:
+            log.warning("skipped %d detector(s) for missing inputs: %s", len(skipped),
+                        "; ".join(f"{n} ({why})" for n, why in skipped.items()))
+        if not names:
+            raise ConfigError("none of the detectors can run on this data: "
+                              + "; ".join(f"{n} {why}" for n, why in skipped.items()))
+        n, d = self.image.shape
+        with rec.stage("fingerprint"):
+            rec["data_fingerprint"] = fingerprint_arrays(self.image)
+        rec["n"], rec["d"] = int(n), int(d)
+        rec["inputs"] = sorted(self.available_inputs)
+        rec["detectors"] = names
+        rec["shard_ids"] = self._shard_ids
+        rec["shard_sizes"] = self._sizes
+        rec["skipped_shards"] = self._skipped_shards
+        with rec.stage("score"):
+            raw, info = score_embeddings(
+                self.image, names, k=k, reference=reference, batch_size=batch_size,
+                reference_size=reference_size, n_references=n_references, index=index,
+                nlist=nlist, nprobe=nprobe, target_recall=target_recall, n_recall=n_recall,
+                seed=seed, backend=backend, text=self.text, captions=self.captions, detector_params=detector_params,
+                describe_row=self._locate)
+        record_scoring(rec, info, skipped)
+        base = pd.DataFrame({"id": self.ids, "shard": self._shard,
+                             "row_in_shard": self._row_in_shard})
+        if self.ground_truth is not None:
+            base["poisoned"] = self.ground_truth
+        table = build_score_table(base, raw, suspect_share)
+        rec["n_suspects"] = n_suspects(n, suspect_share)
+        with rec.stage("metrics"):
+            metrics = detection_table(table, names, rec)
+        rec["detection"] = metrics
+        self._rec, self._table = rec, table
+        self.detectors, self.skipped_detectors = names, skipped
+        self.info, self.metrics = info, metrics
+        self.suspect_share = float(suspect_share)
+        return self
+
+    # -- results ---------------------------------------------------------------------------
+    def _require_run(self) -> pd.DataFrame:
+        if self._table is None:
+            raise ConfigError("no results yet; call find_suspects() first")
+        return self._table
+
+    @property
+    def scores(self) -> pd.DataFrame:
+        """The per-sample table (see the class docstring)."""
+        return self._require_run()
+
+    def _check_detector(self, detector: str) -> None:
+        self._require_run()
+        if detector not in self.detectors:
+            raise ConfigError(
+                f"detector {detector!r} was not part of this scan; choose one of: "
+                + ", ".join(self.detectors)
+            )
+
+    def get_suspects(self, detector: str, n: int | None = None) -> pd.DataFrame:
+        """The suspects of one detector, most suspicious first.
+
+        Args:
+            detector: a detector of this scan.
+            n: return the ``n`` best-ranked samples; None = those marked ``is_<det>_suspect``.
+
+        Returns:
+            DataFrame (index = dataset row) with ``id``, ``<det>_score``, ``<det>_rank``,
+            ``is_<det>_suspect`` (and ``poisoned`` with ground truth), sorted by rank.
+        """
+        table = self._require_run()
+        self._check_detector(detector)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
+            raise ConfigError(f"n must be an integer >= 0 or None, got {n!r}")
+        cols = ["id", f"{detector}_score", f"{detector}_rank", f"is_{detector}_suspect"]
+        if "poisoned" in table.columns:
+            cols.append("poisoned")
+        out = table.sort_values(f"{detector}_rank", kind="stable")[cols]
+        return out[out[f"is_{detector}_suspect"]] if n is None else out.head(n)
+
+    def report(self, n: int = 5) -> str:
+        """A plain-text summary: reference mode and why, per-detector score statistics and
+        suspect counts, detection metrics (with ground truth), and the top ``n`` suspects of
+        each detector. Print it: ``print(scan.report())``."""
+        table = self._require_run()
+        plan = self.info.get("reference_plan", {})
+        lines = [f"clipguard scan: {len(self)} samples, inputs {', '.join(sorted(self.available_inputs))}",
+                 f"reference: {plan.get('mode')} ({plan.get('reason')})"]
+        if "recall_at_k" in self.info:
+            lines.append(f"kNN recall@k vs exact: {self.info['recall_at_k']:.4f}")
+        if self.skipped_detectors:
+            lines.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in self.skipped_detectors.items()))
+        w = max(8, *(len(d) for d in self.detectors))
+        lines += ["", f"{'detector':{w}s} {'min':>10s} {'median':>10s} {'max':>10s} {'suspects':>9s}"
+                  + ("" if self.metrics is None else f" {'AUROC':>7s} {'AUPRC':>7s} {'TPR@1%':>7s}")]
+        for det in self.detectors:
+            s = table[f"{det}_score"].to_numpy()
+            row = (f"{det:{w}s} {np.nanmin(s):10.4g} {np.nanmedian(s):10.4g} {np.nanmax(s):10.4g} "
+                   f"{int(table[f'is_{det}_suspect'].sum()):9d}")
+            if self.metrics is not None:
+                m = self.metrics[det]
+                row += f" {m['auroc']:7.4f} {m['auprc']:7.4f} {m['tpr_at_1pct_fpr']:7.4f}"
+            lines.append(row)
+        if n:
+            lines.append("")
+            for det in self.detectors:
+                top = self.get_suspects(det, n)
+                ids = ", ".join(str(i) for i in top["id"].tolist())
+                lines.append(f"top {len(top)} by {det}: {ids}")
+        return "\n".join(lines)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``scores/scores_{i}.parquet`` per shard and ``run.json`` (the ``run_scan``
+        contract; data built from arrays is one shard, 0). The score files are listed in
+        ``score_paths`` afterwards.
+
+        Returns:
+            The path of ``run.json``.
+        """
+        table = self._require_run()
+        assert self._rec is not None
+        self._rec.data["config"]["out_dir"] = str(out_dir)
+        self.score_paths, run_json = write_scan(table, self.detectors,
+                                                self._shard_ids + self._skipped_shards, out_dir,
+                                                self._rec)
+        return run_json

@@ -1,0 +1,189 @@
+"""``fused``: one score combining image density with the pair and text signals.
+
+Components: the image-density detectors ``image`` (default ``dao`` and ``density_anomaly``:
+DAO catches poison that is sparse, as at low rates; the two-sided k-distance anomaly also
+catches a poisoned cluster that is abnormally DENSE, as at high rates) plus every signal of
+``signals`` (default ``clipscore``, ``caption_dup``, ``caption_disagreement``) whose inputs the
+data has -- with image embeddings only, ``fused`` combines the image detectors alone.
+
+Combination (``method``):
+
+``"rank"`` (default)
+    Mean of the components' percentile ranks within the scored set (average rank of ties
+    divided by n, in (0, 1]). Scale-free, so a heavy-tailed score (DAO reaches 1e300) cannot
+    drown the others, and each component counts equally.
+``"fisher"``
+    Fisher's combination of empirical p-values: ``-mean(ln p)`` with ``p = (n - r + 1) / n``
+    for a sample of ascending average rank r. Rank-based like ``"rank"``, but one component
+    at the very top of its ranking counts more than several moderately high ones (an OR
+    rather than an AND of the evidence).
+``"zsum"``
+    Mean of robust z-scores ``(s - median) / (1.4826 * MAD)`` (MAD 0 -> standard deviation,
+    0 -> the component is dropped as constant). Lets one component with a strong, isolated
+    signal dominate; sensitive to heavy tails.
+
+Ranks and z-scores are taken within the set being scored (the whole dataset in a scan; the
+query set in ``score_samples``). Higher = more suspicious.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from clipguard.detect.detectors import DETECTORS, Detector
+from clipguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from clipguard.detect.scoring import ScoreInputs
+
+FUSE_METHODS = ("rank", "fisher", "zsum")
+DEFAULT_IMAGE = ("dao", "density_anomaly")
+DEFAULT_SIGNALS = ("clipscore", "caption_dup", "caption_disagreement")
+
+
+def percentile_rank(scores: np.ndarray) -> np.ndarray:
+    """(n,) float64 ranks in (0, 1]: average rank of ties / n, ascending; NaN ranked lowest."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    return rankdata(s, method="average") / max(len(s), 1)
+
+
+def upper_tail_log_p(scores: np.ndarray) -> np.ndarray:
+    """``-ln p`` with the empirical upper-tail p-value ``p = (n - r + 1) / n`` of each score
+    (r = ascending average rank; NaN ranked lowest): 0 for the lowest score, ``ln n`` for the
+    highest."""
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(s)
+    r = percentile_rank(s) * n
+    return -np.log((n - r + 1) / n)
+
+
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """``(s - median) / (1.4826 * MAD)``; falls back to the standard deviation when MAD is 0
+    and gives zeros for a constant score. Non-finite values are clipped to the finite range."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    if finite.size == 0:
+        return np.zeros_like(s)
+    s = np.clip(np.nan_to_num(s, nan=finite.min(), posinf=finite.max(), neginf=finite.min()),
+                finite.min(), finite.max())
+    med = np.median(s)
+    scale = 1.4826 * np.median(np.abs(s - med))
+    if scale == 0 or not np.isfinite(scale):
+        scale = np.std(s)
+    if scale == 0 or not np.isfinite(scale):
+        return np.zeros_like(s)
+    return (s - med) / scale
+
+
+def fuse_scores(components: dict[str, np.ndarray], method: str = "rank") -> np.ndarray:
+    """Combine several (n,) scores (higher = more suspicious) into one (n,) float64 score.
+
+    Args:
+        components: ``{name: (n,) scores}``, at least one.
+        method: ``"rank"`` (mean percentile rank), ``"fisher"`` (mean ``-ln`` empirical
+            p-value) or ``"zsum"`` (mean robust z-score).
+    """
+    if method not in FUSE_METHODS:
+        raise ConfigError(f"unknown fuse method {method!r}; choose one of: {', '.join(FUSE_METHODS)}")
+    if not components:
+        raise ConfigError("fuse_scores needs at least one component score")
+    f = {"rank": percentile_rank, "fisher": upper_tail_log_p, "zsum": robust_z}[method]
+    return np.mean([f(s) for s in components.values()], axis=0)
+
+
+@DETECTORS.register("fused")
+class Fused(Detector):
+    """Image density fused with the pair/text signals the data has (mean percentile rank). Higher = more suspicious.
+
+    Args:
+        image: the image-density component(s): registered kNN detector name(s), default
+            ``("dao", "density_anomaly")``.
+        signals: pair/text components used when their inputs are available.
+        method: ``"rank"``, ``"fisher"`` or ``"zsum"`` (module docstring).
+        k, backend, block_size, seed: passed to the components.
+
+    Fitted attributes:
+        components_: names of the components used.
+        detectors_: the fitted component detectors.
+    """
+
+    uses_neighbours = True
+
+    def __init__(self, *, image: str | Iterable[str] = DEFAULT_IMAGE,
+                 signals: Iterable[str] = DEFAULT_SIGNALS,
+                 method: str = "rank", k: int = 16, backend: str = "blocked",
+                 block_size: int = 2048, seed: int = 0) -> None:
+        self.image = image
+        self.signals = signals
+        self.method = method
+        self.k = k
+        self.backend = backend
+        self.block_size = block_size
+        self.seed = seed
+
+    def _components(self, available: set[str]) -> list[str]:
+        if self.method not in FUSE_METHODS:
+            raise ConfigError(f"unknown fuse method {self.method!r}; choose one of: "
+                              f"{', '.join(FUSE_METHODS)}")
+        images = (self.image,) if isinstance(self.image, str) else tuple(self.image)
+        if not images:
+            raise ConfigError("fused needs at least one image component")
+        for name in images:
+            img = DETECTORS.get(name)
+            if not img.uses_neighbours or img.requires != frozenset({"image"}) or name == "fused":
+                raise ConfigError(f"fused image components must be image kNN detectors "
+                                  f"(kdist, lid, slof, dao, density_anomaly), got {name!r}")
+        names = list(dict.fromkeys(images))
+        for s in self.signals:
+            if s == "fused":
+                raise ConfigError("fused cannot contain itself")
+            if not DETECTORS.get(s).missing_inputs(available) and s not in names:
+                names.append(s)
+        return names
+
+    @staticmethod
+    def _available(text: Any, captions: Any) -> set[str]:
+        return {"image"} | ({"text"} if text is not None else set()) | (
+            {"captions"} if captions is not None else set())
+
+    def fit(self, X: np.ndarray, *, text: np.ndarray | None = None, captions: Any = None) -> "Fused":
+        """Fit every component on the reference (images X, and captions when given)."""
+        from clipguard.detect.scoring import make_detector
+
+        self.components_ = self._components(self._available(text, captions))
+        self.detectors_ = {
+            name: make_detector(name, k=self.k, backend=self.backend, block_size=self.block_size,
+                                seed=self.seed).fit(X, text=text, captions=captions)
+            for name in self.components_
+        }
+        return self
+
+    def score_samples(self, X: np.ndarray, *, text: np.ndarray | None = None, captions: Any = None) -> np.ndarray:
+        """(n_q,) fused score of queries (ranks/z-scores taken within the queries)."""
+        if not hasattr(self, "detectors_"):
+            raise ConfigError("Fused is not fitted; call fit(X_ref) first")
+        return fuse_scores({name: d.score_samples(X, text=text, captions=captions)
+                            for name, d in self.detectors_.items()}, self.method)
+
+    def fit_score(self, X: np.ndarray, *, text: np.ndarray | None = None, captions: Any = None) -> np.ndarray:
+        """Fit on the set and score it against itself (each component self-excluded)."""
+        from clipguard.detect.scoring import make_detector
+
+        self.components_ = self._components(self._available(text, captions))
+        self.detectors_ = {}
+        parts = {}
+        for name in self.components_:
+            det = make_detector(name, k=self.k, backend=self.backend, block_size=self.block_size,
+                                seed=self.seed)
+            parts[name] = det.fit_score(X, text=text, captions=captions)
+            self.detectors_[name] = det
+        return fuse_scores(parts, self.method)
+
+    def score_inputs(self, inputs: "ScoreInputs") -> np.ndarray:  # noqa: D102
+        self.components_ = self._components(inputs.available)
+        self.info_ = {"components": self.components_, "method": self.method}
+        return fuse_scores({name: inputs.score(name) for name in self.components_}, self.method)
