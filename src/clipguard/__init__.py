@@ -3,11 +3,11 @@
 The library is organised as the pipeline it implements::
 
     data/      manifests, the torch Dataset, the synthetic "shapes" world
-    attacks/   triggers (registered by name) and the poisoner
+    attacks/   triggers (registered by name), the poisoner, BadCLIP, the adaptive attack
     models/    the open_clip factory, tiny JSON configs, safetensors checkpoints
     train/     the CLIP loss and the one training loop
     embed/     batched embedding extraction in the clip-retrieval layout
-    detect/    kNN backends, density detectors (k-distance, LID, SLOF, DAO), the scan
+    detect/    kNN backends and reference modes, detectors (density, pair, text, fused), Scan
     evaluate/  zero-shot clean accuracy / attack success rate, detection metrics
 
 Every command of the CLI (``clipguard --help``) is a thin layer over a public function here.
