@@ -38,7 +38,7 @@ class DemoConfig:
     batch_size: int = 256
     lr: float = 1e-3
     k: int = 16
-    scan_references: tuple[str, ...] = ("global", "batch")
+    scan_references: tuple[str, ...] = ("auto", "global", "batch")
     scan_batch_size: int = 2048
     seed: int = 0
     resume: bool = False
@@ -125,13 +125,13 @@ def format_summary(s: dict) -> str:
         f"mean over {len(s['attack_success_rate_per_template'])} single templates "
         f"{s['attack_success_rate_template_mean']:.4f})",
         "",
-        f"  {'detector':10s} " + " ".join(f"{ref + ' AUROC':>14s}" for ref in s["detection_by_reference"])
+        f"  {'detector':21s} " + " ".join(f"{ref + ' AUROC':>14s}" for ref in s["detection_by_reference"])
         + f" {'AUPRC':>8s} {'TPR@1%FPR':>10s}",
     ]
     main = s["detection"]
     for det in main:
         aurocs = " ".join(f"{s['detection_by_reference'][ref][det]['auroc']:14.4f}" for ref in s["detection_by_reference"])
-        lines.append(f"  {det:10s} {aurocs} {main[det]['auprc']:8.4f} {main[det]['tpr_at_1pct_fpr']:10.4f}")
+        lines.append(f"  {det:21s} {aurocs} {main[det]['auprc']:8.4f} {main[det]['tpr_at_1pct_fpr']:10.4f}")
     lines.append(f"  (AUPRC and TPR@1%FPR with the {s['detection_reference']} reference)")
     lines.append("")
     lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds_by_stage"].items() if k != "total")
