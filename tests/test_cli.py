@@ -83,3 +83,25 @@ def test_poison_with_json_params_and_clean_label(tiny_world, tmp_path):
                 "--clean-label")
     assert r.returncode == 0, r.stderr
     assert "poisoned 6 of 600" in r.stdout
+
+
+def test_scan_from_model_and_dataset(tmp_path):
+    from clipguard.models import create_model, save_model
+
+    manifest = make_bad_manifest(tmp_path, n_good=30)
+    save_model(create_model("tiny-rn"), tmp_path / "model")
+    r = run_cli("scan", "--model", tmp_path / "model", "--data", manifest, "--out", tmp_path / "scan",
+                "-k", "5", "--top", "2")
+    assert r.returncode == 0, r.stderr
+    assert "embedded 30 pairs, skipped 3" in r.stdout and "scored 30 samples" in r.stdout
+    assert (tmp_path / "scan" / "embeddings" / "img_emb" / "img_emb_0.npy").is_file()
+    assert len(pd.read_parquet(tmp_path / "scan" / "scores" / "scores_0.parquet")) == 30
+    assert json.loads((tmp_path / "scan" / "run.json").read_text())["config"]["k"] == 5
+    for args, text in ((["scan", "--out", tmp_path / "x"], "exactly one input"),
+                       (["scan", tmp_path / "scan" / "embeddings", "--data", manifest, "--out", tmp_path / "x"],
+                        "exactly one input"),
+                       (["scan", "--model", tmp_path / "model", "--out", tmp_path / "x"], "needs --model"),
+                       (["scan", "--model", tmp_path / "model", "--data", manifest], "needs --model")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr

@@ -9,6 +9,7 @@ Examples::
     clipguard train poisoned/manifest.parquet --out model --model tiny-rn --epochs 10
     clipguard embed model poisoned/manifest.parquet --out emb
     clipguard scan emb --out scan --top 20
+    clipguard scan --model model --data poisoned/manifest.parquet --out scan2   # embeds first
     clipguard eval model world/test/manifest.parquet --classes world/classes.json --attack poisoned/attack.json
     clipguard demo --out demo                         # all of the above in one command
 """
@@ -152,8 +153,13 @@ def embed(obj: dict, model_dir: str, manifest: str, out: str, shard_size: int, b
 
 
 @cli.command()
-@click.argument("emb_dir", type=click.Path())
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: EMB_DIR).")
+@click.argument("emb_dir", type=click.Path(), required=False)
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="Model folder: embed --data with it first (into OUT/embeddings), then scan.")
+@click.option("--data", "manifest", type=click.Path(), default=None,
+              help="Dataset manifest to embed with --model (instead of EMB_DIR).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: EMB_DIR; required with --model/--data).")
 @click.option("--detector", "detectors", multiple=True,
               help="Detector name (repeatable; default: every detector whose inputs the folder has; "
                    "`clipguard detectors` lists them).")
@@ -183,20 +189,34 @@ def embed(obj: dict, model_dir: str, manifest: str, out: str, shard_size: int, b
 @click.option("--rank-by", default=None,
               help="Detector whose suspects --top prints [default: the first --detector, else fused].")
 @click.pass_obj
-def scan(obj: dict, emb_dir: str, out: str | None, detectors: tuple[str, ...], k: int, reference: str,
-         batch_size: int, reference_size: int | None, n_references: int | None, index: str,
-         nlist: int | None, nprobe: int | None, target_recall: float, backend: str, suspect_share: float,
-         seed: int, top: int, rank_by: str | None) -> None:
-    """Score every sample of an embedding folder (higher = more suspicious)."""
-    from clipguard.detect.scan import run_scan, top_suspects
+def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
+         detectors: tuple[str, ...], k: int, reference: str, batch_size: int, reference_size: int | None,
+         n_references: int | None, index: str, nlist: int | None, nprobe: int | None, target_recall: float,
+         backend: str, suspect_share: float, seed: int, top: int, rank_by: str | None) -> None:
+    """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
+    model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
+    from clipguard.detect import ScanConfig
+    from clipguard.detect.scan import run_scan, scan_dataset, top_suspects
 
-    res = run_scan(emb_dir, out or emb_dir, detectors=list(detectors) or None, k=k, reference=reference,
-                   batch_size=batch_size, reference_size=reference_size, n_references=n_references,
-                   index=index, nlist=nlist, nprobe=nprobe, target_recall=target_recall, seed=seed,
-                   backend=backend, suspect_share=suspect_share)
+    from_data = model_dir is not None or manifest is not None
+    if from_data == (emb_dir is not None):
+        raise ClipguardError("give exactly one input: EMB_DIR, or --model MODEL_DIR with --data MANIFEST")
+    if from_data and (model_dir is None or manifest is None or out is None):
+        raise ClipguardError("scanning a dataset needs --model MODEL_DIR, --data MANIFEST and --out OUT")
+    config = ScanConfig(k=k, reference=reference, batch_size=batch_size, reference_size=reference_size,
+                        n_references=n_references, index=index, nlist=nlist, nprobe=nprobe,
+                        target_recall=target_recall, seed=seed, backend=backend, suspect_share=suspect_share)
+    names = list(detectors) or None
+    if from_data:
+        dres = scan_dataset(model_dir, manifest, out, detectors=names, config=config, progress=obj["progress"])
+        click.echo(f"embedded {dres.embed.n_embedded} pairs, skipped {dres.embed.n_skipped} -> {dres.emb_dir}")
+        res = dres.scan
+    else:
+        res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config)
+    out = str(res.out_dir)
     n = len(res.scores)
     plan = res.info.get("reference_plan", {})
-    click.echo(f"scored {n} samples -> {Path(out or emb_dir) / 'scores'}")
+    click.echo(f"scored {n} samples -> {Path(out) / 'scores'}")
     click.echo(f"reference: {plan.get('mode')} ({plan.get('reason')})"
                + (f"; kNN recall@k {res.info['recall_at_k']:.4f}" if "recall_at_k" in res.info else ""))
     for det, why in res.skipped_detectors.items():

@@ -11,6 +11,7 @@ from clipguard.detect import (
     caption_dup_share,
     caption_keys,
     clipscore,
+    fold_two_sided,
     fuse_scores,
     percentile_rank,
     robust_z,
@@ -195,14 +196,19 @@ def test_fused_is_the_mean_rank_of_its_available_components():
     s = score_all(x, ["dao", "density_anomaly", "clipscore", "caption_dup",
                       "caption_disagreement", "fused"], k=5, text=text, captions=caps)
     parts = ["dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement"]
-    np.testing.assert_allclose(s["fused"], np.mean([percentile_rank(s[p]) for p in parts], axis=0))
+    # caption_disagreement enters two-sided (folded), the others as they are
+    folded = {p: fold_two_sided(s[p]) if p == "caption_disagreement" else s[p] for p in parts}
+    np.testing.assert_allclose(s["fused"], np.mean([percentile_rank(v) for v in folded.values()], axis=0))
+    one_sided = score_all(x, ["fused"], k=5, text=text, captions=caps,
+                          detector_params={"fused": {"two_sided": ()}})["fused"]
+    np.testing.assert_allclose(one_sided, np.mean([percentile_rank(s[p]) for p in parts], axis=0))
     # images only: dao and density_anomaly
     img = score_all(x, ["fused"], k=5)["fused"]
     np.testing.assert_allclose(img, (percentile_rank(s["dao"]) + percentile_rank(s["density_anomaly"])) / 2)
     # the estimator API gives the same numbers
     det = DETECTORS.get("fused")(k=5)
     np.testing.assert_allclose(det.fit_score(x, text=text, captions=caps), s["fused"])
-    assert det.components_ == parts
+    assert det.components_ == parts and det.two_sided_ == ["caption_disagreement"]
     one = DETECTORS.get("fused")(k=5, image="kdist", signals=(), method="zsum").fit(x)
     np.testing.assert_allclose(one.score_samples(x[:50]),
                                robust_z(DETECTORS.get("kdist")(k=5).fit(x).score_samples(x[:50])))

@@ -3,16 +3,16 @@
 kNN backends (``knn``), density scores (``density``), reference modes and the neighbour graph
 (``reference``), the detectors -- density (``detectors``), Isolation Forest (``iforest``),
 pair/text signals (``pair``), the fused score (``fused``) -- all in the ``DETECTORS`` registry,
-the scoring engine (``scoring``), the clip-retrieval folder reader (``layout``), the scan that
+the scan options (``config``: :class:`ScanConfig`), the scoring engine (``scoring``), the clip-retrieval folder reader (``layout``), the scan that
 writes per-shard score files (``scan``) and the :class:`Scan` facade (``facade``).
 Every score is "higher = more suspicious".
 
 Example::
 
-    from clipguard.detect import Scan
+    from clipguard.detect import Scan, ScanConfig
 
     scan = Scan.from_folder("emb")
-    scan.find_suspects(["dao", "fused"], reference="auto")
+    scan.find_suspects(["dao", "fused"], config=ScanConfig(k=16, reference="auto"))
     print(scan.report())
     scan.get_suspects("fused", n=20)
 """
@@ -49,7 +49,7 @@ from clipguard.detect.pair import (
     clipscore,
     text_dup_share,
 )
-from clipguard.detect.fused import Fused, fuse_scores, percentile_rank, robust_z
+from clipguard.detect.fused import Fused, fold_two_sided, fuse_scores, percentile_rank, robust_z
 from clipguard.detect.knn import knn_bruteforce, knn_search, knn_self_groups, normalize
 from clipguard.detect.layout import EmbeddingSet, load_embedding_folder
 from clipguard.detect.reference import (
@@ -68,7 +68,15 @@ from clipguard.detect.scoring import (
     score_embeddings,
     split_by_inputs,
 )
-from clipguard.detect.scan import ScanResult, rank_desc, run_scan, top_suspects
+from clipguard.detect.config import ScanConfig
+from clipguard.detect.scan import (
+    DatasetScanResult,
+    ScanResult,
+    rank_desc,
+    run_scan,
+    scan_dataset,
+    top_suspects,
+)
 from clipguard.detect.facade import Scan
 
 __all__ = [
@@ -77,12 +85,13 @@ __all__ = [
     "batch_partition", "score_all", "self_knn",
     "IForest", "CaptionDisagreement", "CaptionDup", "CLIPScore", "caption_disagreement",
     "caption_dup_share", "clipscore", "text_dup_share",
-    "Fused", "fuse_scores", "percentile_rank", "robust_z",
+    "Fused", "fold_two_sided", "fuse_scores", "percentile_rank", "robust_z",
     "knn_bruteforce", "knn_search", "knn_self_groups", "normalize",
     "EmbeddingSet", "load_embedding_folder",
     "REFERENCE_MODES", "NeighbourGraph", "ReferencePlan", "build_graph", "plan_reference",
     "sample_reference", "search_reference",
     "ScoreInputs", "caption_keys", "make_detector", "score_embeddings", "split_by_inputs",
-    "ScanResult", "rank_desc", "run_scan", "top_suspects",
+    "ScanConfig", "DatasetScanResult", "ScanResult", "rank_desc", "run_scan", "scan_dataset",
+    "top_suspects",
     "Scan",
 ]

@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -29,9 +30,8 @@ import pandas as pd
 
 from clipguard.detect.detectors import DETECTORS
 from clipguard.detect.layout import EmbeddingSet, load_embedding_folder
+from clipguard.detect.config import ScanConfig
 from clipguard.detect.scan import (
-    DEFAULT_SUSPECT_SHARE,
-    _check_config,
     build_score_table,
     detection_table,
     n_suspects,
@@ -63,6 +63,7 @@ class Scan:
         skipped_detectors: ``{name: reason}`` of default detectors skipped for missing inputs.
         info: reference plan (mode chosen and why), per-draw kNN info (IVF recall), detector info.
         metrics: ``{det: {"auroc", "auprc", "tpr_at_1pct_fpr"}}`` or None.
+        config: the :class:`~clipguard.detect.config.ScanConfig` of the last run.
 
     ``is_<det>_suspect`` marks the ``ceil(suspect_share * N)`` best-ranked samples of that
     detector (``suspect_share`` of :meth:`find_suspects`, 1% by default: the share the DAO paper
@@ -146,20 +147,8 @@ class Scan:
         self,
         detectors: Iterable[str] | None = None,
         *,
-        k: int = 16,
-        reference: str = "auto",
-        suspect_share: float = DEFAULT_SUSPECT_SHARE,
-        batch_size: int = 2048,
-        reference_size: int | None = None,
-        n_references: int | None = None,
-        index: str = "auto",
-        nlist: int | None = None,
-        nprobe: int | None = None,
-        target_recall: float = 0.95,
-        n_recall: int = 1000,
-        seed: int = 0,
-        backend: str = "blocked",
-        detector_params: dict[str, dict[str, Any]] | None = None,
+        config: ScanConfig | None = None,
+        **overrides: Any,
     ) -> "Scan":
         """Score every sample with ``detectors`` and mark the suspects.
 
@@ -167,29 +156,30 @@ class Scan:
             detectors: registered names; None = every registered detector whose inputs this
                 data has (the others are skipped, see ``skipped_detectors``). Naming a detector
                 whose input is missing raises ConfigError.
-            k: neighbours per sample.
-            reference: reference mode (``"auto"``, ``"global"``, ``"batch"``, ``"reference"``,
-                ``"multi_reference"``; see :mod:`clipguard.detect.reference`).
-            suspect_share: share of the samples marked ``is_<det>_suspect``, in (0, 1].
-            batch_size, reference_size, n_references, index, nlist, nprobe, target_recall,
-                n_recall, seed, backend, detector_params: as in
-                :func:`~clipguard.detect.scan.run_scan`.
+            config: the scan options (:class:`~clipguard.detect.config.ScanConfig`; default
+                ``ScanConfig()``).
+            **overrides: ScanConfig field names applied on top of ``config``: ``k``,
+                ``reference``, ``suspect_share``, ``batch_size``, ``reference_size``,
+                ``n_references``, ``index``, ``nlist``, ``nprobe``, ``target_recall``,
+                ``n_recall``, ``seed``, ``backend``, ``block_size``, ``detector_params``.
 
         Returns:
             self, for chaining.
+
+        Raises:
+            ConfigError: an unknown option (the message lists the valid ones) or detector, an
+                invalid value, k too large for the data.
         """
+        cfg = ScanConfig.resolve(config, **overrides)
         explicit = detectors is not None
         names = list(dict.fromkeys(detectors)) if explicit else DETECTORS.names()
         if not names:
             raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
-        _check_config(names, k, reference, batch_size, backend, index, suspect_share)
-        rec = RunRecord("scan", config={
-            "emb_dir": self._source, "detectors": names if explicit else None, "k": int(k),
-            "reference": reference, "batch_size": int(batch_size), "reference_size": reference_size,
-            "n_references": n_references, "index": index, "nlist": nlist, "nprobe": nprobe,
-            "target_recall": float(target_recall), "n_recall": int(n_recall), "seed": int(seed),
-            "backend": backend, "suspect_share": float(suspect_share), "detector_params": detector_params or {},
-        })
+        for name in names:
+            DETECTORS.get(name)  # ConfigError listing the known names
+        rec = RunRecord("scan", config={"emb_dir": self._source,
+                                        "detectors": names if explicit else None,
+                                        **dataclasses.asdict(cfg)})
         if self._load_s is not None:
             rec["timings_s"]["load"] = round(self._load_s, 4)
         names, skipped = split_by_inputs(names, self.available_inputs, explicit=explicit)
@@ -209,26 +199,23 @@ class Scan:
         rec["shard_sizes"] = self._sizes
         rec["skipped_shards"] = self._skipped_shards
         with rec.stage("score"):
-            raw, info = score_embeddings(
-                self.image, names, k=k, reference=reference, batch_size=batch_size,
-                reference_size=reference_size, n_references=n_references, index=index,
-                nlist=nlist, nprobe=nprobe, target_recall=target_recall, n_recall=n_recall,
-                seed=seed, backend=backend, text=self.text, captions=self.captions, detector_params=detector_params,
-                describe_row=self._locate)
+            raw, info = score_embeddings(self.image, names, cfg, text=self.text,
+                                         captions=self.captions, describe_row=self._locate)
         record_scoring(rec, info, skipped)
         base = pd.DataFrame({"id": self.ids, "shard": self._shard,
                              "row_in_shard": self._row_in_shard})
         if self.ground_truth is not None:
             base["poisoned"] = self.ground_truth
-        table = build_score_table(base, raw, suspect_share)
-        rec["n_suspects"] = n_suspects(n, suspect_share)
+        table = build_score_table(base, raw, cfg.suspect_share)
+        rec["n_suspects"] = n_suspects(n, cfg.suspect_share)
         with rec.stage("metrics"):
             metrics = detection_table(table, names, rec)
         rec["detection"] = metrics
         self._rec, self._table = rec, table
         self.detectors, self.skipped_detectors = names, skipped
         self.info, self.metrics = info, metrics
-        self.suspect_share = float(suspect_share)
+        self.suspect_share = cfg.suspect_share
+        self.config = cfg
         return self
 
     # -- results ---------------------------------------------------------------------------

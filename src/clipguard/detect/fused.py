@@ -6,6 +6,25 @@ catches a poisoned cluster that is abnormally DENSE, as at high rates) plus ever
 ``signals`` (default ``clipscore``, ``caption_dup``, ``caption_disagreement``) whose inputs the
 data has -- with image embeddings only, ``fused`` combines the image detectors alone.
 
+Two-sided components (``two_sided``, default ``("caption_disagreement",)``)
+    A component whose direction depends on the poisoning regime enters the fusion folded to
+    ``|robust z of ln max(s, EPS)|`` within the scored set (:func:`fold_two_sided`), the same
+    form as ``density_anomaly`` gives the k-distance. ``caption_disagreement`` needs this:
+    at a LOW poison rate a poisoned image sits among clean images of its true class, so its
+    target caption disagrees with theirs (high score); at a HIGH rate with templated target
+    captions (BadNets poison captioned "a photo of a star.") the triggered images form their
+    own dense cluster, each one's image-neighbours are other poisoned samples with the same
+    few captions, and the disagreement is near 0 -- far BELOW any clean sample's, whose
+    neighbours carry varied captions. The one-sided score then ranks the poison last
+    (AUROC 0.000 on the 5% BadNets demo) and its mean rank dragged ``fused`` down (0.948
+    with the auto reference there); folded, it is suspicious in both tails (AUROC 1.000
+    there) and ``fused`` rose to 0.9995 (global reference: 0.812 -> 0.996). The log puts the near-zero tail on the same footing as the high tail:
+    the disagreement is a non-negative, ratio-like quantity whose informative low values
+    differ by orders of magnitude (0.002 for the poison vs a clean median of 0.24). No
+    labels are used: the centre and scale are the median and MAD of the scored set, so the
+    fold assumes the poison is a minority (< 50%) of that set. A standalone
+    ``caption_disagreement`` keeps its one-sided definition.
+
 Combination (``method``):
 
 ``"rank"`` (default)
@@ -31,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from clipguard.detect.density import EPS
 from clipguard.detect.detectors import DETECTORS, Detector
 from clipguard.errors import ConfigError
 
@@ -40,6 +60,7 @@ if TYPE_CHECKING:
 FUSE_METHODS = ("rank", "fisher", "zsum")
 DEFAULT_IMAGE = ("dao", "density_anomaly")
 DEFAULT_SIGNALS = ("clipscore", "caption_dup", "caption_disagreement")
+DEFAULT_TWO_SIDED = ("caption_disagreement",)
 
 
 def percentile_rank(scores: np.ndarray) -> np.ndarray:
@@ -79,6 +100,17 @@ def robust_z(scores: np.ndarray) -> np.ndarray:
     return (s - med) / scale
 
 
+def fold_two_sided(scores: np.ndarray) -> np.ndarray:
+    """``|robust_z(ln max(s, EPS))|``: distance of each (non-negative) score from the typical
+    one, in robust standard deviations of its log; both tails become "high" (module
+    docstring). NaN stays NaN (ranked lowest by :func:`percentile_rank`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    out = np.full(s.shape, np.nan)
+    ok = ~np.isnan(s)
+    out[ok] = np.abs(robust_z(np.log(np.maximum(s[ok], EPS))))
+    return out
+
+
 def fuse_scores(components: dict[str, np.ndarray], method: str = "rank") -> np.ndarray:
     """Combine several (n,) scores (higher = more suspicious) into one (n,) float64 score.
 
@@ -97,17 +129,21 @@ def fuse_scores(components: dict[str, np.ndarray], method: str = "rank") -> np.n
 
 @DETECTORS.register("fused")
 class Fused(Detector):
-    """Image density fused with the pair/text signals the data has (mean percentile rank). Higher = more suspicious.
+    """Image density fused with the pair/text signals the data has (mean percentile rank; caption_disagreement two-sided). Higher = more suspicious.
 
     Args:
         image: the image-density component(s): registered kNN detector name(s), default
             ``("dao", "density_anomaly")``.
         signals: pair/text components used when their inputs are available.
         method: ``"rank"``, ``"fisher"`` or ``"zsum"`` (module docstring).
+        two_sided: components folded by :func:`fold_two_sided` before combining (default
+            ``("caption_disagreement",)``, whose direction flips with the poison rate; see
+            the module docstring). ``()`` fuses every component one-sided.
         k, backend, block_size, seed: passed to the components.
 
     Fitted attributes:
         components_: names of the components used.
+        two_sided_: the components of ``components_`` that were folded.
         detectors_: the fitted component detectors.
     """
 
@@ -115,10 +151,12 @@ class Fused(Detector):
 
     def __init__(self, *, image: str | Iterable[str] = DEFAULT_IMAGE,
                  signals: Iterable[str] = DEFAULT_SIGNALS,
-                 method: str = "rank", k: int = 16, backend: str = "blocked",
+                 method: str = "rank", two_sided: Iterable[str] = DEFAULT_TWO_SIDED,
+                 k: int = 16, backend: str = "blocked",
                  block_size: int = 2048, seed: int = 0) -> None:
         self.image = image
         self.signals = signals
+        self.two_sided = two_sided
         self.method = method
         self.k = k
         self.backend = backend
@@ -143,7 +181,15 @@ class Fused(Detector):
                 raise ConfigError("fused cannot contain itself")
             if not DETECTORS.get(s).missing_inputs(available) and s not in names:
                 names.append(s)
+        folded = (self.two_sided,) if isinstance(self.two_sided, str) else tuple(self.two_sided)
+        for t in folded:
+            DETECTORS.get(t)  # ConfigError listing the known names
+        self.two_sided_ = [n for n in names if n in folded]
         return names
+
+    def _fuse(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        return fuse_scores({name: fold_two_sided(s) if name in self.two_sided_ else s
+                            for name, s in parts.items()}, self.method)
 
     @staticmethod
     def _available(text: Any, captions: Any) -> set[str]:
@@ -166,8 +212,8 @@ class Fused(Detector):
         """(n_q,) fused score of queries (ranks/z-scores taken within the queries)."""
         if not hasattr(self, "detectors_"):
             raise ConfigError("Fused is not fitted; call fit(X_ref) first")
-        return fuse_scores({name: d.score_samples(X, text=text, captions=captions)
-                            for name, d in self.detectors_.items()}, self.method)
+        return self._fuse({name: d.score_samples(X, text=text, captions=captions)
+                           for name, d in self.detectors_.items()})
 
     def fit_score(self, X: np.ndarray, *, text: np.ndarray | None = None, captions: Any = None) -> np.ndarray:
         """Fit on the set and score it against itself (each component self-excluded)."""
@@ -181,9 +227,10 @@ class Fused(Detector):
                                 seed=self.seed)
             parts[name] = det.fit_score(X, text=text, captions=captions)
             self.detectors_[name] = det
-        return fuse_scores(parts, self.method)
+        return self._fuse(parts)
 
     def score_inputs(self, inputs: "ScoreInputs") -> np.ndarray:  # noqa: D102
         self.components_ = self._components(inputs.available)
-        self.info_ = {"components": self.components_, "method": self.method}
-        return fuse_scores({name: inputs.score(name) for name in self.components_}, self.method)
+        self.info_ = {"components": self.components_, "method": self.method,
+                      "two_sided": self.two_sided_}
+        return self._fuse({name: inputs.score(name) for name in self.components_})

@@ -31,19 +31,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipguard.detect.detectors import DETECTORS
-from clipguard.detect.knn import BACKENDS
-from clipguard.detect.reference import INDEXES, REFERENCE_MODES
+from clipguard.detect.config import DEFAULT_SUSPECT_SHARE, ScanConfig
 from clipguard.errors import ClipguardError, ConfigError
 from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord
 
 log = logging.getLogger("clipguard")
-
-DEFAULT_SUSPECT_SHARE = 0.01
-"""``is_<det>_suspect`` marks the top 1% of the dataset by default (the DAO paper's filter
-share for patch triggers)."""
-
 
 @dataclass
 class ScanResult:
@@ -80,28 +73,6 @@ def rank_desc(scores: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(s), dtype=np.int64)
     ranks[order] = np.arange(1, len(s) + 1, dtype=np.int64)
     return ranks
-
-
-def _check_config(detectors: list[str], k: int, reference: str, batch_size: int, backend: str,
-                  index: str, suspect_share: float) -> None:
-    for name in detectors:
-        DETECTORS.get(name)  # ConfigError listing the known names
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-    if reference not in REFERENCE_MODES:
-        raise ConfigError(
-            f"unknown reference mode {reference!r}; choose one of: {', '.join(REFERENCE_MODES)}"
-        )
-    if reference == "batch" and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= k
-    ):
-        raise ConfigError(f"batch_size must be an integer larger than k={k}, got {batch_size!r}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown kNN backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if index not in INDEXES:
-        raise ConfigError(f"unknown index {index!r}; choose one of: {', '.join(INDEXES)}")
-    if not isinstance(suspect_share, (int, float)) or not 0 < suspect_share <= 1:
-        raise ConfigError(f"suspect_share must lie in (0, 1], got {suspect_share!r}")
 
 
 def n_suspects(n: int, suspect_share: float) -> int:
@@ -210,20 +181,8 @@ def run_scan(
     out_dir: str | Path,
     *,
     detectors: list[str] | tuple[str, ...] | None = None,
-    k: int = 16,
-    reference: str = "auto",
-    batch_size: int = 2048,
-    reference_size: int | None = None,
-    n_references: int | None = None,
-    index: str = "auto",
-    nlist: int | None = None,
-    nprobe: int | None = None,
-    target_recall: float = 0.95,
-    n_recall: int = 1000,
-    seed: int = 0,
-    backend: str = "blocked",
-    suspect_share: float = DEFAULT_SUSPECT_SHARE,
-    detector_params: dict[str, dict[str, Any]] | None = None,
+    config: ScanConfig | None = None,
+    **overrides: Any,
 ) -> ScanResult:
     """Score every sample of a clip-retrieval embedding folder.
 
@@ -233,47 +192,88 @@ def run_scan(
         out_dir: where ``scores/`` and ``run.json`` are written (created if needed).
         detectors: detector names; None = every registered detector whose inputs the folder
             has (the others are skipped and listed in ``run.json``).
-        k: neighbours per sample.
-        reference: ``"auto"``, ``"global"``, ``"batch"``, ``"reference"`` or
-            ``"multi_reference"`` (:mod:`clipguard.detect.reference`; the choice of
-            ``"auto"`` and its reason are recorded in ``run.json`` as ``reference_plan``).
-        batch_size: batch size of ``"batch"`` mode.
-        reference_size: M of the reference modes (default 50,000, capped at N).
-        n_references: R of ``"multi_reference"`` (default 4).
-        index: ``"auto"``, ``"flat"`` (exact) or ``"ivf"`` for the reference modes.
-        nlist, nprobe: IVF lists / lists probed (nlist default from M; nprobe None = tuned
-            on a sample until recall@k reaches ``target_recall``).
-        target_recall: recall@k the IVF nprobe tuning aims for.
-        n_recall: queries sampled to tune nprobe and to measure IVF recall@k (``run.json``).
-        seed: seed of batches, references, IVF and Isolation Forest.
-        backend: exact kNN backend of global mode, ``"blocked"`` or ``"faiss"``.
-        suspect_share: share of the dataset marked ``is_<det>_suspect`` (top ranks).
-        detector_params: extra constructor arguments per detector name.
+        config: the scan options, a :class:`~clipguard.detect.config.ScanConfig` (default
+            ``ScanConfig()``: k=16, reference ``"auto"`` -- its choice and reason are recorded
+            in ``run.json`` as ``reference_plan`` --, suspect_share 0.01, ...).
+        **overrides: ScanConfig field names applied on top of ``config``, e.g.
+            ``run_scan(emb, out, k=8, reference="batch", batch_size=512)``.
 
     Returns:
-        A :class:`ScanResult`.
+        A :class:`ScanResult`. ``run.json`` records ``dataclasses.asdict(config)`` under
+        ``config`` (plus ``emb_dir``, ``out_dir`` and ``detectors``).
 
     Raises:
         EmbeddingError: the folder is malformed or holds NaN/inf/zero embeddings.
-        ConfigError: an unknown detector/mode/backend/index, k too large for the data or the
-            reference, or an explicitly requested detector whose input the folder lacks.
+        ConfigError: an unknown option or detector, an invalid option value, k too large for
+            the data or the reference, or an explicitly requested detector whose input the
+            folder lacks.
     """
     from clipguard.detect.facade import Scan  # the facade builds on this module
 
-    names = list(dict.fromkeys(detectors)) if detectors is not None else DETECTORS.names()
-    if not names:
-        raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
-    _check_config(names, k, reference, batch_size, backend, index, suspect_share)
-    scan = Scan.from_folder(emb_dir).find_suspects(
-        detectors, k=k, reference=reference, suspect_share=suspect_share, batch_size=batch_size,
-        reference_size=reference_size, n_references=n_references, index=index, nlist=nlist,
-        nprobe=nprobe, target_recall=target_recall, n_recall=n_recall, seed=seed,
-        backend=backend,
-        detector_params=detector_params)
+    cfg = ScanConfig.resolve(config, **overrides)
+    scan = Scan.from_folder(emb_dir).find_suspects(detectors, config=cfg)
     run_json = scan.save(out_dir)
     return ScanResult(scores=scan.scores, metrics=scan.metrics, detectors=scan.detectors,
                       out_dir=Path(out_dir), score_paths=scan.score_paths, run_json=run_json,
                       info=scan.info, skipped_detectors=scan.skipped_detectors)
+
+
+@dataclass
+class DatasetScanResult:
+    """What :func:`scan_dataset` produced: the embedding run and the scan of its folder.
+
+    Attributes:
+        embed: the :class:`~clipguard.embed.extract.EmbedResult` (shards written / reused).
+        scan: the :class:`ScanResult` of ``out_dir``.
+        emb_dir: the embedding folder, ``out_dir/embeddings``.
+    """
+
+    embed: Any
+    scan: ScanResult
+    emb_dir: Path
+
+
+def scan_dataset(
+    model_dir: str | Path,
+    manifest: str | Path,
+    out_dir: str | Path,
+    *,
+    detectors: list[str] | tuple[str, ...] | None = None,
+    config: ScanConfig | None = None,
+    embed_batch_size: int = 256,
+    progress: bool = True,
+    **overrides: Any,
+) -> DatasetScanResult:
+    """Embed a dataset with a model, then scan the embeddings.
+
+    Writes ``out_dir/embeddings/`` (clip-retrieval layout, with caption embeddings; resumable:
+    a rerun reuses the finished shards) with
+    :func:`~clipguard.embed.embed_dataset`, then ``out_dir/scores/`` and ``out_dir/run.json``
+    with :func:`run_scan`.
+
+    Args:
+        model_dir: a model folder written by :func:`~clipguard.models.save_model`.
+        manifest: a dataset manifest (:func:`~clipguard.data.manifest.read_manifest`).
+        out_dir: output folder (created).
+        detectors, config, **overrides: as in :func:`run_scan`.
+        embed_batch_size: images per forward pass while embedding.
+        progress: show the embedding progress bar.
+
+    Raises:
+        ConfigError: as :func:`run_scan` (checked before anything is embedded).
+        ClipguardError: the model or manifest cannot be read.
+    """
+    from clipguard.data.manifest import read_manifest
+    from clipguard.embed import embed_dataset
+    from clipguard.models import load_model
+
+    cfg = ScanConfig.resolve(config, **overrides)  # fail fast, before the expensive part
+    out_dir = Path(out_dir)
+    emb_dir = out_dir / "embeddings"
+    emb = embed_dataset(load_model(model_dir), read_manifest(manifest), emb_dir,
+                        batch_size=embed_batch_size, progress=progress)
+    res = run_scan(emb_dir, out_dir, detectors=detectors, config=cfg)
+    return DatasetScanResult(embed=emb, scan=res, emb_dir=emb_dir)
 
 
 def top_suspects(result: ScanResult, detector: str, n: int = 20) -> pd.DataFrame:

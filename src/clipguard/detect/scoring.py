@@ -5,9 +5,8 @@ average over the draws of ``"multi_reference"``.
 
 Example::
 
-    scores, info = score_embeddings(image, ["dao", "clipscore", "fused"], text=text,
-                                    reference="multi_reference", reference_size=4096,
-                                    n_references=8)
+    cfg = ScanConfig(reference="multi_reference", reference_size=4096, n_references=8)
+    scores, info = score_embeddings(image, ["dao", "clipscore", "fused"], cfg, text=text)
     info["reference_plan"]["mode"], info["recall_at_k"]
 """
 from __future__ import annotations
@@ -23,7 +22,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from clipguard.detect.detectors import DETECTORS, Detector
-from clipguard.detect.knn import BACKENDS, normalize
+from clipguard.detect.config import ScanConfig
+from clipguard.detect.knn import normalize
 from clipguard.detect.reference import NeighbourGraph, build_graph, plan_reference
 from clipguard.errors import ConfigError
 
@@ -151,24 +151,12 @@ def split_by_inputs(
 def score_embeddings(
     image: np.ndarray,
     detectors: Iterable[str] = ("kdist", "lid", "slof", "dao"),
+    config: ScanConfig | None = None,
     *,
-    k: int = 16,
-    reference: str = "global",
-    batch_size: int = 2048,
-    reference_size: int | None = None,
-    n_references: int | None = None,
-    index: str = "auto",
-    nlist: int | None = None,
-    nprobe: int | None = None,
-    target_recall: float = 0.95,
-    n_recall: int = 1000,
-    seed: int = 0,
-    backend: str = "blocked",
-    block_size: int = 2048,
     text: np.ndarray | None = None,
     captions: Any = None,
-    detector_params: dict[str, dict[str, Any]] | None = None,
     describe_row: Any = None,
+    **overrides: Any,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Score every sample with several detectors, sharing one kNN graph per reference draw.
 
@@ -181,18 +169,17 @@ def score_embeddings(
     Args:
         image: (N, d) image embeddings (normalised here).
         detectors: registered detector names; every one must have its inputs.
-        k: neighbours per sample.
-        reference, batch_size, reference_size, n_references, index: the reference mode and its
-            sizes (:func:`~clipguard.detect.reference.plan_reference`).
-        nlist, nprobe, target_recall, n_recall: IVF parameters (nprobe None = tuned to
-            ``target_recall``) and recall sample size.
-        seed: seeds batches, references, IVF training and Isolation Forest.
-        backend, block_size: exact kNN backend of global mode.
+        config: the scan options (:class:`~clipguard.detect.config.ScanConfig`; default
+            ``ScanConfig()``, whose ``reference`` is ``"auto"``). Used here: ``k``, the
+            reference mode and its sizes (``reference``, ``batch_size``, ``reference_size``,
+            ``n_references``, ``index``), the IVF parameters (``nlist``, ``nprobe``,
+            ``target_recall``, ``n_recall``), ``seed``, ``backend``, ``block_size`` and
+            ``detector_params`` (e.g. ``{"caption_dup": {"threshold": 0.99}}``).
         text: (N, d_t) caption embeddings, or None.
         captions: (N,) caption strings, or None.
-        detector_params: extra constructor arguments per detector name, e.g.
-            ``{"caption_dup": {"threshold": 0.99}, "fused": {"image": "kdist"}}``.
         describe_row: ``row -> text`` for error messages about bad embedding rows.
+        **overrides: ScanConfig field names, applied on top of ``config``
+            (``score_embeddings(x, ["dao"], k=8, reference="global")``).
 
     Returns:
         ``(scores, info)``: ``{name: (N,) float64}`` in the requested order (higher = more
@@ -201,14 +188,15 @@ def score_embeddings(
         the reference modes) and ``detector_info`` (e.g. the components of ``fused``).
 
     Raises:
-        ConfigError: unknown detector/mode/backend, a detector without its inputs, bad sizes.
+        ConfigError: unknown detector/option, invalid option values, a detector without its
+            inputs, bad sizes.
         EmbeddingError: NaN/inf or zero rows in the embeddings.
     """
+    cfg = ScanConfig.resolve(config, **overrides)
+    k = cfg.k
     names = list(dict.fromkeys(detectors))
     if not names:
         raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown kNN backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     for name in names:
         DETECTORS.get(name)
     x = normalize(image, describe_row=describe_row)
@@ -230,24 +218,27 @@ def score_embeddings(
         {"captions"} if keys is not None else set())
     split_by_inputs(names, available, explicit=True)
 
-    plan = plan_reference(n, reference, k=k, batch_size=batch_size,
-                          reference_size=reference_size, n_references=n_references, index=index)
+    plan = plan_reference(n, cfg.reference, k=k, batch_size=cfg.batch_size,
+                          reference_size=cfg.reference_size, n_references=cfg.n_references,
+                          index=cfg.index)
     if plan.mode == "global" and k > n - 1:
         raise ConfigError(f"k={k} needs at least {k} other samples but there are {n - 1}; "
                           f"use k <= {max(n - 1, 0)}")
-    params = detector_params or {}
-    dets = {name: make_detector(name, k=k, seed=seed, backend=backend, block_size=block_size,
-                                **params.get(name, {})) for name in names}
+    params = cfg.detector_params
+    dets = {name: make_detector(name, k=k, seed=cfg.seed, backend=cfg.backend,
+                                block_size=cfg.block_size, **params.get(name, {}))
+            for name in names}
     need_knn = any(d.uses_neighbours for d in dets.values())
     draws = plan.n_references or 1
     out = {name: np.zeros(n, dtype=np.float64) for name in names}
     fixed: set[str] = set()
     ref_infos = []
     for r in range(draws):
-        graph = build_graph(x, k, plan, draw=r, batch_size=batch_size, seed=seed,
-                            backend=backend, block_size=block_size, nlist=nlist, nprobe=nprobe,
-                            target_recall=target_recall, n_recall=n_recall, need_knn=need_knn)
-        inputs = ScoreInputs(x, graph, k, text=t, captions=keys, seed=seed, detectors=dets)
+        graph = build_graph(x, k, plan, draw=r, batch_size=cfg.batch_size, seed=cfg.seed,
+                            backend=cfg.backend, block_size=cfg.block_size, nlist=cfg.nlist,
+                            nprobe=cfg.nprobe, target_recall=cfg.target_recall,
+                            n_recall=cfg.n_recall, need_knn=need_knn)
+        inputs = ScoreInputs(x, graph, k, text=t, captions=keys, seed=cfg.seed, detectors=dets)
         for name in names:
             if r > 0 and name in fixed:
                 continue

@@ -1,0 +1,108 @@
+"""ScanConfig: validation, overrides, and what run.json records; scan_dataset end to end."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from clipguard.detect import Scan, ScanConfig, run_scan, scan_dataset, score_embeddings
+from clipguard.errors import ConfigError
+
+from detect.test_scan import _folder
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(k=0), "k must be an integer >= 1"),
+    (dict(k=2.5), "k must be an integer >= 1"),
+    (dict(k=True), "k must be an integer >= 1"),
+    (dict(reference="nearest"), "unknown reference mode 'nearest'; choose one of: auto, global"),
+    (dict(reference="batch", k=16, batch_size=16), "batch_size must be an integer larger than k=16"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(reference_size=1), "reference_size must be an integer >= 2"),
+    (dict(n_references=0), "n_references must be an integer >= 1"),
+    (dict(nprobe=-1), "nprobe must be an integer >= 1"),
+    (dict(index="hnsw"), "unknown index 'hnsw'"),
+    (dict(backend="annoy"), "unknown kNN backend 'annoy'; choose one of: blocked, faiss"),
+    (dict(target_recall=1.5), "target_recall must lie in"),
+    (dict(n_recall=0), "n_recall must be an integer >= 1"),
+    (dict(seed=-1), "seed must be an integer >= 0"),
+    (dict(suspect_share=0), r"suspect_share must lie in \(0, 1\]"),
+    (dict(detector_params={"nope": {}}), "nope"),
+    (dict(detector_params={"fused": 3}), r"detector_params\['fused'\] must be a dict"),
+])
+def test_invalid_options_raise_clear_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ScanConfig(**kwargs)
+
+
+def test_config_is_frozen_json_ready_and_overridable():
+    params = {"fused": {"method": "fisher"}}
+    cfg = ScanConfig(k=np.int64(8), suspect_share=1, detector_params=params)
+    params["fused"]["method"] = "zsum"  # the config keeps its own copy
+    assert cfg.detector_params == {"fused": {"method": "fisher"}}
+    assert type(cfg.k) is int and type(cfg.suspect_share) is float
+    d = dataclasses.asdict(cfg)
+    assert list(d) == list(ScanConfig.field_names()) and json.loads(json.dumps(d)) == d
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.k = 3
+    assert cfg.replace(seed=4) == dataclasses.replace(cfg, seed=4)
+    assert ScanConfig.resolve(None, k=3) == ScanConfig(k=3)
+    assert ScanConfig.resolve(cfg) is cfg
+    # a batch-mode k check is made against the final combination
+    with pytest.raises(ConfigError, match="larger than k=8"):
+        cfg.replace(reference="batch", batch_size=8)
+    with pytest.raises(ConfigError, match=r"unknown scan option\(s\) 'kk'; valid options: k, reference"):
+        ScanConfig.resolve(cfg, kk=3)
+    with pytest.raises(ConfigError, match="config must be a ScanConfig"):
+        ScanConfig.resolve({"k": 3})
+
+
+def test_layers_take_a_config_and_record_it(tmp_path):
+    _folder(tmp_path / "emb")
+    cfg = ScanConfig(k=8, reference="batch", batch_size=64, suspect_share=0.05, seed=1)
+    res = run_scan(tmp_path / "emb", tmp_path / "a", detectors=["kdist", "dao"], config=cfg)
+    run = json.loads(res.run_json.read_text())
+    assert {k: run["config"][k] for k in ScanConfig.field_names()} == dataclasses.asdict(cfg)
+    assert run["config"]["detectors"] == ["kdist", "dao"]
+    assert run["reference_plan"]["mode"] == "batch"
+    # keyword overrides on top of a config; the same as spelling everything out
+    b = run_scan(tmp_path / "emb", tmp_path / "b", detectors=["kdist", "dao"],
+                 config=ScanConfig(k=3), k=8, reference="batch", batch_size=64,
+                 suspect_share=0.05, seed=1)
+    assert b.scores.equals(res.scores)
+    with pytest.raises(ConfigError, match=r"unknown scan option\(s\) 'refrence'"):
+        run_scan(tmp_path / "emb", tmp_path / "c", refrence="global")
+    scan = Scan.from_folder(tmp_path / "emb")
+    assert scan.find_suspects(["kdist"], config=cfg).config == cfg
+    with pytest.raises(ConfigError, match="valid options"):
+        scan.find_suspects(["kdist"], n_neighbours=4)
+    x = scan.image
+    s1, info = score_embeddings(x, ["kdist"], ScanConfig(k=5, reference="global"))
+    s2, _ = score_embeddings(x, ["kdist"], k=5, reference="global")
+    np.testing.assert_array_equal(s1["kdist"], s2["kdist"])
+    assert info["reference_plan"]["mode"] == "global"
+
+
+def test_scan_dataset_embeds_then_scans(tmp_path):
+    from clipguard.models import create_model, save_model
+    from tests_helpers import make_bad_manifest
+
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = make_bad_manifest(data, n_good=40)
+    save_model(create_model("tiny-rn"), tmp_path / "model")
+    with pytest.raises(ConfigError, match="k must be"):  # checked before embedding
+        scan_dataset(tmp_path / "model", manifest, tmp_path / "bad", k=0, progress=False)
+    assert not (tmp_path / "bad").exists()
+    res = scan_dataset(tmp_path / "model", manifest, tmp_path / "out", k=5, progress=False)
+    assert res.emb_dir == tmp_path / "out" / "embeddings"
+    assert res.embed.n_embedded == 40 and res.embed.n_skipped == 3
+    assert (res.emb_dir / "text_emb" / "text_emb_0.npy").is_file()
+    assert len(res.scan.scores) == 40 and "fused" in res.scan.detectors
+    assert "clipscore" in res.scan.detectors and res.scan.skipped_detectors == {}
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["config"]["k"] == 5 and run["config"]["emb_dir"] == str(res.emb_dir)
+    # resumable: the second run reuses the embedded shard and gives the same scores
+    again = scan_dataset(tmp_path / "model", manifest, tmp_path / "out", k=5, progress=False)
+    assert again.embed.shards_reused == [0] and again.embed.shards_written == []
+    assert again.scan.scores.equals(res.scan.scores)
