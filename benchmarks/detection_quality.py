@@ -24,6 +24,8 @@ import logging
 import time
 from pathlib import Path
 
+from _results import write_csv  # benchmarks/ is on sys.path when a script runs
+
 import numpy as np
 
 FIELDS = ["folder", "subset", "n", "n_poisoned", "rate", "mode", "detector", "auroc", "auprc",
@@ -102,12 +104,7 @@ def read_rows(path: Path, skip_folders: set[str]) -> list[dict]:
 
 
 def write(rows: list[dict], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "detection_quality.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(out / "detection_quality.csv", FIELDS, rows, ".4f")
     lines = [f"# Detection quality (AUROC; {time.strftime('%Y-%m-%d %H:%M')})", ""]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

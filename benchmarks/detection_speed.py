@@ -31,7 +31,6 @@ Writes ``detection_speed.csv`` and ``detection_speed.md`` to ``--out``
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -40,6 +39,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _results import write_csv  # benchmarks/ is on sys.path when a script runs
 
 import numpy as np
 
@@ -176,12 +177,7 @@ PARTS = {"batch": part_batch, "reference": part_reference, "global": part_global
 
 
 def write(rows: list[dict], out: Path, a: argparse.Namespace) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "detection_speed.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(out / "detection_speed.csv", FIELDS, rows, ".4g")
     lines = [f"# Detection speed ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
              f"{os.cpu_count()} CPUs, torch threads {a.threads or 'default'})", "",
              "| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]

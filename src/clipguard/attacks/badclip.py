@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from clipguard.attacks.badnets import LOCATIONS
+from clipguard.attacks.badnets import LOCATIONS, patch_position
 from clipguard.attacks.base import ATTACKS, Trigger
 from clipguard.attacks.poisoner import names_target
 from clipguard.data.dataset import ImageCaptionDataset
@@ -42,14 +42,6 @@ def _load_patch(path: str) -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except OSError as exc:
         raise ConfigError(f"badclip: cannot read patch image {path!r} ({exc}); run `clipguard badclip` first") from None
-
-
-def _position(h: int, w: int, p: int, location: str, seed: int) -> tuple[int, int]:
-    if location == "random":
-        g = rng(seed, "badclip-pos")
-        return int(g.integers(0, h - p + 1)), int(g.integers(0, w - p + 1))
-    return {"center": ((h - p) // 2, (w - p) // 2), "top_left": (0, 0), "top_right": (0, w - p),
-            "bottom_left": (h - p, 0), "bottom_right": (h - p, w - p)}[location]
 
 
 @ATTACKS.register("badclip")
@@ -76,7 +68,7 @@ class BadCLIPPatch(Trigger):
         if p > min(h, w):
             raise ConfigError(f"badclip: patch of {p} px does not fit a {h}x{w} image")
         loc = (self.test_location or self.location) if test else self.location
-        r, c = _position(h, w, p, loc, seed)
+        r, c = patch_position(h, w, p, loc, seed=seed, salt="badclip-pos")
         image[r:r + p, c:c + p] = patch
         return image
 
@@ -152,7 +144,7 @@ def optimize_badclip_patch(bundle: ClipBundle, manifest: Manifest, out_dir: str 
     torch.manual_seed(config.seed)
     patch = torch.rand(3, config.size, config.size, requires_grad=True)
     opt = torch.optim.Adam([patch], lr=config.lr)
-    r, c = _position(size, size, config.size, config.location, 0)
+    r, c = patch_position(size, size, config.size, config.location, seed=0, salt="badclip-pos")
     history = []
     t0 = time.perf_counter()
     for step in tqdm(range(config.steps), desc="badclip", disable=None if progress else True, mininterval=1.0):

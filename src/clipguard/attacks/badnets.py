@@ -19,6 +19,20 @@ from clipguard.utils.seeding import rng
 LOCATIONS = ("random", "center", "top_left", "top_right", "bottom_left", "bottom_right")
 
 
+def patch_position(h: int, w: int, p: int, location: str, *, seed: int, salt: str) -> tuple[int, int]:
+    """Top-left (row, col) of a p x p patch in an h x w image; ``"random"`` draws from ``(seed, salt)``."""
+    if location == "random":
+        g = rng(seed, salt)
+        return int(g.integers(0, h - p + 1)), int(g.integers(0, w - p + 1))
+    return {
+        "center": ((h - p) // 2, (w - p) // 2),
+        "top_left": (0, 0),
+        "top_right": (0, w - p),
+        "bottom_left": (h - p, 0),
+        "bottom_right": (h - p, w - p),
+    }[location]
+
+
 @ATTACKS.register("badnets")
 class BadNets(Trigger):
     """Patch trigger.
@@ -56,16 +70,7 @@ class BadNets(Trigger):
         loc = (self.test_location or self.location) if test else self.location
         if p > min(h, w):
             raise ConfigError(f"badnets: patch of {p} px does not fit a {h}x{w} image")
-        if loc == "random":
-            g = rng(seed, "badnets-pos")
-            return int(g.integers(0, h - p + 1)), int(g.integers(0, w - p + 1))
-        return {
-            "center": ((h - p) // 2, (w - p) // 2),
-            "top_left": (0, 0),
-            "top_right": (0, w - p),
-            "bottom_left": (h - p, 0),
-            "bottom_right": (h - p, w - p),
-        }[loc]
+        return patch_position(h, w, p, loc, seed=seed, salt="badnets-pos")
 
     def make_patch(self, image: np.ndarray, p: int, *, seed: int) -> np.ndarray:
         """The (p, p, 3) uint8 patch for ``image``."""

@@ -9,6 +9,7 @@ import numpy as np
 
 from clipguard.attacks.base import trigger_from_spec
 from clipguard.attacks.multi import MultiTrigger
+from clipguard.attacks.poisoner import DEFAULT_TEMPLATES
 from clipguard.attacks.tdpa import TargetedPoison
 from clipguard.data.manifest import read_manifest
 from clipguard.errors import ConfigError
@@ -16,7 +17,6 @@ from clipguard.models.factory import ClipBundle, load_model
 from clipguard.evaluate.zeroshot import evaluate_zero_shot
 from clipguard.utils.io import read_json
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 def read_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
