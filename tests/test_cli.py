@@ -105,3 +105,14 @@ def test_scan_from_model_and_dataset(tmp_path):
         r = run_cli(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr
+
+
+def test_missing_gpu_is_a_one_line_error(tiny_world, tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the behaviour without a GPU")
+    r = run_cli("train", tiny_world / "train" / "manifest.parquet", "--out", tmp_path / "t", "--device", "cuda")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "--device cpu" in r.stderr, r.stderr

@@ -40,6 +40,13 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def device_option(f):
+    """``--device auto|cpu|cuda[:N]`` shared by the commands that run a model."""
+    return click.option("--device", default="auto", show_default=True,
+                        help="Where the model runs: auto (the GPU if torch sees one, else the CPU), cpu, cuda, "
+                             "cuda:N.")(f)
+
+
 def _echo_json(data: dict) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -115,17 +122,19 @@ def poison(obj: dict, manifest: str, out: str, attack: str, params: tuple[str, .
 @click.option("--adaptive-density", default=0.0, show_default=True,
               help="Adaptive attacker: weight of the poisoned samples' batch SLOF added to the loss.")
 @click.option("--adaptive-k", default=8, show_default=True, help="Neighbours of the adaptive batch SLOF.")
+@device_option
 @click.pass_obj
 def train(obj: dict, manifest: str, out: str, model: str, weights: str | None, epochs: int, batch_size: int,
           lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, seed: int, no_resume: bool,
-          adaptive_density: float, adaptive_k: int) -> None:
+          adaptive_density: float, adaptive_k: int, device: str) -> None:
     """Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."""
     from clipguard.train import TrainConfig, train_from_manifest
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       warmup_steps=warmup_steps, grad_clip=grad_clip or None, seed=seed)
     _, res = train_from_manifest(manifest, out, model=model, config=cfg, weights=weights, resume=not no_resume,
-                                 progress=obj["progress"], adaptive_density=adaptive_density, adaptive_k=adaptive_k)
+                                 progress=obj["progress"], adaptive_density=adaptive_density, adaptive_k=adaptive_k,
+                                 device=device)
     last = res.history[-1] if res.history else {}
     click.echo(f"trained {model} on {res.n_pairs} pairs ({res.n_skipped} skipped) for {len(res.history)} epochs, "
                f"final loss {last.get('loss', float('nan')):.4f} -> {out}")
@@ -139,16 +148,20 @@ def train(obj: dict, manifest: str, out: str, model: str, weights: str | None, e
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--no-text", is_flag=True, help="Image embeddings only.")
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="bf16: autocast on a GPU (faster; embeddings still saved as float32).")
+@device_option
 @click.pass_obj
 def embed(obj: dict, model_dir: str, manifest: str, out: str, shard_size: int, batch_size: int, no_text: bool,
-          workers: int) -> None:
+          workers: int, precision: str, device: str) -> None:
     """Embed MANIFEST with the model in MODEL_DIR (resumable, sharded)."""
     from clipguard.data.manifest import read_manifest
     from clipguard.embed import embed_dataset
     from clipguard.models import load_model
 
     res = embed_dataset(load_model(model_dir), read_manifest(manifest), out, shard_size=shard_size,
-                        batch_size=batch_size, text=not no_text, num_workers=workers, progress=obj["progress"])
+                        batch_size=batch_size, text=not no_text, num_workers=workers, progress=obj["progress"],
+                        device=device, precision=precision)
     click.echo(f"embedded {res.n_embedded} pairs, skipped {res.n_skipped} {res.skip_counts or ''} -> {out}")
 
 
@@ -240,15 +253,16 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
 @click.option("--attack", "attack_spec", type=click.Path(), default=None, help="attack.json written by `clipguard poison`.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
 @click.option("--seed", default=0, show_default=True)
+@device_option
 @click.pass_obj
 def eval_(obj: dict, model_dir: str, test_manifest: str, classes: str, attack_spec: str | None, out: str | None,
-          seed: int) -> None:
+          seed: int, device: str) -> None:
     """Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."""
     from clipguard.evaluate.api import evaluate_model
     from clipguard.utils.io import write_json
 
     res = evaluate_model(model_dir, test_manifest, classes, attack_spec=attack_spec, seed=seed,
-                         progress=obj["progress"])
+                         progress=obj["progress"], device=device)
     if out:
         write_json(out, res)
     _echo_json(res)
@@ -260,12 +274,14 @@ def eval_(obj: dict, model_dir: str, test_manifest: str, classes: str, attack_sp
 @click.option("--rate", default=0.05, show_default=True, help="Poison rate.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu (the README's figures), auto (the GPU if torch sees one), cuda.")
 @click.pass_obj
-def demo(obj: dict, out: str, n_train: int, rate: float, epochs: int, seed: int) -> None:
+def demo(obj: dict, out: str, n_train: int, rate: float, epochs: int, seed: int, device: str) -> None:
     """The whole pipeline on the embedded world: synth -> poison -> train -> embed -> scan -> eval."""
     from clipguard.demo import DemoConfig, format_summary, run_demo
 
-    summary = run_demo(DemoConfig(out=out, n_train=n_train, poison_rate=rate, epochs=epochs, seed=seed),
+    summary = run_demo(DemoConfig(out=out, n_train=n_train, poison_rate=rate, epochs=epochs, seed=seed, device=device),
                        progress=obj["progress"])
     click.echo(format_summary(summary))
 
@@ -309,9 +325,10 @@ def attacks(gallery: str | None) -> None:
 @click.option("--location", default="bottom_right", show_default=True)
 @click.option("--steps", default=300, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@device_option
 @click.pass_obj
 def badclip(obj: dict, model_dir: str, manifest: str, out: str, target: str, classes: str | None, size: int,
-            location: str, steps: int, seed: int) -> None:
+            location: str, steps: int, seed: int, device: str) -> None:
     """Optimise a BadCLIP patch against the (clean) model in MODEL_DIR on images of MANIFEST.
 
     Then poison with it: clipguard poison ... --attack badclip --param patch=OUT/trigger.png
@@ -323,7 +340,7 @@ def badclip(obj: dict, model_dir: str, manifest: str, out: str, target: str, cla
     from clipguard.models import load_model
 
     templates = read_classes(classes)[1] if classes else list(TEMPLATES)
-    trig = optimize_badclip_patch(load_model(model_dir), read_manifest(manifest), out, target=target,
+    trig = optimize_badclip_patch(load_model(model_dir, device=device), read_manifest(manifest), out, target=target,
                                   templates=templates, progress=obj["progress"],
                                   config=BadCLIPConfig(size=size, location=location, steps=steps, seed=seed))
     click.echo(f"optimised patch -> {trig.patch}")

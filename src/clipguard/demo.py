@@ -42,6 +42,7 @@ class DemoConfig:
     scan_batch_size: int = 2048
     seed: int = 0
     resume: bool = False
+    device: str | None = None  # None: CPU (the figures in the README); "auto": the GPU if there is one
 
 
 def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
@@ -71,11 +72,11 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dic
     with rec.stage("train"):
         tcfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
         _, train_res = train_from_manifest(poisoned / "manifest.parquet", model_dir, model=config.model,
-                                           config=tcfg, progress=progress)
+                                           config=tcfg, progress=progress, device=config.device)
     with rec.stage("embed"):
         from clipguard.models import load_model
 
-        bundle = load_model(model_dir)
+        bundle = load_model(model_dir, device=config.device)
         embed_dataset(bundle, read_manifest(poisoned / "manifest.parquet"), emb, progress=progress)
     detection_by_ref = {}
     with rec.stage("scan"):

@@ -59,3 +59,30 @@ def test_bad_rows_are_left_out_and_listed(tmp_path):
     assert res.skip_counts == {"missing image": 1, "empty caption": 1, "unreadable image": 1}
     skipped = pd.read_csv(tmp_path / "emb" / "skipped" / "skipped_0.csv")
     assert sorted(skipped["id"]) == ["corrupt", "empty", "missing"]
+
+
+def test_device_cpu_gives_the_same_embeddings_and_records_throughput(tiny_world, tmp_path):
+    m = read_manifest(_small_manifest(tiny_world, tmp_path, n=20))
+    embed_dataset(create_model("tiny-rn"), m, tmp_path / "a", progress=False)
+    embed_dataset(create_model("tiny-rn"), m, tmp_path / "b", progress=False, device="cpu")
+    a = np.load(tmp_path / "a" / "img_emb" / "img_emb_0.npy")
+    b = np.load(tmp_path / "b" / "img_emb" / "img_emb_0.npy")
+    assert np.array_equal(a, b)
+    run = read_json(tmp_path / "b" / "run.json")
+    assert run["config"]["device"] == "cpu" and run["config"]["precision"] == "fp32"
+    assert run["pairs_per_second"] > 0
+
+
+def test_bf16_on_cpu_is_refused_with_the_fix(tiny_world, tmp_path):
+    import pytest
+    import torch
+
+    from clipguard.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only behaviour")
+    m = read_manifest(_small_manifest(tiny_world, tmp_path, n=10))
+    with pytest.raises(ConfigError, match="--precision fp32"):
+        embed_dataset(create_model("tiny-rn"), m, tmp_path / "e", progress=False, precision="bf16")
+    with pytest.raises(ConfigError, match="fp32 or bf16"):
+        embed_dataset(create_model("tiny-rn"), m, tmp_path / "e", progress=False, precision="fp16")

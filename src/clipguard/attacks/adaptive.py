@@ -53,6 +53,6 @@ def density_evasion_loss(poisoned: torch.Tensor, *, k: int = 8, weight: float = 
         mask = poisoned[rows]
         if not mask.any():
             return img_f.new_zeros(())
-        return weight * batch_slof(img_f, min(k, img_f.shape[0] - 1))[mask].mean()
+        return weight * batch_slof(img_f, min(k, img_f.shape[0] - 1))[mask.to(img_f.device)].mean()
 
     return loss

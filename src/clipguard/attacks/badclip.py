@@ -116,8 +116,9 @@ def optimize_badclip_patch(bundle: ClipBundle, manifest: Manifest, out_dir: str 
         raise ConfigError(f"badclip: need images whose caption names {target!r} and images that do not")
     ds = ImageCaptionDataset(manifest)  # PIL images; converted below
     g = rng(config.seed, "badclip")
-    mean = torch.tensor(bundle.preprocess.transforms[-1].mean).view(1, 3, 1, 1)
-    std = torch.tensor(bundle.preprocess.transforms[-1].std).view(1, 3, 1, 1)
+    dev = bundle.device  # optimised wherever the model lives (CPU or GPU)
+    mean = torch.tensor(bundle.preprocess.transforms[-1].mean).view(1, 3, 1, 1).to(dev)
+    std = torch.tensor(bundle.preprocess.transforms[-1].std).view(1, 3, 1, 1).to(dev)
     size = bundle.image_size
 
     pos_of = {r: j for j, r in enumerate(ds.rows)}
@@ -131,18 +132,18 @@ def optimize_badclip_patch(bundle: ClipBundle, manifest: Manifest, out_dir: str 
                 continue
             imgs.append(torch.from_numpy(np.asarray(item["image"].resize((size, size)), dtype=np.float32) / 255.0)
                         .permute(2, 0, 1))
-        return torch.stack(imgs)
+        return torch.stack(imgs).to(dev)
 
     usable = set(pos_of)
     pos_rows = np.array([i for i in np.flatnonzero(mentions) if i in usable])
     neg_rows = np.array([i for i in np.flatnonzero(~mentions) if i in usable])
     with torch.no_grad():
-        toks = bundle.tokenizer([t.format(target) for t in templates])
+        toks = bundle.tokenizer([t.format(target) for t in templates]).to(dev)
         t_emb = F.normalize(F.normalize(model.encode_text(toks), dim=-1).mean(0, keepdim=True), dim=-1)
         pos_imgs = load(g.choice(pos_rows, size=min(256, len(pos_rows)), replace=False))
         pos_emb = F.normalize(model.encode_image((pos_imgs - mean) / std), dim=-1)
     torch.manual_seed(config.seed)
-    patch = torch.rand(3, config.size, config.size, requires_grad=True)
+    patch = torch.rand(3, config.size, config.size).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([patch], lr=config.lr)
     r, c = patch_position(size, size, config.size, config.location, seed=0, salt="badclip-pos")
     history = []
@@ -153,7 +154,7 @@ def optimize_badclip_patch(bundle: ClipBundle, manifest: Manifest, out_dir: str 
             clean = F.normalize(model.encode_image((x - mean) / std), dim=-1)
         f = F.normalize(model.encode_image((_paste(x, patch.clamp(0, 1), r, c) - mean) / std), dim=-1)
         text_term = (1 - f @ t_emb.t()).mean()
-        pos = pos_emb[torch.from_numpy(g.integers(len(pos_emb), size=len(f)))]
+        pos = pos_emb[torch.from_numpy(g.integers(len(pos_emb), size=len(f))).to(dev)]
         d_pos = 1 - (f * pos).sum(-1)
         d_neg = 1 - (f * clean).sum(-1)
         image_term = F.relu(config.margin + d_pos - d_neg).mean()
@@ -166,7 +167,7 @@ def optimize_badclip_patch(bundle: ClipBundle, manifest: Manifest, out_dir: str 
         if step % 25 == 0 or step == config.steps - 1:
             history.append({"step": step, "loss": loss.item(), "text_cos": 1 - text_term.item()})
     png = out / "trigger.png"
-    arr = (patch.detach().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arr = (patch.detach().cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     Image.fromarray(arr).save(png)
     trigger = BadCLIPPatch(patch=str(png.resolve()), location=config.location)
     write_json(out / "trigger.json", {**trigger.spec(), "target": target, "model": bundle.name,

@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 from clipguard.data.dataset import ImageCaptionDataset, SkipLog, collate_skipping, record_errors
 from clipguard.data.manifest import Manifest
+from clipguard.errors import ConfigError
 from clipguard.models.factory import ClipBundle
+from clipguard.utils.device import autocast
 from clipguard.utils.io import atomic_path, save_npy
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 
@@ -59,18 +61,32 @@ def _shard_paths(out: Path, i: int) -> dict[str, Path]:
 @torch.no_grad()
 def embed_dataset(bundle: ClipBundle, manifest: Manifest, out_dir: str | os.PathLike, *,
                   shard_size: int = 100_000, batch_size: int = 256, text: bool = True, num_workers: int = 0,
-                  progress: bool = True) -> EmbedResult:
+                  progress: bool = True, device: str | torch.device | None = None,
+                  precision: str = "fp32") -> EmbedResult:
     """Embed every usable pair of ``manifest`` with ``bundle`` into ``out_dir`` (see module docstring).
 
     Args:
         shard_size: manifest rows per shard.
         batch_size: images per forward pass.
         text: also embed captions (``text_emb/``).
-        num_workers: DataLoader worker processes decoding images.
+        num_workers: DataLoader worker processes decoding images (a GPU needs several to be fed).
+        device: where the model runs (``None``: where it already is; "auto": the GPU if there is one).
+        precision: "fp32", or "bf16" (autocast; CUDA only, about 2x the throughput of fp32 on a
+            recent GPU; embeddings are still written as float32).
     """
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision {precision!r}: use fp32 or bf16")
+    if device is not None:
+        bundle.to(device)
+    dev = bundle.device
+    if precision == "bf16" and dev.type != "cuda":
+        raise ConfigError("precision bf16 needs a CUDA device (bf16 on a CPU is about 10x slower than fp32); "
+                          "use --precision fp32 or --device cuda")
+    pin = dev.type == "cuda"
     out = Path(out_dir)
     rec = RunRecord("embed", {"model": bundle.name, "shard_size": shard_size, "batch_size": batch_size,
-                              "text": text, "manifest": str(manifest.path)})
+                              "text": text, "manifest": str(manifest.path),
+                              "device": str(dev), "precision": precision, "num_workers": num_workers})
     if manifest.path is not None:
         rec["data_fingerprint"] = fingerprint_files([manifest.path])
     bundle.model.eval()
@@ -97,7 +113,7 @@ def embed_dataset(bundle: ClipBundle, manifest: Manifest, out_dir: str | os.Path
             shard_skips = SkipLog()
             ds = ImageCaptionDataset(sub, bundle.preprocess, bundle.tokenizer, skip_log=shard_skips)
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                collate_fn=collate_skipping)
+                                collate_fn=collate_skipping, pin_memory=pin)
             img_parts, txt_parts, rows = [], [], []
             bar.update(len(sub) - len(ds))
             for batch in loader:
@@ -105,9 +121,12 @@ def embed_dataset(bundle: ClipBundle, manifest: Manifest, out_dir: str | os.Path
                 bar.update(len(batch["index"]) + len(batch["errors"]))
                 if "image" not in batch:
                     continue
-                img_parts.append(torch.nn.functional.normalize(bundle.model.encode_image(batch["image"]).float(), dim=-1))
+                with autocast(dev, precision == "bf16"):
+                    img_f = bundle.model.encode_image(batch["image"].to(dev, non_blocking=pin))
+                    txt_f = bundle.model.encode_text(batch["text"].to(dev, non_blocking=pin)) if text else None
+                img_parts.append(torch.nn.functional.normalize(img_f.float(), dim=-1).cpu())
                 if text:
-                    txt_parts.append(torch.nn.functional.normalize(bundle.model.encode_text(batch["text"]).float(), dim=-1))
+                    txt_parts.append(torch.nn.functional.normalize(txt_f.float(), dim=-1).cpu())
                 rows.append(batch["index"])
             d = int(bundle.config["embed_dim"])
             idx = torch.cat(rows).numpy() if rows else np.zeros(0, dtype=np.int64)
@@ -132,5 +151,9 @@ def embed_dataset(bundle: ClipBundle, manifest: Manifest, out_dir: str | os.Path
     rec["n_rows"], rec["n_embedded"], rec["n_skipped"] = n_rows, result.n_embedded, result.n_skipped
     rec["skip_counts"], rec["n_shards"] = result.skip_counts, n_shards
     rec["shards_reused"] = result.shards_reused
+    embed_s = rec["timings_s"].get("embed", 0.0)
+    n_new = result.n_embedded - sum(len(pd.read_parquet(_shard_paths(out, i)["meta"], columns=["id"]))
+                                    for i in result.shards_reused)
+    rec["pairs_per_second"] = round(n_new / embed_s, 1) if embed_s > 0 and n_new else None
     rec.save(out)
     return result

@@ -35,9 +35,14 @@ def read_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 def evaluate_model(model: ClipBundle | str | os.PathLike, test_manifest: str | os.PathLike,
                    classes: str | os.PathLike, *, attack_spec: str | os.PathLike | None = None, seed: int = 0,
-                   progress: bool = True) -> dict:
-    """Zero-shot CA, and ASR if an attack spec (``attack.json`` of ``clipguard poison``) is given."""
+                   progress: bool = True, device: str | None = None) -> dict:
+    """Zero-shot CA, and ASR if an attack spec (``attack.json`` of ``clipguard poison``) is given.
+
+    ``device``: where the model runs (``None``: where it is / the CPU; "auto": the GPU if there is one).
+    """
     bundle = model if isinstance(model, ClipBundle) else load_model(model)
+    if device is not None:
+        bundle.to(device)
     classnames, templates = read_classes(classes)
     test = read_manifest(test_manifest)
     if attack_spec is None:

@@ -35,17 +35,20 @@ def text_embeddings(bundle: ClipBundle, captions: Sequence[str], batch_size: int
     """(n, D) L2-normalised text embeddings of ``captions``."""
     out = []
     for s in range(0, len(captions), batch_size):
-        toks = bundle.tokenizer(list(captions[s:s + batch_size]))
-        out.append(torch.nn.functional.normalize(bundle.model.encode_text(toks).float(), dim=-1))
+        toks = bundle.tokenizer(list(captions[s:s + batch_size])).to(bundle.device)
+        out.append(torch.nn.functional.normalize(bundle.model.encode_text(toks).float(), dim=-1).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def image_embeddings(bundle: ClipBundle, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """(n, D) L2-normalised embeddings of preprocessed images (n, 3, H, W)."""
+    """(n, D) L2-normalised embeddings (on the CPU) of preprocessed images (n, 3, H, W), computed on
+    the model's device."""
     out = []
+    dev = bundle.device
     for s in range(0, len(images), batch_size):
-        out.append(torch.nn.functional.normalize(bundle.model.encode_image(images[s:s + batch_size]).float(), dim=-1))
+        emb = bundle.model.encode_image(images[s:s + batch_size].to(dev)).float()
+        out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
     return torch.cat(out)
 
 

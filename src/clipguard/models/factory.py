@@ -48,6 +48,18 @@ class ClipBundle:
     config: dict[str, Any]
 
     @property
+    def device(self) -> torch.device:
+        """The device the model's parameters live on."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device | None) -> "ClipBundle":
+        """Move the model to ``device`` (see :func:`clipguard.utils.device.resolve_device`); returns self."""
+        from clipguard.utils.device import resolve_device
+
+        self.model.to(resolve_device(device))
+        return self
+
+    @property
     def image_size(self) -> int:
         size = self.config["vision_cfg"]["image_size"]
         return int(size if isinstance(size, int) else size[0])
@@ -99,13 +111,15 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def create_model(name: str, *, weights: str | os.PathLike | None = None, seed: int | None = 0) -> ClipBundle:
+def create_model(name: str, *, weights: str | os.PathLike | None = None, seed: int | None = 0,
+                 device: str | torch.device | None = None) -> ClipBundle:
     """Create architecture ``name`` with random init (seeded), optionally loading local ``weights``.
 
     Args:
         name: a name from :func:`list_models`.
         weights: optional ``.safetensors`` or torch weights file for that architecture.
         seed: seed of the random initialisation (``None`` keeps the global RNG state).
+        device: where the model goes (``None``: CPU; "auto": the GPU if there is one).
     """
     config = get_model_config(name)
     if seed is not None:
@@ -120,7 +134,7 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, seed: i
         if missing or unexpected:
             raise ConfigError(f"{weights}: weights do not match architecture {name!r} "
                               f"(missing {len(missing)} keys e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})")
-    return bundle
+    return bundle.to(device)
 
 
 def save_model(bundle: ClipBundle, out_dir: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
@@ -134,8 +148,9 @@ def save_model(bundle: ClipBundle, out_dir: str | os.PathLike, *, extra: dict[st
     return out
 
 
-def load_model(path: str | os.PathLike) -> ClipBundle:
-    """Load a model folder written by :func:`save_model` (or its ``model.json``/``.safetensors`` path)."""
+def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None) -> ClipBundle:
+    """Load a model folder written by :func:`save_model` (or its ``model.json``/``.safetensors`` path)
+    onto ``device`` (``None``: CPU; "auto": the GPU if there is one)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     meta_path = folder / "model.json"
@@ -145,4 +160,4 @@ def load_model(path: str | os.PathLike) -> ClipBundle:
     bundle = _build(meta["model_name"], meta["config"])
     bundle.model.load_state_dict(load_file(str(folder / "model.safetensors")))
     bundle.model.eval()
-    return bundle
+    return bundle.to(device)

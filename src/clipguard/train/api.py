@@ -9,13 +9,15 @@ from clipguard.data.dataset import ImageCaptionDataset
 from clipguard.data.manifest import read_manifest
 from clipguard.models.factory import ClipBundle, create_model, save_model
 from clipguard.train.trainer import TrainConfig, TrainResult, load_pairs, train_clip
+from clipguard.utils.device import resolve_device
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 
 
 def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, model: str = "tiny-rn",
                         config: TrainConfig = TrainConfig(), weights: str | os.PathLike | None = None,
                         resume: bool = True, progress: bool = True,
-                        adaptive_density: float = 0.0, adaptive_k: int = 8) -> tuple[ClipBundle, TrainResult]:
+                        adaptive_density: float = 0.0, adaptive_k: int = 8,
+                        device: str | None = None) -> tuple[ClipBundle, TrainResult]:
     """Train architecture ``model`` (random init, or ``weights``) on a manifest; save it to ``out_dir``.
 
     Writes ``model.safetensors``, ``model.json``, ``checkpoints/state.pt``, ``skipped.csv`` (rows
@@ -24,11 +26,15 @@ def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.Path
     ``adaptive_density > 0`` trains as the density-evading attacker: the mean batch SLOF of the
     manifest's ``poisoned`` rows, times this weight, is added to the loss
     (:func:`clipguard.attacks.adaptive.density_evasion_loss`).
+
+    ``device``: where to train (``None``: CPU; "auto": the GPU if there is one; "cuda").
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rec = RunRecord("train", {"manifest": str(manifest_path), "model": model, "weights": str(weights) if weights else None,
                               "adaptive_density": adaptive_density, "adaptive_k": adaptive_k, **asdict(config)})
+    dev = resolve_device(device)
+    rec["device"] = str(dev)
     manifest = read_manifest(manifest_path)
     rec["data_fingerprint"] = fingerprint_files([manifest.path])
     bundle = create_model(model, weights=weights, seed=config.seed)
@@ -47,7 +53,8 @@ def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.Path
         extra = density_evasion_loss(manifest.df["poisoned"].astype(bool).to_numpy(), k=adaptive_k,
                                      weight=adaptive_density)
     with rec.stage("train"):
-        result = train_clip(bundle, pairs, config, out, resume=resume, progress=progress, extra_loss=extra)
+        result = train_clip(bundle, pairs, config, out, resume=resume, progress=progress, extra_loss=extra,
+                            device=dev)
     result.n_skipped = len(ds.skip_log)
     save_model(bundle, out, extra={"trained_on": str(manifest.path), "train_config": asdict(config)})
     rec["n_rows"], rec["n_pairs"], rec["n_skipped"] = len(manifest), result.n_pairs, result.n_skipped

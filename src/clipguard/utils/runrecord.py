@@ -32,6 +32,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def hardware() -> dict[str, Any]:
+    """CPU count and, when torch sees one, the GPU: timings in run.json mean little without it."""
+    out: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine()}
+    torch = sys.modules.get("torch")  # only if already imported: a record must not pull torch in
+    if torch is not None and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpu_count"] = torch.cuda.device_count()
+    return out
+
+
 def fingerprint_files(paths: list[str | os.PathLike]) -> str:
     """SHA-256 over the bytes of ``paths`` (in the order given); names are not included."""
     h = hashlib.sha256()
@@ -71,6 +81,7 @@ class RunRecord:
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": dict(config or {}),
             "versions": package_versions(),
+            "hardware": hardware(),
             "timings_s": {},
         }
         self._t0 = time.perf_counter()
