@@ -122,16 +122,19 @@ def poison(obj: dict, manifest: str, out: str, attack: str, params: tuple[str, .
 @click.option("--adaptive-density", default=0.0, show_default=True,
               help="Adaptive attacker: weight of the poisoned samples' batch SLOF added to the loss.")
 @click.option("--adaptive-k", default=8, show_default=True, help="Neighbours of the adaptive batch SLOF.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="bf16: autocast on a GPU (weights and optimiser state stay fp32).")
 @device_option
 @click.pass_obj
 def train(obj: dict, manifest: str, out: str, model: str, weights: str | None, epochs: int, batch_size: int,
           lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, seed: int, no_resume: bool,
-          adaptive_density: float, adaptive_k: int, device: str) -> None:
+          adaptive_density: float, adaptive_k: int, precision: str, device: str) -> None:
     """Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."""
     from clipguard.train import TrainConfig, train_from_manifest
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                      warmup_steps=warmup_steps, grad_clip=grad_clip or None, seed=seed)
+                      warmup_steps=warmup_steps, grad_clip=grad_clip or None, seed=seed,
+                      precision=precision)
     _, res = train_from_manifest(manifest, out, model=model, config=cfg, weights=weights, resume=not no_resume,
                                  progress=obj["progress"], adaptive_density=adaptive_density, adaptive_k=adaptive_k,
                                  device=device)

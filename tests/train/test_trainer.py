@@ -59,3 +59,19 @@ def test_resume_after_kill_gives_identical_weights(tiny_world, tmp_path):
     for (k, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(p, q), k
     assert full.model.logit_scale.item() <= MAX_LOGIT_SCALE
+
+
+def test_precision_is_checked_before_training(tiny_world, tmp_path):
+    import pytest
+
+    from clipguard.errors import ConfigError
+
+    pairs = _pairs(tiny_world)
+    with pytest.raises(ConfigError, match="fp32 or bf16"):
+        train_clip(create_model("tiny-rn"), pairs, TrainConfig(epochs=1, precision="fp16"), tmp_path / "a",
+                   progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--device cuda"):
+            train_clip(create_model("tiny-rn"), pairs, TrainConfig(epochs=1, precision="bf16"), tmp_path / "b",
+                       progress=False)
+    assert not (tmp_path / "a" / "checkpoints").exists()
