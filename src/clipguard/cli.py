@@ -204,11 +204,14 @@ def embed(obj: dict, model_dir: str, manifest: str, out: str, shard_size: int, b
 @click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
 @click.option("--rank-by", default=None,
               help="Detector whose suspects --top prints [default: the first --detector, else fused].")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the torch kNN search (global/batch references) and the --model embedding run: "
+                   "auto (the GPU if torch sees one, else the CPU), cpu, cuda, cuda:N.")
 @click.pass_obj
 def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
          detectors: tuple[str, ...], k: int, reference: str, batch_size: int, reference_size: int | None,
          n_references: int | None, index: str, nlist: int | None, nprobe: int | None, target_recall: float,
-         backend: str, suspect_share: float, seed: int, top: int, rank_by: str | None) -> None:
+         backend: str, suspect_share: float, seed: int, top: int, rank_by: str | None, device: str) -> None:
     """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
     from clipguard.detect import ScanConfig
@@ -221,7 +224,8 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
         raise ClipguardError("scanning a dataset needs --model MODEL_DIR, --data MANIFEST and --out OUT")
     config = ScanConfig(k=k, reference=reference, batch_size=batch_size, reference_size=reference_size,
                         n_references=n_references, index=index, nlist=nlist, nprobe=nprobe,
-                        target_recall=target_recall, seed=seed, backend=backend, suspect_share=suspect_share)
+                        target_recall=target_recall, seed=seed, backend=backend, suspect_share=suspect_share,
+                        device=device)
     names = list(detectors) or None
     if from_data:
         dres = scan_dataset(model_dir, manifest, out, detectors=names, config=config, progress=obj["progress"])

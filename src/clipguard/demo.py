@@ -38,7 +38,7 @@ class DemoConfig:
     batch_size: int = 256
     lr: float = 1e-3
     k: int = 16
-    scan_references: tuple[str, ...] = ("auto", "global", "batch")
+    scan_references: tuple[str, ...] = ("auto", "multi_reference", "batch")
     scan_batch_size: int = 2048
     seed: int = 0
     resume: bool = False

@@ -29,6 +29,8 @@ from detect.test_scan import _folder
     (dict(suspect_share=0), r"suspect_share must lie in \(0, 1\]"),
     (dict(detector_params={"nope": {}}), "nope"),
     (dict(detector_params={"fused": 3}), r"detector_params\['fused'\] must be a dict"),
+    (dict(device=0), "device must be None or one of 'cpu', 'cuda'"),
+    (dict(device="tpu"), "unknown device 'tpu'"),
 ])
 def test_invalid_options_raise_clear_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -106,3 +108,29 @@ def test_scan_dataset_embeds_then_scans(tmp_path):
     again = scan_dataset(tmp_path / "model", manifest, tmp_path / "out", k=5, progress=False)
     assert again.embed.shards_reused == [0] and again.embed.shards_written == []
     assert again.scan.scores.equals(res.scan.scores)
+
+
+def test_device_option_runs_the_scan_there_and_is_recorded(tmp_path):
+    import torch
+
+    _folder(tmp_path / "emb")
+    assert ScanConfig().device is None
+    cfg = ScanConfig(k=8, reference="batch", batch_size=64)
+    plain = run_scan(tmp_path / "emb", tmp_path / "a", detectors=["kdist", "dao"], config=cfg)
+    cpu = run_scan(tmp_path / "emb", tmp_path / "b", detectors=["kdist", "dao"], config=cfg,
+                   device="cpu")
+    assert cpu.scores.equals(plain.scores)
+    assert json.loads(cpu.run_json.read_text())["config"]["device"] == "cpu"
+    scan = Scan.from_folder(tmp_path / "emb")
+    glob = scan.find_suspects(["dao"], k=5, reference="global").scores
+    assert scan.find_suspects(["dao"], k=5, reference="global", device="cpu").scores.equals(glob)
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU here; use --device cpu"):
+        ScanConfig(device="cuda")
+    with pytest.raises(ConfigError, match="--device cpu"):
+        scan.find_suspects(["dao"], device="cuda")
+    with pytest.raises(ConfigError, match="--device cpu"):  # checked before any work
+        run_scan(tmp_path / "emb", tmp_path / "c", device="cuda")
+    assert not (tmp_path / "c").exists()
+    assert ScanConfig(device="auto").device == "auto"  # the CPU here

@@ -1,8 +1,9 @@
-"""Exact kNN: blocked torch and faiss backends against a float64 brute force."""
+"""Exact kNN: blocked torch and faiss backends and the per-group search against a float64 brute
+force; the device option."""
 import numpy as np
 import pytest
 
-from clipguard.detect import knn_bruteforce, knn_search, normalize
+from clipguard.detect import knn_bruteforce, knn_search, knn_self_groups, normalize
 from clipguard.errors import ConfigError, EmbeddingError
 
 
@@ -119,3 +120,122 @@ def test_normalize_in_blocks_equals_one_block(monkeypatch):
     raw[57, 2] = 1
     with pytest.raises(EmbeddingError, match=r"1 of 103 .*zeros \(first: row 88\)"):
         normalize(raw)
+
+
+# --- per-group self-kNN (the per-batch reference): tiled CPU path and stacked (GPU) path ------
+
+def _dyadic(n, d=8, seed=0):
+    """Unit rows with four entries of +-0.5: every product is exact in float32 whatever the
+    summation order, so equal distances are exactly equal (ties everywhere, also at the k-th
+    distance) in float32 as in the float64 brute force."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, d), dtype=np.float32)
+    for r in range(n):
+        x[r, rng.choice(d, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+    return x
+
+
+def _groups_equal_bruteforce(x, groups, k, D, I):
+    for g in groups:
+        Dr, Ir = knn_bruteforce(x[g], x[g], k, exclude_self=True)
+        np.testing.assert_array_equal(I[g], g[Ir])
+        np.testing.assert_allclose(D[g], Dr, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["cpu_tiles", "stacked"])
+def test_self_groups_equal_bruteforce_including_ties(monkeypatch, path):
+    import torch
+
+    import clipguard.detect.knn as knn
+
+    monkeypatch.setattr(knn, "_SELF_TILE", 16)  # 75 rows -> 5 row blocks of 15, 30 -> 2
+    rng = np.random.default_rng(1)
+    # group 0: exact ties (duplicates included: rows 3 and 40 equal row 9); group 1: generic
+    # rows, interleaved so that groups are not contiguous
+    tied = _dyadic(75)
+    tied[[3, 40]] = tied[9]
+    x = np.empty((105, 8), dtype=np.float32)
+    g0 = np.sort(rng.choice(105, 75, replace=False))
+    g1 = np.setdiff1d(np.arange(105), g0)
+    x[g0], x[g1] = tied, _data(30, 8, seed=2)
+    groups = [g0, g1]
+    for k in (1, 5, 14):
+        if path == "cpu_tiles":
+            D, I = knn_self_groups(x, groups, k)
+        else:
+            D, I = knn._groups_stacked(x, groups, k, torch.device("cpu"), max_floats=1 << 20)
+        assert D.dtype == np.float32 and I.dtype == np.int64 and D.shape == (105, k)
+        _groups_equal_bruteforce(x, groups, k, D, I)
+
+
+def test_self_groups_duplicates_in_other_tiles_keep_lowest_index(monkeypatch):
+    import clipguard.detect.knn as knn
+
+    monkeypatch.setattr(knn, "_SELF_TILE", 32)
+    base = _data(120, 64, seed=3)
+    # seven copies of one row spread over the four row blocks: each has six at distance 0, so
+    # k=4 cuts through them and the four lowest indices must be kept
+    copies = [5, 33, 47, 70, 71, 100, 119]
+    base[copies] = base[5]
+    D, I = knn_self_groups(base, [np.arange(120)], 4)
+    for r in copies:
+        assert list(I[r]) == [c for c in copies if c != r][:4]
+        np.testing.assert_allclose(D[r], 0, atol=1e-6)
+    _groups_equal_bruteforce(base, [np.arange(120)], 4, D, I)
+
+
+def test_finish_topk_orders_ties_by_column_and_redoes_only_tied_rows():
+    import torch
+
+    from clipguard.detect.knn import _finish_topk
+
+    full = torch.tensor([[-np.inf, 0.5, 0.9, 0.5, 0.1],     # tie at the k-th (k=2): 1 < 3
+                         [0.2, -np.inf, 0.3, 0.8, 0.7]])   # no tie
+    sims, cols = torch.topk(full, 3, dim=1)
+    cols[0] = torch.tensor([2, 3, 1])  # a heap may return the tied columns in either order
+    asked = []
+
+    def rows(r):
+        asked.append(r.tolist())
+        return full[r]
+
+    D, I = _finish_topk(sims, cols, 2, rows)
+    assert asked == [[0]]
+    assert I.tolist() == [[2, 1], [3, 4]]
+    np.testing.assert_allclose(D.numpy(), [[0.1, 0.5], [0.2, 0.3]], atol=1e-6)
+
+
+# --- device ------------------------------------------------------------------------------------
+
+def test_device_cpu_gives_identical_results():
+    import torch
+
+    x, xq = _data(300, 16), _data(50, 16, seed=1)
+    groups = [np.arange(0, 300, 2), np.arange(1, 300, 2)]
+    devices = ["cpu", torch.device("cpu")] + ([] if torch.cuda.is_available() else ["auto"])
+    for dev in devices:
+        for args, kw in (((x, x, 7), dict(exclude_self=True, block_size=64)),
+                         ((xq, x, 7), dict(block_size=64))):
+            D0, I0 = knn_search(*args, **kw)
+            D1, I1 = knn_search(*args, device=dev, **kw)
+            np.testing.assert_array_equal(I1, I0)
+            np.testing.assert_array_equal(D1, D0)
+        D0, I0 = knn_self_groups(x, groups, 6)
+        D1, I1 = knn_self_groups(x, groups, 6, device=dev)
+        np.testing.assert_array_equal(I1, I0)
+        np.testing.assert_array_equal(D1, D0)
+
+
+def test_unavailable_device_raises_config_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is available here")
+    x = _data(40, 8)
+    for call in (lambda: knn_search(x, x, 3, device="cuda"),
+                 lambda: knn_search(x, x, 3, backend="faiss", device="cuda"),
+                 lambda: knn_self_groups(x, [np.arange(40)], 3, device="cuda")):
+        with pytest.raises(ConfigError, match="--device cpu"):
+            call()
+    with pytest.raises(ConfigError, match="device"):
+        knn_search(x, x, 3, device="tpu")

@@ -52,10 +52,13 @@ def _exact_against_reference(x, ref, k):
 def test_auto_rule_and_defaults():
     small = plan_reference(4096, "auto")
     assert small.mode == "global" and small.requested == "auto" and "N=4096" in small.reason
+    edge = plan_reference(100_000, "auto")
+    assert edge.mode == "global" and "rate_sweep" in edge.reason
+    assert plan_reference(100_001, "auto").mode == "multi_reference"
     big = plan_reference(1_000_000, "auto")
     assert (big.mode, big.reference_size, big.n_references, big.index) == (
         "multi_reference", 2048, 8, "flat")
-    assert "N=1000000 > 4096" in big.reason
+    assert "N=1000000 > 100000" in big.reason
     assert plan_reference(100_000_000, "auto").index == "ivf"  # N * M > 1e11
     ref = plan_reference(1_000_000, "reference")
     assert (ref.reference_size, ref.n_references) == (50_000, 1)

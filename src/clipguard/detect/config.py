@@ -60,6 +60,11 @@ class ScanConfig:
         seed: seed of batches, references, IVF and Isolation Forest.
         backend: exact kNN backend of global mode, ``"blocked"`` or ``"faiss"``.
         block_size: tile edge of the blocked kNN / caption comparisons.
+        device: torch device of the torch kNN paths (global mode with the blocked backend,
+            batch mode): None (default) or ``"cpu"``, ``"cuda"`` / ``"cuda:N"``, or ``"auto"``
+            (the GPU when torch sees one, else the CPU). The FAISS indexes of the reference
+            modes run on the CPU whatever it says. A GPU that is not there raises ConfigError
+            here, before any work is done.
         suspect_share: share of the samples marked ``is_<det>_suspect``, in (0, 1].
         detector_params: extra constructor arguments per detector name, e.g.
             ``{"fused": {"method": "fisher"}}`` (a private copy is kept).
@@ -78,6 +83,7 @@ class ScanConfig:
     seed: int = 0
     backend: str = "blocked"
     block_size: int = 2048
+    device: str | None = None
     suspect_share: float = DEFAULT_SUSPECT_SHARE
     detector_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -113,6 +119,13 @@ class ScanConfig:
                               f"{', '.join(BACKENDS)}")
         if not _is_int(self.block_size) or self.block_size < 1:
             raise ConfigError(f"block_size must be an integer >= 1, got {self.block_size!r}")
+        if self.device is not None:
+            if not isinstance(self.device, str):
+                raise ConfigError("device must be None or one of 'cpu', 'cuda', 'cuda:N', "
+                                  f"'auto', got {self.device!r}")
+            from clipguard.utils.device import resolve_device  # imports torch: only when set
+
+            resolve_device(self.device)  # ConfigError: unknown, or no such GPU here
         if not _is_real(self.suspect_share) or not 0 < self.suspect_share <= 1:
             raise ConfigError(f"suspect_share must lie in (0, 1], got {self.suspect_share!r}")
         params = {} if self.detector_params is None else self.detector_params

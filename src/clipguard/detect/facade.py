@@ -161,14 +161,15 @@ class Scan:
             **overrides: ScanConfig field names applied on top of ``config``: ``k``,
                 ``reference``, ``suspect_share``, ``batch_size``, ``reference_size``,
                 ``n_references``, ``index``, ``nlist``, ``nprobe``, ``target_recall``,
-                ``n_recall``, ``seed``, ``backend``, ``block_size``, ``detector_params``.
+                ``n_recall``, ``seed``, ``backend``, ``block_size``, ``device`` (torch device
+                of the kNN search: None/"cpu", "cuda", "auto"), ``detector_params``.
 
         Returns:
             self, for chaining.
 
         Raises:
             ConfigError: an unknown option (the message lists the valid ones) or detector, an
-                invalid value, k too large for the data.
+                invalid value, k too large for the data, a device that is not available.
         """
         cfg = ScanConfig.resolve(config, **overrides)
         explicit = detectors is not None

@@ -16,30 +16,57 @@ Backends of :func:`knn_search`:
     ``faiss.IndexFlatIP`` (exact inner-product search).
 
 :func:`knn_self_groups` solves many independent self-kNN problems at once (the DAO paper's
-per-batch reference): equal-sized groups are stacked and searched with one batched matmul
-(``torch.bmm``) and a ``torch.topk`` per stack, instead of one call per group.
+per-batch reference). On the CPU each group's similarity matrix is built from the tiles on and
+above its diagonal only (about ``512 x 512`` each; tile (j, i) is tile (i, j) transposed, so
+a group of 2,048 rows costs 10 of the 16 tile products) and every row keeps its best ``k + 1``
+similarities in a FAISS heap fed tile by tile. On a GPU equal-sized groups are stacked and
+searched with one ``torch.bmm`` and ``torch.topk`` per stack.
 
 Within a row, neighbours at equal distance are ordered by reference index. When several
-reference rows tie exactly at the k-th distance, which of them is kept may differ between
-backends (the distances, and therefore kdist and LID, do not).
+reference rows tie exactly at the k-th distance, :func:`knn_self_groups` keeps those of lowest
+index (as :func:`knn_bruteforce` does); for :func:`knn_search` which of them is kept may differ
+between backends (the distances, and therefore kdist and LID, do not).
+
+Devices: ``device=None`` (or ``"cpu"``) runs the torch paths on the CPU; ``"cuda"``
+(``"cuda:N"``) on a GPU and ``"auto"`` on the GPU when torch sees one, else the CPU
+(:func:`clipguard.utils.device.resolve_device`; a GPU that is not there raises ConfigError).
+Blocks are moved to the device and the results come back as NumPy arrays on the CPU. The
+``"faiss"`` backend always runs on the CPU.
 """
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from clipguard.errors import ConfigError, EmbeddingError
 
+if TYPE_CHECKING:
+    import torch
+
 BACKENDS = ("blocked", "faiss")
-_NORMALIZE_BLOCK_VALUES = 1 << 24
-"""normalize() converts at most this many values to float64 at a time (128 MiB)."""
+_NORMALIZE_BLOCK_VALUES = 1 << 21
+"""normalize() converts at most this many values to float64 at a time (16 MiB, cache-sized)."""
+_NORMALIZE_MAX_THREADS = 8
+"""normalize() spreads its blocks over at most this many threads (NumPy releases the GIL)."""
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def normalize(
     x: np.ndarray, *, describe_row: Callable[[int], str] | None = None
 ) -> np.ndarray:
     """L2-normalise the rows of ``x``.
+
+    Every row is divided by its norm in float64 and rounded to float32. Blocks of rows are
+    processed in parallel threads, so the float64 temporaries stay small (and in cache) for
+    millions of rows; the result does not depend on the block size or the thread count.
 
     Args:
         x: (n, d) array of any float dtype (float16 is upcast).
@@ -61,27 +88,37 @@ def normalize(
     where = describe_row or (lambda i: f"row {i}")
     n = x.shape[0]
     out = np.empty(x.shape, dtype=np.float32)
-    bad_rows: list[np.ndarray] = []
-    zero_rows: list[np.ndarray] = []
-    # blocks of rows, so the float64 temporaries stay small for millions of rows
     step = max(1, _NORMALIZE_BLOCK_VALUES // max(1, x.shape[1]))
-    for s in range(0, n, step):
-        x64 = np.asarray(x[s:s + step]).astype(np.float64, copy=False)
-        bad = ~np.isfinite(x64).all(axis=1)
-        if bad.any():
-            x64 = np.where(bad[:, None], 1.0, x64)  # reported below; keeps the maths finite
+
+    def block(s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalise rows s..s+step into ``out``; return their (bad, zero) global row indices."""
+        x64 = np.array(x[s:s + step], dtype=np.float64)  # a private copy, divided in place
         norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
-        bad_rows.append(np.flatnonzero(bad) + s)
-        zero = (norms == 0) & ~bad
-        zero_rows.append(np.flatnonzero(zero) + s)
-        out[s:s + step] = x64 / np.where(norms == 0, 1.0, norms)[:, None]
-    bad_idx = np.concatenate(bad_rows) if bad_rows else np.empty(0, np.int64)
+        bad = np.zeros(len(x64), dtype=bool)
+        odd = ~np.isfinite(norms)  # NaN/inf elements (or, for float64 input, an overflow)
+        if odd.any():
+            bad[odd] = ~np.isfinite(x64[odd]).all(axis=1)
+        zero = norms == 0
+        np.divide(x64, np.where(zero | bad, 1.0, norms)[:, None], out=x64)  # bad: raised below
+        out[s:s + step] = x64
+        return np.flatnonzero(bad) + s, np.flatnonzero(zero) + s
+
+    starts = range(0, n, step)
+    threads = min(len(starts), _cpu_count(), _NORMALIZE_MAX_THREADS)
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            found = list(pool.map(block, starts))
+    else:
+        found = [block(s) for s in starts]
+    bad_idx = np.concatenate([b for b, _ in found]) if found else np.empty(0, np.int64)
     if bad_idx.size:
         raise EmbeddingError(
             f"{bad_idx.size} of {n} embedding rows contain NaN or inf (first: {where(int(bad_idx[0]))}); "
             "re-embed those samples or drop them before scanning"
         )
-    zero_idx = np.concatenate(zero_rows) if zero_rows else np.empty(0, np.int64)
+    zero_idx = np.concatenate([z for _, z in found]) if found else np.empty(0, np.int64)
     if zero_idx.size:
         raise EmbeddingError(
             f"{zero_idx.size} of {n} embedding rows are all zeros (first: {where(int(zero_idx[0]))}); "
@@ -129,13 +166,21 @@ def _sort_rows(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(D, order, axis=1), np.take_along_axis(I, order, axis=1)
 
 
+def _device(device: "str | torch.device | None") -> "torch.device":
+    """The torch device of ``device`` (None = CPU); ConfigError when it is not available."""
+    from clipguard.utils.device import resolve_device
+
+    return resolve_device(device)
+
+
 def _search_blocked(
-    xq: np.ndarray, xb: np.ndarray, k: int, exclude_self: bool, block_size: int
+    xq: np.ndarray, xb: np.ndarray, k: int, exclude_self: bool, block_size: int,
+    dev: "torch.device",
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    q_all = torch.from_numpy(xq)
-    b_all = torch.from_numpy(xb)
+    q_all = torch.from_numpy(xq).to(dev)
+    b_all = q_all if xb is xq else torch.from_numpy(xb).to(dev)
     nq, nb = xq.shape[0], xb.shape[0]
     D = np.empty((nq, k), dtype=np.float32)
     I = np.empty((nq, k), dtype=np.int64)
@@ -153,7 +198,7 @@ def _search_blocked(
                     # qs+r-bs of this tile), so exact duplicates stay eligible neighbours.
                     lo, hi = max(qs, bs), min(qe, be)
                     if lo < hi:
-                        rows = torch.arange(lo - qs, hi - qs)
+                        rows = torch.arange(lo - qs, hi - qs, device=dev)
                         s[rows, rows + (qs - bs)] = -torch.inf
                 kk = min(k, be - bs)
                 ts, ti = torch.topk(s, kk, dim=1, largest=True, sorted=False)
@@ -167,20 +212,20 @@ def _search_blocked(
                     best_s, pos = torch.topk(cs, m, dim=1, largest=True, sorted=False)
                     best_i = torch.gather(ci, 1, pos)
             assert best_s is not None and best_i is not None
-            D[qs:qe] = (1.0 - best_s).clamp_(min=0.0).numpy()
-            I[qs:qe] = best_i.numpy()
+            D[qs:qe] = (1.0 - best_s).clamp_(min=0.0).cpu().numpy()
+            I[qs:qe] = best_i.cpu().numpy()
     return _sort_rows(D, I)
 
 
 def _search_blocked_symmetric(
-    x: np.ndarray, k: int, exclude_self: bool, block_size: int
+    x: np.ndarray, k: int, exclude_self: bool, block_size: int, dev: "torch.device"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Self-search (queries = reference) using the symmetry of the similarity matrix: tile
     (i, j) is tile (j, i) transposed, so only tiles with j >= i are multiplied (half the
     flops of a query-by-reference search); each serves the top-k of both row blocks."""
     import torch
 
-    x_all = torch.from_numpy(x)
+    x_all = torch.from_numpy(x).to(dev)
     n = x.shape[0]
     starts = list(range(0, n, block_size))
     best_s: list[torch.Tensor | None] = [None] * len(starts)
@@ -215,8 +260,8 @@ def _search_blocked_symmetric(
     for b, qs in enumerate(starts):
         assert best_s[b] is not None and best_i[b] is not None
         e = min(qs + block_size, n)
-        D[qs:e] = (1.0 - best_s[b]).clamp_(min=0.0).numpy()
-        I[qs:e] = best_i[b].numpy()
+        D[qs:e] = (1.0 - best_s[b]).clamp_(min=0.0).cpu().numpy()
+        I[qs:e] = best_i[b].cpu().numpy()
     return _sort_rows(D, I)
 
 
@@ -249,6 +294,7 @@ def knn_search(
     exclude_self: bool = False,
     backend: str = "blocked",
     block_size: int = 2048,
+    device: "str | torch.device | None" = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest reference rows of every query under cosine distance.
 
@@ -260,19 +306,24 @@ def knn_search(
             so exact duplicates of a query still count as its neighbours).
         backend: ``"blocked"`` (torch, tiled) or ``"faiss"`` (``IndexFlatIP``).
         block_size: tile edge of the blocked backend (rows of queries and of reference).
+        device: torch device of the blocked backend: None or ``"cpu"`` (default), ``"cuda"``
+            / ``"cuda:N"``, or ``"auto"`` (the GPU if torch sees one). The embeddings are
+            copied to the device once; the results come back to the CPU. Not used by the
+            ``"faiss"`` backend (CPU only), but still checked.
 
     Returns:
         ``(D, I)``: D (n_q, k) float32 cosine distances ``1 - <q, b>`` (>= 0), ascending along
         each row; I (n_q, k) int64 row indices into ``xb``.
 
     Raises:
-        ConfigError: bad ``k``, backend, block size, shapes, or ``exclude_self`` with different
-            arrays.
+        ConfigError: bad ``k``, backend, block size, shapes, ``exclude_self`` with different
+            arrays, or a device that is not available (e.g. ``"cuda"`` without a GPU).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown kNN backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ConfigError(f"block_size must be an integer >= 1, got {block_size!r}")
+    dev = _device(device)
     xq, xb = _check_inputs(xq, xb, k, exclude_self)
     k = int(k)
     if xq.shape[0] == 0:
@@ -280,8 +331,8 @@ def knn_search(
     if backend == "faiss":
         return _search_faiss(xq, xb, k, exclude_self)
     if xq is xb:
-        return _search_blocked_symmetric(xq, k, exclude_self, int(block_size))
-    return _search_blocked(xq, xb, k, exclude_self, int(block_size))
+        return _search_blocked_symmetric(xq, k, exclude_self, int(block_size), dev)
+    return _search_blocked(xq, xb, k, exclude_self, int(block_size), dev)
 
 
 def knn_bruteforce(
@@ -301,36 +352,169 @@ def knn_bruteforce(
     return np.take_along_axis(dist, I, axis=1), I
 
 
+_SELF_TILE = 512
+"""Tile edge of the CPU path of :func:`knn_self_groups` (a group of B rows is cut into
+``round(B / 512)`` row blocks; 512 keeps a tile in cache and the matmuls near full speed)."""
+
+
+def _self_topk_cpu(
+    xb: "torch.Tensor", kk: int, tile: int | None = None
+) -> tuple[np.ndarray, np.ndarray, Callable[["torch.Tensor"], "torch.Tensor"]]:
+    """The ``kk`` largest similarities of every row of ``xb`` (B, d) with the OTHER rows.
+
+    The rows are cut into ``p = round(B / tile)`` blocks (``tile`` default :data:`_SELF_TILE`). Row block a multiplies only its
+    diagonal tile (a, a) and the panel of the blocks to its right (a, > a); the tiles left of
+    the diagonal, (a, c) for c < a, are the transposes of panel tiles computed before (copied
+    once, cheaply, instead of multiplied again): ``(p + 1) / (2p)`` of the flops of the full
+    ``B x B`` product. Each row's similarities are fed, in ascending column order, into a FAISS
+    min-heap of size ``kk`` (exact selection; the diagonal is ``-inf``, so a row never selects
+    itself).
+
+    Returns:
+        ``(vals, ids, rows)``: vals (B, kk) float32 similarities, descending; ids (B, kk)
+        int64 columns (local rows of ``xb``); ``rows(r)``, for a LongTensor ``r`` of rows, the
+        (len(r), B) similarity rows with ``-inf`` on the row itself (the same values the heaps
+        saw).
+    """
+    import faiss
+    import torch
+
+    n = xb.shape[0]
+    p = max(1, round(n / (tile or _SELF_TILE)))
+    s = -(-n // p)
+    starts = list(range(0, n, s))
+    vals = np.empty((n, kk), dtype=np.float32)
+    ids = np.empty((n, kk), dtype=np.int64)
+    heap = faiss.float_minheap_array_t()  # a min-heap per row keeps its kk LARGEST values
+    heap.nh, heap.k = n, kk
+    heap.val, heap.ids = faiss.swig_ptr(vals), faiss.swig_ptr(ids)
+    heap.heapify()
+    diag: list[torch.Tensor] = []  # (m_a, m_a) tile (a, a)
+    right: list[torch.Tensor | None] = []  # (m_a, n - a1) panel right of the diagonal
+    below: list[np.ndarray | None] = []  # (n - a1, m_a) = right[a].T: tiles (> a, a)
+    for a, a0 in enumerate(starts):
+        a1 = min(a0 + s, n)
+        m = a1 - a0
+        xa = xb[a0:a1]
+        sd = torch.mm(xa, xa.T)
+        sd.fill_diagonal_(-torch.inf)  # the row itself, by index (duplicates stay eligible)
+        heap.addn(m, faiss.swig_ptr(sd.numpy()), a0, a0, m)
+        diag.append(sd)
+        if a1 < n:
+            sr = torch.mm(xa, xb[a1:].T)
+            heap.addn(n - a1, faiss.swig_ptr(sr.numpy()), a1, a0, m)
+            # the same similarities seen from the rows below: columns a0..a1 of rows a1..n
+            # (every later row block gets its column blocks in ascending order)
+            bt = sr.T.contiguous().numpy()
+            heap.addn(m, faiss.swig_ptr(bt), a0, a1, n - a1)
+            right.append(sr)
+            below.append(bt)
+        else:
+            right.append(None)
+            below.append(None)
+    heap.reorder()  # best first
+
+    def rows(r: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((len(r), n), dtype=torch.float32)
+        block = r // s
+        for a in block.unique().tolist():
+            sel = (block == a).nonzero().flatten()
+            local = r[sel] - starts[a]  # rows within row block a
+            a1 = min(starts[a] + s, n)
+            for c in range(a):  # tiles (a, c): rows of the transposed panel of block c
+                c1 = starts[c] + s
+                t = torch.from_numpy(below[c])  # type: ignore[arg-type]
+                out[sel, starts[c]:c1] = t[local + starts[a] - c1]
+            out[sel, starts[a]:a1] = diag[a][local]
+            if a1 < n:
+                out[sel, a1:] = right[a][local]  # type: ignore[index]
+        return out
+
+    return vals, ids, rows
+
+
+def _finish_topk(
+    sims: "torch.Tensor",
+    cols: "torch.Tensor",
+    k: int,
+    rows: Callable[["torch.Tensor"], "torch.Tensor"],
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Turn the ``k + 1`` best similarities of some rows into their k nearest neighbours.
+
+    Args:
+        sims: (m, k+1) similarities of each row, descending (best first).
+        cols: (m, k+1) their columns.
+        k: neighbours to keep.
+        rows: ``rows(r)`` gives the full (len(r), n) similarity rows of the rows ``r``, with
+            ``-inf`` on the row itself.
+
+    Returns:
+        ``(D, I)``: (m, k) float32 distances ``max(1 - sim, 0)``, ascending, and their columns;
+        at equal distance the lower column comes first, and a tie at the k-th distance keeps
+        the lowest columns. A row whose k+1 best distances are all different is already in
+        that order (its k-th distance is below the (k+1)-th, so no other column ties with it);
+        a row with equal distances among them (exact duplicates, or ``1 - sim`` rounding two
+        similarities to one float32) is redone from its full row with a stable sort.
+    """
+    import torch
+
+    dist = (1.0 - sims).clamp_(min=0.0)
+    tie = (dist[:, 1:] == dist[:, :-1]).any(dim=1)
+    dist, cols = dist[:, :k].contiguous(), cols[:, :k].contiguous()
+    redo = tie.nonzero().flatten()
+    if len(redo):
+        full = (1.0 - rows(redo)).clamp_(min=0.0)  # the row itself: 1 - (-inf) = inf, last
+        ds, order = torch.sort(full, dim=1, stable=True)
+        dist[redo] = ds[:, :k]
+        cols[redo] = order[:, :k]
+    return dist, cols
+
+
 def knn_self_groups(
-    x: np.ndarray, groups: list[np.ndarray], k: int, *, max_floats: int = 1 << 25
+    x: np.ndarray,
+    groups: list[np.ndarray],
+    k: int,
+    *,
+    max_floats: int = 1 << 25,
+    device: "str | torch.device | None" = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact self-excluded kNN of every row within its own group of rows.
 
-    Equal-sized groups are stacked ``G`` at a time (``G * B * B <= max_floats`` similarities,
-    128 MiB by default) and searched with one ``torch.bmm`` and one ``torch.topk``; the result
-    equals :func:`knn_search` with ``exclude_self=True`` run on each group separately (same
-    neighbour order: by distance, ties by row index).
+    The result equals :func:`knn_bruteforce` with ``exclude_self=True`` run on each group
+    separately, up to float32 rounding: neighbours by ascending distance, equal distances by
+    row index, and a tie at the k-th distance keeps the rows of lowest index.
+
+    On the CPU each group is searched on its own: tiles on and above the diagonal of its
+    similarity matrix only (:data:`_SELF_TILE`; the tiles below are their transposes) and a
+    FAISS heap per row. On a GPU equal-sized groups are stacked ``G`` at a time
+    (``G * B * B <= max_floats`` similarities, 128 MiB by default) and searched with one
+    ``torch.bmm`` and one ``torch.topk`` per stack. Either way a group of B rows holds about
+    ``B * B`` similarities in memory at once.
 
     Args:
         x: (N, d) L2-normalised float32 embeddings.
         groups: int64 arrays of global row indices, each sorted ascending, that together
             partition ``range(N)``; every group needs more than ``k`` rows.
         k: neighbours per row, ``1 <= k < min(len(g) for g in groups)``.
-        max_floats: memory bound of one stack of similarity matrices, in float32 values.
+        max_floats: memory bound of one stack of similarity matrices on a GPU, in float32
+            values.
+        device: None or ``"cpu"`` (default), ``"cuda"`` / ``"cuda:N"``, or ``"auto"`` (the
+            GPU if torch sees one); see the module docstring.
 
     Returns:
         ``(D, I)``: D (N, k) float32 ascending cosine distances, I (N, k) int64 GLOBAL row
         indices (every neighbour of a row lies in that row's group; the row itself never does).
 
     Raises:
-        ConfigError: bad ``k``, a group with ``<= k`` rows, or groups that do not partition
-            the rows.
+        ConfigError: bad ``k``, a group with ``<= k`` rows, groups that do not partition the
+            rows, or a device that is not available.
     """
     import torch
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     k = int(k)
+    dev = _device(device)
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     if sum(len(g) for g in groups) != n:
@@ -342,23 +526,61 @@ def knn_self_groups(
             f"k={k} needs more than {k} rows in every group but one has {min(small)}; "
             "use a smaller k or larger groups"
         )
+    # ascending rows: local order = global order, so ties by local column are ties by row
+    groups = [np.sort(np.asarray(g, dtype=np.int64)) for g in groups]
+    with torch.no_grad():
+        if dev.type == "cpu":
+            return _groups_cpu(x, groups, k)
+        return _groups_stacked(x, groups, k, dev, max_floats)
+
+
+# Both take k + 1 candidates per row: the (k+1)-th tells whether another row ties at the k-th
+# distance (see _finish_topk).
+
+def _groups_cpu(x: np.ndarray, groups: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn_self_groups` on the CPU: one group at a time (:func:`_self_topk_cpu`)."""
+    import torch
+
+    n = x.shape[0]
     D = np.empty((n, k), dtype=np.float32)
     I = np.empty((n, k), dtype=np.int64)
+    x_all = torch.from_numpy(x)
+    for g in groups:
+        xb = x_all.index_select(0, torch.from_numpy(g))
+        vals, ids, rows = _self_topk_cpu(xb, k + 1)
+        d, i = _finish_topk(torch.from_numpy(vals), torch.from_numpy(ids), k, rows)
+        D[g] = d.numpy()
+        I[g] = g[i.numpy()]  # local row j of the group is global row g[j]
+    return D, I
+
+
+def _groups_stacked(
+    x: np.ndarray, groups: list[np.ndarray], k: int, dev: "torch.device", max_floats: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn_self_groups` on a device (a GPU): stacks of equal-sized groups, one
+    ``torch.bmm`` and one ``torch.topk`` per stack (works on the CPU too, slower)."""
+    import torch
+
+    n = x.shape[0]
+    D = np.empty((n, k), dtype=np.float32)
+    I = np.empty((n, k), dtype=np.int64)
+    x_all = torch.from_numpy(x)
     by_size: dict[int, list[np.ndarray]] = {}
     for g in groups:
-        by_size.setdefault(len(g), []).append(np.asarray(g, dtype=np.int64))
-    with torch.no_grad():
-        for b, gs in by_size.items():
-            per_stack = max(1, max_floats // (b * b))
-            for s in range(0, len(gs), per_stack):
-                idx = np.stack(gs[s:s + per_stack])  # (G, B) global rows
-                xb = torch.from_numpy(x[idx])  # (G, B, d)
-                sim = torch.bmm(xb, xb.transpose(1, 2))  # (G, B, B)
-                sim.diagonal(dim1=1, dim2=2).fill_(-torch.inf)  # self, by index
-                ts, ti = torch.topk(sim, k, dim=2, largest=True, sorted=False)
-                del sim
-                flat = idx.reshape(-1)
-                D[flat] = (1.0 - ts).clamp_(min=0.0).reshape(-1, k).numpy()
-                # local column j of group g is global row idx[g, j]
-                I[flat] = idx[np.arange(len(idx))[:, None, None], ti.numpy()].reshape(-1, k)
-    return _sort_rows(D, I)
+        by_size.setdefault(len(g), []).append(g)
+    for b, gs in by_size.items():
+        per_stack = max(1, max_floats // (b * b))
+        for s in range(0, len(gs), per_stack):
+            idx = np.stack(gs[s:s + per_stack])  # (G, B) global rows
+            flat = idx.reshape(-1)
+            xb = x_all.index_select(0, torch.from_numpy(flat)).to(dev).view(len(idx), b, -1)
+            sim = torch.bmm(xb, xb.transpose(1, 2))  # (G, B, B)
+            sim.diagonal(dim1=1, dim2=2).fill_(-torch.inf)  # self, by index
+            rows_sim = sim.view(-1, b)  # row r of the stack: group r // B, local row r % B
+            ts, ti = torch.topk(rows_sim, k + 1, dim=1, largest=True, sorted=True)
+            d, i = _finish_topk(ts, ti, k, lambda r: rows_sim[r])
+            del sim, rows_sim
+            D[flat] = d.cpu().numpy()
+            # local column j of group g is global row idx[g, j]
+            I[flat] = idx[np.repeat(np.arange(len(idx)), b)[:, None], i.cpu().numpy()]
+    return D, I

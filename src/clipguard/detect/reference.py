@@ -26,14 +26,16 @@ modes (``reference=`` of :func:`~clipguard.detect.detectors.score_all`, ``run_sc
     each reference low (the DAO paper's argument for batches), and averaging R draws removes
     most of the noise a single small reference adds.
 ``"auto"``
-    Chosen from N by :func:`plan_reference`: N <= 4,096 (twice the multi-reference size) ->
-    ``"global"``; larger -> ``"multi_reference"`` with M = 2,048 and R = 8 (cost ``O(N*M*R*d)``,
-    below global's ``O(N**2*d)`` from N = 16,384 on), with a flat (exact) index while
-    N * M <= 1e11 and IVF beyond. On the project's badnets benchmark (20,000 samples, 10 to
-    1,000 of them poisoned; ``benchmarks/results/detection_quality.md``) the ``fused`` score
-    reached AUROC 0.982-1.000 with multi_reference and 0.888-1.000 with global; single density
-    detectors are mixed (DAO at 300 poisoned: 0.52 multi_reference, 0.68 global). The choice
-    and its reason are recorded in ``run.json`` (``reference_plan``).
+    Chosen from N by :func:`plan_reference`: N <= 100,000 -> ``"global"`` (exact kNN over all
+    samples: about a minute at 100,000 x 512 on two CPU cores, seconds on a GPU); larger ->
+    ``"multi_reference"`` with M = 2,048 and R = 8 (cost ``O(N*M*R*d)``), with a flat (exact)
+    index while N * M <= 1e11 and IVF beyond. Evidence (``benchmarks/results/rate_sweep.md``:
+    BadNets, Blended, SIG, WaNet at 0.1 % to 10 % of 20,000 pairs, 20 trained models): over the
+    15 cells whose backdoor was learned, ``fused`` with the global reference had the best worst
+    case of every detector x mode (min AUROC 0.936, mean 0.975) while multi_reference was
+    better at 5-10 % (0.9993-0.9999 vs 0.9948-0.9989) but fell to 0.861 at 0.1 % (SIG) and
+    0.892 at 0.5 % (Blended): the poison rate is unknown to the user, so the worst case
+    decides. The choice and its reason are recorded in ``run.json`` (``reference_plan``).
 """
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ DEFAULT_MULTI_REFERENCE_SIZE = 2048
 """Default M of ``"multi_reference"`` and of ``"auto"`` (small references, averaged)."""
 DEFAULT_N_REFERENCES = 8
 """Default R of ``"multi_reference"``."""
-AUTO_GLOBAL_MAX_N = 2 * DEFAULT_MULTI_REFERENCE_SIZE
-"""``"auto"`` uses exact global kNN up to this many samples."""
+AUTO_GLOBAL_MAX_N = 100_000
+"""``"auto"`` uses exact global kNN up to this many samples (the module docstring says why)."""
 AUTO_FLAT_MAX_PAIRS = 1e11
 """``index="auto"`` uses the exact flat index while N * M stays below this, IVF beyond."""
 
@@ -101,8 +103,8 @@ def plan_reference(
 ) -> ReferencePlan:
     """Resolve ``reference`` (possibly ``"auto"``) and its defaults for a set of ``n`` samples.
 
-    Rule of ``"auto"``: ``n <= AUTO_GLOBAL_MAX_N`` (4,096) -> ``"global"`` (a reference of
-    2,048 would be half the data anyway); otherwise ``"multi_reference"`` with
+    Rule of ``"auto"``: ``n <= AUTO_GLOBAL_MAX_N`` (100,000) -> ``"global"`` (the most robust
+    mode across poison rates, see the module docstring); otherwise ``"multi_reference"`` with
     ``M = reference_size or 2,048`` and ``R = n_references or 8``. ``index="auto"`` is
     ``"flat"`` (exact) while ``n * M <= 1e11`` and ``"ivf"`` beyond. Defaults of the explicit
     modes: ``"reference"`` M = 50,000; ``"multi_reference"`` M = 2,048, R = 8.
@@ -127,7 +129,7 @@ def plan_reference(
         if n <= AUTO_GLOBAL_MAX_N:
             reference = "global"
             reason = (f"auto: N={n} <= {AUTO_GLOBAL_MAX_N}, so exact kNN over all samples "
-                      "(global)")
+                      "(global: the best worst case across poison rates in benchmarks/results/rate_sweep.md)")
         else:
             reference = "multi_reference"
             reason = (f"auto: N={n} > {AUTO_GLOBAL_MAX_N}, so every sample is scored against "
@@ -284,6 +286,7 @@ def search_reference(
     chunk_size: int = 65536,
     n_recall: int = 1000,
     seed: int = 0,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """kNN of every row of ``x`` among the reference rows ``ref_rows``, self excluded.
 
@@ -303,6 +306,7 @@ def search_reference(
             ``target_recall`` (or every list is probed).
         target_recall: recall@k the tuning aims for.
         backend, block_size: exact kNN backend for the flat index and the recall check.
+        device: torch device of the ``"blocked"`` backend (:func:`knn_search`).
         chunk_size: query rows per search call.
         n_recall: queries per sample (seeded) to tune nprobe and to measure the final recall.
         seed: seeds the IVF training sample, its k-means and the recall samples.
@@ -340,7 +344,8 @@ def search_reference(
     def exact(rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
         """Exact kNN of x[rows] (self dropped), I as reference positions."""
         xq = np.ascontiguousarray(x[rows], dtype=np.float32)
-        Dc, Ic = knn_search(xq, xb, k + 1, backend=backend, block_size=block_size)
+        Dc, Ic = knn_search(xq, xb, k + 1, backend=backend, block_size=block_size,
+                            device=device)
         return _drop_self(Dc, Ic, self_pos[rows], k)
 
     ivf = _IVF(xb, nlist, seed) if index == "ivf" else None
@@ -356,7 +361,7 @@ def search_reference(
         if short.any():  # IVF found fewer than k+1 candidates: search those rows exactly
             fallback += int(short.sum())
             Dc[short], Ic[short] = knn_search(xq[short], xb, k + 1, backend=backend,
-                                              block_size=block_size)
+                                              block_size=block_size, device=device)
         Dc, Ic = _sort_rows(Dc, Ic)
         return _drop_self(Dc, Ic, self_pos[rows], k)
 
@@ -424,6 +429,7 @@ def build_graph(
     target_recall: float = 0.95,
     n_recall: int = 1000,
     need_knn: bool = True,
+    device: str | None = None,
 ) -> NeighbourGraph:
     """The neighbour graph of one reference draw of ``plan`` (draw ``r`` of multi_reference).
 
@@ -437,6 +443,9 @@ def build_graph(
             FAISS index (``IndexFlatIP`` or ``IndexIVFFlat``).
         nlist, nprobe, target_recall, n_recall: IVF parameters (:func:`search_reference`).
         need_knn: False when no requested detector uses neighbours (only ``parts`` is filled).
+        device: torch device of the torch kNN paths (``"global"`` with the blocked backend,
+            ``"batch"``): None/``"cpu"``, ``"cuda"``, ``"auto"``; the FAISS indexes of the
+            reference modes stay on the CPU. ConfigError when the device is not available.
 
     Returns:
         A :class:`NeighbourGraph`.
@@ -447,7 +456,8 @@ def build_graph(
         rows = np.arange(n, dtype=np.int64)
         if not need_knn:
             return NeighbourGraph(None, None, None, None, [(rows, rows)], None, info)
-        D, I = knn_search(x, x, k, exclude_self=True, backend=backend, block_size=block_size)
+        D, I = knn_search(x, x, k, exclude_self=True, backend=backend, block_size=block_size,
+                          device=device)
         kdist, lid = neighbour_stats(D)
         return NeighbourGraph(D, I, kdist, lid, [(rows, rows)], None, info)
     if plan.mode == "batch":
@@ -456,7 +466,7 @@ def build_graph(
         parts = [(b, b) for b in batches]
         if not need_knn:
             return NeighbourGraph(None, None, None, None, parts, None, info)
-        D, I = knn_self_groups(x, batches, k)
+        D, I = knn_self_groups(x, batches, k, device=device)
         kdist, lid = neighbour_stats(D)
         return NeighbourGraph(D, I, kdist, lid, parts, None, info)
     assert plan.reference_size is not None and plan.index is not None
@@ -467,7 +477,8 @@ def build_graph(
         return NeighbourGraph(None, None, None, None, parts, ref, info)
     D, I, sinfo = search_reference(x, ref, k, index=plan.index, nlist=nlist, nprobe=nprobe,
                                    target_recall=target_recall, backend="faiss",
-                                   block_size=block_size, n_recall=n_recall, seed=seed + draw)
+                                   block_size=block_size, n_recall=n_recall, seed=seed + draw,
+                                   device=device)
     info.update(sinfo)
     kdist, lid = _stats_on(D, ref, n)
     return NeighbourGraph(D, I, kdist, lid, parts, ref, info)

@@ -196,7 +196,8 @@ def run_scan(
             ``ScanConfig()``: k=16, reference ``"auto"`` -- its choice and reason are recorded
             in ``run.json`` as ``reference_plan`` --, suspect_share 0.01, ...).
         **overrides: ScanConfig field names applied on top of ``config``, e.g.
-            ``run_scan(emb, out, k=8, reference="batch", batch_size=512)``.
+            ``run_scan(emb, out, k=8, reference="batch", batch_size=512)``, or
+            ``device="cuda"`` to run the kNN search on a GPU.
 
     Returns:
         A :class:`ScanResult`. ``run.json`` records ``dataclasses.asdict(config)`` under
@@ -205,8 +206,8 @@ def run_scan(
     Raises:
         EmbeddingError: the folder is malformed or holds NaN/inf/zero embeddings.
         ConfigError: an unknown option or detector, an invalid option value, k too large for
-            the data or the reference, or an explicitly requested detector whose input the
-            folder lacks.
+            the data or the reference, a device that is not available, or an explicitly
+            requested detector whose input the folder lacks.
     """
     from clipguard.detect.facade import Scan  # the facade builds on this module
 
@@ -256,7 +257,8 @@ def scan_dataset(
         manifest: a dataset manifest (:func:`~clipguard.data.manifest.read_manifest`).
         out_dir: output folder (created).
         detectors, config, **overrides: as in :func:`run_scan`.
-        embed_batch_size: images per forward pass while embedding.
+        embed_batch_size: images per forward pass while embedding (the model runs on
+            ``config.device``, like the kNN search).
         progress: show the embedding progress bar.
 
     Raises:
@@ -270,7 +272,7 @@ def scan_dataset(
     cfg = ScanConfig.resolve(config, **overrides)  # fail fast, before the expensive part
     out_dir = Path(out_dir)
     emb_dir = out_dir / "embeddings"
-    emb = embed_dataset(load_model(model_dir), read_manifest(manifest), emb_dir,
+    emb = embed_dataset(load_model(model_dir, device=cfg.device), read_manifest(manifest), emb_dir,
                         batch_size=embed_batch_size, progress=progress)
     res = run_scan(emb_dir, out_dir, detectors=detectors, config=cfg)
     return DatasetScanResult(embed=emb, scan=res, emb_dir=emb_dir)

@@ -173,8 +173,9 @@ def score_embeddings(
             ``ScanConfig()``, whose ``reference`` is ``"auto"``). Used here: ``k``, the
             reference mode and its sizes (``reference``, ``batch_size``, ``reference_size``,
             ``n_references``, ``index``), the IVF parameters (``nlist``, ``nprobe``,
-            ``target_recall``, ``n_recall``), ``seed``, ``backend``, ``block_size`` and
-            ``detector_params`` (e.g. ``{"caption_dup": {"threshold": 0.99}}``).
+            ``target_recall``, ``n_recall``), ``seed``, ``backend``, ``block_size``,
+            ``device`` (torch device of the kNN search) and ``detector_params`` (e.g.
+            ``{"caption_dup": {"threshold": 0.99}}``).
         text: (N, d_t) caption embeddings, or None.
         captions: (N,) caption strings, or None.
         describe_row: ``row -> text`` for error messages about bad embedding rows.
@@ -237,7 +238,7 @@ def score_embeddings(
         graph = build_graph(x, k, plan, draw=r, batch_size=cfg.batch_size, seed=cfg.seed,
                             backend=cfg.backend, block_size=cfg.block_size, nlist=cfg.nlist,
                             nprobe=cfg.nprobe, target_recall=cfg.target_recall,
-                            n_recall=cfg.n_recall, need_knn=need_knn)
+                            n_recall=cfg.n_recall, need_knn=need_knn, device=cfg.device)
         inputs = ScoreInputs(x, graph, k, text=t, captions=keys, seed=cfg.seed, detectors=dets)
         for name in names:
             if r > 0 and name in fixed:
