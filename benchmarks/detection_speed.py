@@ -75,15 +75,16 @@ def peak_rss_gib() -> float:
 
 # -- the published algorithm, straightforwardly ------------------------------------------------
 
-def published_batch_dao(x: np.ndarray, batches: list[np.ndarray], k: int) -> np.ndarray:
+def published_batch_dao(x: np.ndarray, batches: list[np.ndarray], k: int, device: str | None = None) -> np.ndarray:
     """DAO per batch the straightforward way: torch.cdist, full sort of every row, drop the
-    first column (self), then kdist, LID (MLE) and DAO from the sorted rows."""
+    first column (self), then kdist, LID (MLE) and DAO from the sorted rows (on ``device``)."""
     import torch
 
+    dev = torch.device(device or "cpu")
     out = np.empty(len(x), dtype=np.float64)
     with torch.no_grad():
         for idx in batches:
-            xb = torch.from_numpy(x[idx])
+            xb = torch.from_numpy(x[idx]).to(dev)
             dist = torch.cdist(xb, xb)  # (B, B) Euclidean
             ds, di = torch.sort(dist, dim=1)  # full sort of every row
             ds, di = ds[:, 1:k + 1].double(), di[:, 1:k + 1]  # self is the first column
@@ -92,7 +93,7 @@ def published_batch_dao(x: np.ndarray, batches: list[np.ndarray], k: int) -> np.
             lid = -1.0 / torch.log(ds / kd[:, None]).mean(dim=1)
             lid = torch.nan_to_num(lid, posinf=1e12)
             z = lid[di] * (torch.log(kd)[:, None] - torch.log(kd[di]))
-            out[idx] = torch.exp(torch.logsumexp(z, dim=1) - np.log(k)).numpy()
+            out[idx] = torch.exp(torch.logsumexp(z, dim=1) - np.log(k)).cpu().numpy()
     return out
 
 
@@ -107,20 +108,22 @@ def part_batch(a: argparse.Namespace) -> list[dict]:
     batches = batch_partition(a.n, a.batch_size, a.k, a.seed)
     # warm-up: imports (torch, faiss) and first-call set-up of both, outside the timings
     w = min(a.n, 2 * a.batch_size)
-    score_all(x[:w], ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed)
-    published_batch_dao(x, batch_partition(w, a.batch_size, a.k, a.seed), a.k)
+    score_all(x[:w], ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed, device=a.device)
+    published_batch_dao(x, batch_partition(w, a.batch_size, a.k, a.seed), a.k, a.device)
     t = time.perf_counter()
-    ours = score_all(x, ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed)["dao"]
+    ours = score_all(x, ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed,
+                     device=a.device)["dao"]
     t_ours = time.perf_counter() - t
     t = time.perf_counter()
-    pub = published_batch_dao(x, batches, a.k)
+    pub = published_batch_dao(x, batches, a.k, a.device)
     t_pub = time.perf_counter() - t
     rho = float(spearmanr(ours, pub).statistic)
+    on = f" on {a.device}" if a.device else ""
     speed = t_pub / t_ours
     rows = [
-        dict(part="batch", n=a.n, d=a.d, k=a.k, what=f"published cdist+sort, B={a.batch_size}",
+        dict(part="batch", n=a.n, d=a.d, k=a.k, what=f"published cdist+sort, B={a.batch_size}{on}",
              seconds=t_pub),
-        dict(part="batch", n=a.n, d=a.d, k=a.k, what=f"clipguard batch DAO, B={a.batch_size}",
+        dict(part="batch", n=a.n, d=a.d, k=a.k, what=f"clipguard batch DAO, B={a.batch_size}{on}",
              seconds=t_ours, speedup_or_ratio=speed, goal=">= 5x faster", met=speed >= 5,
              notes=f"Spearman rho vs published = {rho:.6f}"),
     ]
@@ -166,12 +169,15 @@ def part_global(a: argparse.Namespace) -> list[dict]:
     t_faiss = time.perf_counter() - t
     rows = [dict(part="global", n=n, d=a.d, k=a.k, what="FAISS IndexFlatIP self-search (k+1)",
                  seconds=t_faiss)]
+    if a.device:
+        knn_search(x[:4096], x[:4096], a.k, exclude_self=True, device=a.device)  # warm-up (CUDA context)
     for backend in ("blocked", "faiss"):
         t = time.perf_counter()
-        knn_search(x, x, a.k, exclude_self=True, backend=backend)
+        knn_search(x, x, a.k, exclude_self=True, backend=backend, device=a.device if backend == "blocked" else None)
         sec = time.perf_counter() - t
+        on = f" on {a.device}" if a.device and backend == "blocked" else ""
         rows.append(dict(part="global", n=n, d=a.d, k=a.k,
-                         what=f"clipguard knn_search backend={backend} (self excluded)",
+                         what=f"clipguard knn_search backend={backend} (self excluded){on}",
                          seconds=sec, speedup_or_ratio=sec / t_faiss, goal="<= 1.3x FAISS",
                          met=sec / t_faiss <= 1.3))
     t = time.perf_counter()
@@ -241,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-recall", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch/FAISS threads (0 = default)")
+    p.add_argument("--device", default=None, help="torch device of our kNN and of the published "
+                   "algorithm (batch part) and of the blocked backend (global part); default CPU")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--fresh", action="store_true",
                    help="write only this run's rows (default: keep the rows of the other parts "
