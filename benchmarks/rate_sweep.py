@@ -10,10 +10,11 @@ default) on the embedded shapes world (20,000 training pairs, target "star", dir
 2. embed the training pairs (image + caption) with the final model;
 3. scan with every registered detector under every reference mode (global exact kNN, the DAO
    paper's per-batch reference B=2048, one fixed random reference M=4096, 8 random references
-   of 2048 averaged, and ``auto``), plus two variants of ``fused`` that leave caption signals
-   out: ``fused_image_only`` (DAO + density_anomaly) and ``fused_no_caption_dup`` (image +
-   CLIPScore + caption disagreement): the shapes world's poison captions are templated, which
-   makes ``caption_dup`` stronger here than on a web-scale set.
+   of 2048 averaged, and ``auto``; ``--modes``), plus variants of ``fused``: two that leave
+   caption signals out, ``fused_image_only`` (DAO + density_anomaly) and
+   ``fused_no_caption_dup`` (image + CLIPScore + caption disagreement) -- the shapes world's
+   poison captions are templated, which makes ``caption_dup`` stronger here than on a
+   web-scale set -- and ``fused_rank`` (mean-rank combination instead of Fisher's).
 
 Cells are independent: ``--jobs J`` runs J worker processes (each with ``--threads`` torch
 threads), each cell writes ``<work>/cells/<attack>_<rate>/result.json`` and is skipped when it
@@ -54,6 +55,7 @@ FIELDS = ["attack", "rate", "n_poisoned", "epochs", "clean_accuracy", "attack_su
 FUSED_VARIANTS = {
     "fused_image_only": {"signals": ()},
     "fused_no_caption_dup": {"signals": ("clipscore", "caption_disagreement")},
+    "fused_rank": {"method": "rank"},  # the mean-rank combination (the default before 2026-11-22)
 }
 
 
@@ -113,6 +115,8 @@ def run_cell(attack: str, rate: float, a: argparse.Namespace) -> dict:
     scan = Scan.from_folder(cell / "emb")
     rows = []
     for label, kw in modes().items():
+        if label.split()[0] not in a.modes:
+            continue
         t = time.perf_counter()
         scan.find_suspects(None, k=a.k, seed=a.seed, **kw)
         metrics = dict(scan.metrics)
@@ -138,7 +142,8 @@ def run_cell(attack: str, rate: float, a: argparse.Namespace) -> dict:
 
 
 def cells(a: argparse.Namespace) -> list[tuple[str, float]]:
-    return [(att, r) for att in a.attacks for r in a.rates]
+    """Rate-major order: the slow cells (low rates, trained again for longer) start first."""
+    return [(att, r) for r in a.rates for att in a.attacks]
 
 
 def worker(a: argparse.Namespace) -> None:
@@ -185,22 +190,27 @@ def report(a: argparse.Namespace) -> Path:
              f"model reaches ASR >= {a.learned} (else the last, marked 'not learned'). Attacks: "
              + "; ".join(f"{k} {v[0]} {v[1]}" for k, v in ATTACKS.items() if k in a.attacks) + ".", "",
              "## Summary: best configuration and the signals without captions", "",
-             "| attack | rate | poisoned | epochs | CA | ASR | best (detector, mode) | fused auto | "
-             "fused no caption_dup (best mode) | fused image-only (best mode) | DAO per-batch (paper) | "
-             "k-dist per-batch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "`fused global` is what `--reference auto` scans with at this size (global up to 100,000 "
+             "samples); `fused_rank` is the mean-rank combination (the default before 2026-11-22).", "",
+             "| attack | rate | poisoned | epochs | CA | ASR | best (detector, mode) | fused global | "
+             "fused_rank global | fused multi | fused no caption_dup (best mode) | fused image-only (best mode) | "
+             "DAO per-batch (paper) | k-dist per-batch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         best = max(rec["detection"], key=lambda d: d["auroc"])
-        fa = cell_auroc(rec, "fused", "auto")[0]
+        def at(det: str, prefix: str) -> str:
+            hit = [d["auroc"] for d in rec["detection"] if d["detector"] == det and d["mode"].startswith(prefix)]
+            return f"{hit[0]:.4f}" if hit else ""
+
+        fg, fr, fm = at("fused", "global"), at("fused_rank", "global"), at("fused", "multi")
         nd, nd_mode = cell_auroc(rec, "fused_no_caption_dup")
         io, io_mode = cell_auroc(rec, "fused_image_only")
-        dao_b = cell_auroc(rec, "dao", "batch B=2048")[0]
-        kd_b = cell_auroc(rec, "kdist", "batch B=2048")[0]
+        dao_b, kd_b = at("dao", "batch"), at("kdist", "batch")
         learned = "" if rec["learned"] else " (not learned)"
         lines.append(f"| {rec['attack']} | {rec['rate']:.1%} | {rec['n_poisoned']} | {rec['epochs']} | "
                      f"{rec['clean_accuracy']:.3f} | {rec['attack_success_rate']:.3f}{learned} | "
-                     f"**{best['auroc']:.4f}** ({best['detector']}, {best['mode']}) | {fa:.4f} | "
-                     f"{nd:.4f} ({nd_mode}) | {io:.4f} ({io_mode}) | {dao_b:.4f} | {kd_b:.4f} |")
+                     f"**{best['auroc']:.4f}** ({best['detector']}, {best['mode']}) | {fg} | {fr} | {fm} | "
+                     f"{nd:.4f} ({nd_mode}) | {io:.4f} ({io_mode}) | {dao_b} | {kd_b} |")
     lines += ["", "## Every detector x reference mode", ""]
     for rec in records:
         mode_list = list(dict.fromkeys(d["mode"] for d in rec["detection"]))
@@ -223,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rates", nargs="*", type=float, default=RATES)
     p.add_argument("--epochs", nargs="*", type=int, default=[10, 30],
                    help="epoch ladder: train again with the next count while ASR < --learned")
+    p.add_argument("--modes", nargs="*", default=["global", "batch", "reference", "multi", "auto"],
+                   help="reference modes to scan with (auto = global up to 100,000 samples)")
     p.add_argument("--learned", type=float, default=0.8, help="ASR from which the backdoor counts as learned")
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--n-test", type=int, default=2000)

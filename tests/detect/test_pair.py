@@ -18,6 +18,7 @@ from clipguard.detect import (
     score_all,
     text_dup_share,
 )
+from clipguard.detect.fused import upper_tail_log_p
 from clipguard.errors import ConfigError
 
 # The six 5-D points of test_density.py (exact in float32); k = 2 neighbours, self excluded:
@@ -175,7 +176,7 @@ def test_fuse_scores_hand_values():
     np.testing.assert_allclose(percentile_rank(np.array([1, 1, 2, 3.0])), [1.5 / 4, 1.5 / 4, 3 / 4, 1])
     np.testing.assert_allclose(percentile_rank(np.array([np.nan, 5.0])), [0.5, 1.0])
     a, b = np.array([1, 2, 3, 4.0]), np.array([4, 3, 2, 1.0])
-    np.testing.assert_allclose(fuse_scores({"a": a, "b": b}), [0.625] * 4)
+    np.testing.assert_allclose(fuse_scores({"a": a, "b": b}, "rank"), [0.625] * 4)
     np.testing.assert_allclose(robust_z(np.array([1, 2, 3, 4, 100.0])),
                                np.array([-2, -1, 0, 1, 97]) / 1.4826)
     np.testing.assert_allclose(robust_z(np.array([1, 1, 1, 1, 3.0])), (np.array([1, 1, 1, 1, 3.0]) - 1) / 0.8)
@@ -185,11 +186,12 @@ def test_fuse_scores_hand_values():
     p = np.array([1, 0.75, 0.5, 0.25])
     np.testing.assert_allclose(fuse_scores({"a": a, "b": b}, "fisher"),
                                -(np.log(p) + np.log(p[::-1])) / 2)
+    np.testing.assert_allclose(fuse_scores({"a": a, "b": b}), fuse_scores({"a": a, "b": b}, "fisher"))  # default
     with pytest.raises(ConfigError, match="fuse method"):
         fuse_scores({"a": a}, "max")
 
 
-def test_fused_is_the_mean_rank_of_its_available_components():
+def test_fused_is_the_fisher_combination_of_its_available_components():
     x = np.random.default_rng(0).normal(size=(200, 8))
     text = np.random.default_rng(1).normal(size=(200, 8))
     caps = [f"c{i % 7}" for i in range(200)]
@@ -198,13 +200,13 @@ def test_fused_is_the_mean_rank_of_its_available_components():
     parts = ["dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement"]
     # caption_disagreement enters two-sided (folded), the others as they are
     folded = {p: fold_two_sided(s[p]) if p == "caption_disagreement" else s[p] for p in parts}
-    np.testing.assert_allclose(s["fused"], np.mean([percentile_rank(v) for v in folded.values()], axis=0))
+    np.testing.assert_allclose(s["fused"], np.mean([upper_tail_log_p(v) for v in folded.values()], axis=0))
     one_sided = score_all(x, ["fused"], k=5, text=text, captions=caps,
-                          detector_params={"fused": {"two_sided": ()}})["fused"]
+                          detector_params={"fused": {"two_sided": (), "method": "rank"}})["fused"]
     np.testing.assert_allclose(one_sided, np.mean([percentile_rank(s[p]) for p in parts], axis=0))
     # images only: dao and density_anomaly
     img = score_all(x, ["fused"], k=5)["fused"]
-    np.testing.assert_allclose(img, (percentile_rank(s["dao"]) + percentile_rank(s["density_anomaly"])) / 2)
+    np.testing.assert_allclose(img, (upper_tail_log_p(s["dao"]) + upper_tail_log_p(s["density_anomaly"])) / 2)
     # the estimator API gives the same numbers
     det = DETECTORS.get("fused")(k=5)
     np.testing.assert_allclose(det.fit_score(x, text=text, captions=caps), s["fused"])

@@ -27,15 +27,21 @@ Two-sided components (``two_sided``, default ``("caption_disagreement",)``)
 
 Combination (``method``):
 
-``"rank"`` (default)
-    Mean of the components' percentile ranks within the scored set (average rank of ties
-    divided by n, in (0, 1]). Scale-free, so a heavy-tailed score (DAO reaches 1e300) cannot
-    drown the others, and each component counts equally.
-``"fisher"``
+``"fisher"`` (default)
     Fisher's combination of empirical p-values: ``-mean(ln p)`` with ``p = (n - r + 1) / n``
-    for a sample of ascending average rank r. Rank-based like ``"rank"``, but one component
-    at the very top of its ranking counts more than several moderately high ones (an OR
-    rather than an AND of the evidence).
+    for a sample of ascending average rank r. Scale-free (a heavy-tailed score such as DAO,
+    which reaches 1e300, cannot drown the others), and one component at the very top of its
+    ranking counts more than several moderately high ones: an OR rather than an AND of the
+    evidence. That is what poison at an unknown rate needs, because which signal flags it
+    changes with the rate and the attack (DAO for sparse SIG/Blended poison at 0.1 %, the
+    folded caption disagreement for a BadNets cluster at 1 %, image density at 5-10 %). With
+    the global reference on the rate sweep (BadNets, Blended, SIG, WaNet at 0.1-1 %, ten
+    cells) it raised the worst AUROC from 0.936 (``"rank"``) to 0.962 and the mean from 0.966
+    to 0.980, for 0.992-0.996 instead of 0.996-0.999 at 5-10 % (six cells).
+``"rank"``
+    Mean of the components' percentile ranks within the scored set (average rank of ties
+    divided by n, in (0, 1]): each component counts equally (an AND of the evidence; the
+    default before 2026-11-22).
 ``"zsum"``
     Mean of robust z-scores ``(s - median) / (1.4826 * MAD)`` (MAD 0 -> standard deviation,
     0 -> the component is dropped as constant). Lets one component with a strong, isolated
@@ -111,13 +117,13 @@ def fold_two_sided(scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def fuse_scores(components: dict[str, np.ndarray], method: str = "rank") -> np.ndarray:
+def fuse_scores(components: dict[str, np.ndarray], method: str = "fisher") -> np.ndarray:
     """Combine several (n,) scores (higher = more suspicious) into one (n,) float64 score.
 
     Args:
         components: ``{name: (n,) scores}``, at least one.
-        method: ``"rank"`` (mean percentile rank), ``"fisher"`` (mean ``-ln`` empirical
-            p-value) or ``"zsum"`` (mean robust z-score).
+        method: ``"fisher"`` (mean ``-ln`` empirical p-value), ``"rank"`` (mean percentile
+            rank) or ``"zsum"`` (mean robust z-score).
     """
     if method not in FUSE_METHODS:
         raise ConfigError(f"unknown fuse method {method!r}; choose one of: {', '.join(FUSE_METHODS)}")
@@ -129,13 +135,13 @@ def fuse_scores(components: dict[str, np.ndarray], method: str = "rank") -> np.n
 
 @DETECTORS.register("fused")
 class Fused(Detector):
-    """Image density fused with the pair/text signals the data has (mean percentile rank; caption_disagreement two-sided). Higher = more suspicious.
+    """Image density fused with the pair/text signals the data has (Fisher's combination of rank p-values; caption_disagreement two-sided). Higher = more suspicious.
 
     Args:
         image: the image-density component(s): registered kNN detector name(s), default
             ``("dao", "density_anomaly")``.
         signals: pair/text components used when their inputs are available.
-        method: ``"rank"``, ``"fisher"`` or ``"zsum"`` (module docstring).
+        method: ``"fisher"`` (default), ``"rank"`` or ``"zsum"`` (module docstring).
         two_sided: components folded by :func:`fold_two_sided` before combining (default
             ``("caption_disagreement",)``, whose direction flips with the poison rate; see
             the module docstring). ``()`` fuses every component one-sided.
@@ -151,7 +157,7 @@ class Fused(Detector):
 
     def __init__(self, *, image: str | Iterable[str] = DEFAULT_IMAGE,
                  signals: Iterable[str] = DEFAULT_SIGNALS,
-                 method: str = "rank", two_sided: Iterable[str] = DEFAULT_TWO_SIDED,
+                 method: str = "fisher", two_sided: Iterable[str] = DEFAULT_TWO_SIDED,
                  k: int = 16, backend: str = "blocked",
                  block_size: int = 2048, seed: int = 0) -> None:
         self.image = image
