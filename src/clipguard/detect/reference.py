@@ -32,9 +32,9 @@ modes (``reference=`` of :func:`~clipguard.detect.detectors.score_all`, ``run_sc
     index while N * M <= 1e11 and IVF beyond. Evidence (``benchmarks/results/rate_sweep.md``:
     BadNets, Blended, SIG, WaNet at 0.1 % to 10 % of 20,000 pairs, 20 trained models): over the
     15 cells whose backdoor was learned, ``fused`` with the global reference had the best worst
-    case of every detector x mode (min AUROC 0.936, mean 0.975) while multi_reference was
-    better at 5-10 % (0.9993-0.9999 vs 0.9948-0.9989) but fell to 0.861 at 0.1 % (SIG) and
-    0.892 at 0.5 % (Blended): the poison rate is unknown to the user, so the worst case
+    case of every detector x mode (min AUROC 0.971, mean 0.989); multi_reference was better at
+    5-10 % (0.9996-0.9998 vs 0.9915-0.9971 for BadNets/Blended/SIG) but fell to 0.852 at 0.1 %
+    (SIG) and per-batch to 0.801: the poison rate is unknown to the user, so the worst case
     decides. The choice and its reason are recorded in ``run.json`` (``reference_plan``).
 """
 from __future__ import annotations
