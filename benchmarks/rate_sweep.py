@@ -23,7 +23,10 @@ mode x detector) and ``rate_sweep.md``.
 
 Usage (a GPU is used with ``--device auto`` when there is one)::
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/rate_sweep.py --device auto --jobs 4 --threads 3
+    # what produced benchmarks/results/rate_sweep.md (one H100, 16 CPU cores: about 8.5 min)
+    python benchmarks/rate_sweep.py --device cuda --jobs 8 --threads 2 --modes global batch reference multi
+    # on a 2-core CPU: about 4 min per cell with one job
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/rate_sweep.py --jobs 1
     python benchmarks/rate_sweep.py --report-only        # re-write the tables from the cells
 """
 from __future__ import annotations
