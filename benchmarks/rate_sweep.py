@@ -25,7 +25,7 @@ Usage (a GPU is used with ``--device auto`` when there is one)::
 
     # what produced benchmarks/results/rate_sweep.md (one H100, 16 CPU cores: about 8.5 min)
     python benchmarks/rate_sweep.py --device cuda --jobs 8 --threads 2 --modes global batch reference multi
-    # on a 2-core CPU: about 4 min per cell with one job
+    # on a 2-core CPU: about 5 min per cell (10 epochs) with one job
     OMP_WAIT_POLICY=PASSIVE python benchmarks/rate_sweep.py --jobs 1
     python benchmarks/rate_sweep.py --report-only        # re-write the tables from the cells
 """
