@@ -216,6 +216,7 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
     from clipguard.detect import ScanConfig
     from clipguard.detect.scan import run_scan, scan_dataset, top_suspects
+    from clipguard.utils.progress import progress_enabled
 
     from_data = model_dir is not None or manifest is not None
     if from_data == (emb_dir is not None):
@@ -227,12 +228,13 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
                         target_recall=target_recall, seed=seed, backend=backend, suspect_share=suspect_share,
                         device=device)
     names = list(detectors) or None
-    if from_data:
-        dres = scan_dataset(model_dir, manifest, out, detectors=names, config=config, progress=obj["progress"])
-        click.echo(f"embedded {dres.embed.n_embedded} pairs, skipped {dres.embed.n_skipped} -> {dres.emb_dir}")
-        res = dres.scan
-    else:
-        res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config)
+    with progress_enabled(obj["progress"]):
+        if from_data:
+            dres = scan_dataset(model_dir, manifest, out, detectors=names, config=config, progress=obj["progress"])
+            click.echo(f"embedded {dres.embed.n_embedded} pairs, skipped {dres.embed.n_skipped} -> {dres.emb_dir}")
+            res = dres.scan
+        else:
+            res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config)
     out = str(res.out_dir)
     n = len(res.scores)
     plan = res.info.get("reference_plan", {})

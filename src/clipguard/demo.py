@@ -18,6 +18,7 @@ from clipguard.embed import embed_dataset
 from clipguard.evaluate.api import evaluate_model
 from clipguard.train import TrainConfig, train_from_manifest
 from clipguard.utils.io import read_json, write_json
+from clipguard.utils.progress import progress_enabled
 from clipguard.utils.runrecord import RunRecord
 
 
@@ -79,7 +80,7 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dic
         bundle = load_model(model_dir, device=config.device)
         embed_dataset(bundle, read_manifest(poisoned / "manifest.parquet"), emb, progress=progress)
     detection_by_ref = {}
-    with rec.stage("scan"):
+    with rec.stage("scan"), progress_enabled(progress):
         for ref in config.scan_references:
             res = run_scan(emb, out / f"scan_{ref}", k=config.k, reference=ref,
                            batch_size=config.scan_batch_size, seed=config.seed)

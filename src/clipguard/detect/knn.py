@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from clipguard.errors import ConfigError, EmbeddingError
+from clipguard.utils.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -184,9 +185,10 @@ def _search_blocked(
     nq, nb = xq.shape[0], xb.shape[0]
     D = np.empty((nq, k), dtype=np.float32)
     I = np.empty((nq, k), dtype=np.int64)
-    with torch.no_grad():
+    with torch.no_grad(), progress_bar(nq, "kNN (exact)") as bar:
         for qs in range(0, nq, block_size):
             qe = min(qs + block_size, nq)
+            bar.update(qe - qs)
             q = q_all[qs:qe]
             best_s: torch.Tensor | None = None
             best_i: torch.Tensor | None = None
@@ -242,10 +244,12 @@ def _search_blocked_symmetric(
         best_s[b], pos = torch.topk(cs, min(k, cs.shape[1]), dim=1, largest=True, sorted=False)
         best_i[b] = torch.gather(ci, 1, pos)
 
-    with torch.no_grad():
+    n_tiles = len(starts) * (len(starts) + 1) // 2
+    with torch.no_grad(), progress_bar(n_tiles, "kNN (exact)", unit="tile") as bar:
         for bi, qs in enumerate(starts):
             q = x_all[qs:qs + block_size]
             for bj in range(bi, len(starts)):
+                bar.update(1)
                 bs = starts[bj]
                 s = q @ x_all[bs:bs + block_size].T
                 if bj == bi:
@@ -545,12 +549,14 @@ def _groups_cpu(x: np.ndarray, groups: list[np.ndarray], k: int) -> tuple[np.nda
     D = np.empty((n, k), dtype=np.float32)
     I = np.empty((n, k), dtype=np.int64)
     x_all = torch.from_numpy(x)
-    for g in groups:
-        xb = x_all.index_select(0, torch.from_numpy(g))
-        vals, ids, rows = _self_topk_cpu(xb, k + 1)
-        d, i = _finish_topk(torch.from_numpy(vals), torch.from_numpy(ids), k, rows)
-        D[g] = d.numpy()
-        I[g] = g[i.numpy()]  # local row j of the group is global row g[j]
+    with progress_bar(n, "kNN (per batch)") as bar:
+        for g in groups:
+            xb = x_all.index_select(0, torch.from_numpy(g))
+            vals, ids, rows = _self_topk_cpu(xb, k + 1)
+            d, i = _finish_topk(torch.from_numpy(vals), torch.from_numpy(ids), k, rows)
+            D[g] = d.numpy()
+            I[g] = g[i.numpy()]  # local row j of the group is global row g[j]
+            bar.update(len(g))
     return D, I
 
 
@@ -568,10 +574,12 @@ def _groups_stacked(
     by_size: dict[int, list[np.ndarray]] = {}
     for g in groups:
         by_size.setdefault(len(g), []).append(g)
+    bar = progress_bar(n, "kNN (per batch)")
     for b, gs in by_size.items():
         per_stack = max(1, max_floats // (b * b))
         for s in range(0, len(gs), per_stack):
             idx = np.stack(gs[s:s + per_stack])  # (G, B) global rows
+            bar.update(idx.size)
             flat = idx.reshape(-1)
             xb = x_all.index_select(0, torch.from_numpy(flat)).to(dev).view(len(idx), b, -1)
             sim = torch.bmm(xb, xb.transpose(1, 2))  # (G, B, B)
@@ -583,4 +591,5 @@ def _groups_stacked(
             D[flat] = d.cpu().numpy()
             # local column j of group g is global row idx[g, j]
             I[flat] = idx[np.repeat(np.arange(len(idx)), b)[:, None], i.cpu().numpy()]
+    bar.close()
     return D, I

@@ -48,6 +48,7 @@ import numpy as np
 from clipguard.detect.density import neighbour_stats
 from clipguard.detect.knn import _sort_rows, knn_search, knn_self_groups
 from clipguard.errors import ConfigError
+from clipguard.utils.progress import progress_bar
 
 REFERENCE_MODES = ("auto", "global", "batch", "reference", "multi_reference")
 INDEXES = ("auto", "flat", "ivf")
@@ -389,10 +390,12 @@ def search_reference(
 
     D = np.empty((n, k), dtype=np.float32)
     I = np.empty((n, k), dtype=np.int64)
-    for s in range(0, n, chunk_size):
-        rows = slice(s, min(s + chunk_size, n))
-        Dc, Ic = exact(rows) if ivf is None else approx(rows)
-        D[rows], I[rows] = Dc, ref_rows[Ic]
+    with progress_bar(n, "kNN (reference)") as bar:
+        for s in range(0, n, chunk_size):
+            rows = slice(s, min(s + chunk_size, n))
+            Dc, Ic = exact(rows) if ivf is None else approx(rows)
+            D[rows], I[rows] = Dc, ref_rows[Ic]
+            bar.update(rows.stop - rows.start)
 
     if ivf is None:
         info["recall_at_k"] = 1.0

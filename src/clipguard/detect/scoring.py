@@ -26,6 +26,7 @@ from clipguard.detect.config import ScanConfig
 from clipguard.detect.knn import normalize
 from clipguard.detect.reference import NeighbourGraph, build_graph, plan_reference
 from clipguard.errors import ConfigError
+from clipguard.utils.progress import progress_bar
 
 log = logging.getLogger("clipguard")
 
@@ -234,7 +235,10 @@ def score_embeddings(
     out = {name: np.zeros(n, dtype=np.float64) for name in names}
     fixed: set[str] = set()
     ref_infos = []
+    bar = progress_bar(draws, "references", unit="draw") if draws > 1 else None
     for r in range(draws):
+        if bar is not None:
+            bar.update(1)
         graph = build_graph(x, k, plan, draw=r, batch_size=cfg.batch_size, seed=cfg.seed,
                             backend=cfg.backend, block_size=cfg.block_size, nlist=cfg.nlist,
                             nprobe=cfg.nprobe, target_recall=cfg.target_recall,
@@ -251,6 +255,8 @@ def score_embeddings(
                 out[name] += s if draws == 1 else s / draws
         ref_infos.append(graph.info)
         del graph, inputs
+    if bar is not None:
+        bar.close()
     info: dict[str, Any] = {"reference_plan": plan.as_dict(), "references": ref_infos}
     recalls = [ri["recall_at_k"] for ri in ref_infos if "recall_at_k" in ri]
     if recalls:
