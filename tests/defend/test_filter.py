@@ -1,0 +1,90 @@
+"""filter_manifest / `clipguard filter`: the scan's suspects leave the manifest, nothing else does."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipguard.data import read_manifest, write_manifest
+from clipguard.defend import filter_manifest
+from clipguard.detect import Scan
+from clipguard.errors import ConfigError
+
+
+@pytest.fixture
+def scanned(tiny_world, tmp_path):
+    """A 200-row manifest (rows 0..9 poisoned), its scan (3 rows unscored) with the poison isolated."""
+    m = read_manifest(tiny_world / "train" / "manifest.parquet")
+    df = m.df.iloc[:200].copy()
+    df["image"] = [str(m.root / p) for p in df["image"]]  # absolute: the manifest lives elsewhere
+    df["poisoned"] = np.arange(200) < 10
+    path = write_manifest(df, tmp_path / "data" / "manifest.csv")
+    x = 0.3 * np.random.default_rng(0).normal(size=(197, 16)).astype(np.float32)
+    x[10:, 15] += 3.0  # clean rows: a cone around e_15 (cosine geometry) ...
+    x[:10] += 3.0 * np.eye(16, dtype=np.float32)[:10]  # ... poisoned rows: each alone on its own axis
+    scan = Scan(x, ids=df["id"].iloc[:197], ground_truth=df["poisoned"].iloc[:197])
+    scan.find_suspects(["kdist"], k=5, reference="global", suspect_share=0.05).save(tmp_path / "scan")
+    return path, tmp_path / "scan", df
+
+
+def test_default_removes_the_scan_suspects_and_keeps_the_rest(scanned, tmp_path):
+    path, scan_dir, df = scanned
+    res = filter_manifest(path, scan_dir, tmp_path / "clean", detector="kdist")
+    n_flag = math.ceil(0.05 * 197)  # the scan's budget
+    assert (res.n_rows, res.n_scored, res.n_removed, res.n_unscored) == (200, 197, n_flag, 3)
+    kept = read_manifest(tmp_path / "clean" / "manifest.csv")
+    assert len(kept) == 200 - n_flag and res.manifest_path.suffix == ".csv"
+    removed = pd.read_csv(tmp_path / "clean" / "removed.csv", dtype={"id": str})
+    assert removed["kdist_rank"].tolist() == list(range(1, n_flag + 1))
+    assert set(removed["id"]).isdisjoint(kept.df["id"]) and removed["poisoned"].all()
+    assert all(kept.image_path(i).is_file() for i in range(len(kept)))  # paths still resolve
+    run = json.loads((tmp_path / "clean" / "run.json").read_text())
+    assert run["n_removed"] == n_flag and run["poisoned_precision"] == 1.0
+    assert run["poisoned_recall"] == res.poisoned_recall == n_flag / 10
+
+
+def test_share_and_top(scanned, tmp_path):
+    path, scan_dir, _ = scanned
+    res = filter_manifest(path, scan_dir, tmp_path / "a", detector="kdist", top=10)
+    assert res.n_removed == 10 and res.poisoned_recall == 1.0 and res.poisoned_precision == 1.0
+    res = filter_manifest(path, scan_dir, tmp_path / "b", detector="kdist", share=0.1)
+    assert res.n_removed == math.ceil(0.1 * 197)
+    assert filter_manifest(path, scan_dir, tmp_path / "c", detector="kdist", top=0).n_removed == 0
+
+
+def test_relative_image_paths_are_rebased(tiny_world, tmp_path):
+    m = read_manifest(tiny_world / "train" / "manifest.parquet")  # relative image paths
+    x = np.random.default_rng(0).normal(size=(len(m), 8)).astype(np.float32)
+    Scan(x, ids=m.df["id"]).find_suspects(["kdist"], k=5).save(tmp_path / "scan")
+    filter_manifest(m.path, tmp_path / "scan", tmp_path / "deep" / "clean", detector="kdist", top=3)
+    kept = read_manifest(tmp_path / "deep" / "clean" / "manifest.parquet")
+    assert not kept.df["image"].iat[0].startswith("/")
+    assert all(kept.image_path(i).is_file() for i in range(0, len(kept), 50))
+
+
+def test_bad_requests_are_clear_errors(scanned, tmp_path, tiny_world):
+    path, scan_dir, df = scanned
+    with pytest.raises(ConfigError, match="not both"):
+        filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share=0.1, top=3)
+    with pytest.raises(ConfigError, match="choose one of: kdist"):
+        filter_manifest(path, scan_dir, tmp_path / "x", detector="dao")
+    with pytest.raises(ConfigError, match=r"share must lie in \(0, 1\]"):
+        filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share=1.5)
+    with pytest.raises(ConfigError, match="no scores"):
+        filter_manifest(path, tmp_path, tmp_path / "x", detector="kdist")
+    other = write_manifest(df.assign(id=[f"other-{i}" for i in range(200)]), tmp_path / "other.csv")
+    with pytest.raises(ConfigError, match="197 of 197 scored ids are not in"):
+        filter_manifest(other, scan_dir, tmp_path / "x", detector="kdist")
+
+
+def test_cli(scanned, tmp_path):
+    from test_cli import run_cli
+
+    path, scan_dir, _ = scanned
+    r = run_cli("filter", path, scan_dir, "--out", tmp_path / "clean", "--detector", "kdist", "--top", "10")
+    assert r.returncode == 0, r.stderr
+    assert "removed 10 of 200 rows by kdist, kept 190 (3 unscored rows kept)" in r.stdout
+    assert "1.000 of the poisoned rows removed; precision 1.000" in r.stdout
+    r = run_cli("filter", path, scan_dir, "--out", tmp_path / "x", "--detector", "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "choose one of" in r.stderr
