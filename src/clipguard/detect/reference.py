@@ -130,7 +130,9 @@ def plan_reference(
         if n <= AUTO_GLOBAL_MAX_N:
             reference = "global"
             reason = (f"auto: N={n} <= {AUTO_GLOBAL_MAX_N}, so exact kNN over all samples "
-                      "(global: the best worst case across poison rates in benchmarks/results/rate_sweep.md)")
+                      "(global: the best worst case across poison rates in benchmarks/results/rate_sweep.md; "
+                      "if several percent of the data may be poisoned, --reference multi_reference ranks "
+                      "the top better)")
         else:
             reference = "multi_reference"
             reason = (f"auto: N={n} > {AUTO_GLOBAL_MAX_N}, so every sample is scored against "
