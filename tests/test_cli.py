@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from tests_helpers import make_bad_manifest
+from tests_helpers import make_bad_manifest, no_gpu
 
 
 def run_cli(*args, cwd=None):
@@ -107,12 +107,8 @@ def test_scan_from_model_and_dataset(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and text in r.stderr, r.stderr
 
 
+@no_gpu
 def test_missing_gpu_is_a_one_line_error(tiny_world, tmp_path):
-    import pytest
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("checks the behaviour without a GPU")
     r = run_cli("train", tiny_world / "train" / "manifest.parquet", "--out", tmp_path / "t", "--device", "cuda")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "--device cpu" in r.stderr, r.stderr

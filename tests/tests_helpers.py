@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 from PIL import Image
 
 from clipguard.data import write_manifest
+
+
+#: tests of what happens WITHOUT a GPU (a missing device is a clear error; bf16 refused on a CPU).
+#: They run, and assert, on every machine without one -- CI included.
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 
 
 def make_bad_manifest(root, n_good: int = 1):

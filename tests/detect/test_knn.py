@@ -5,6 +5,7 @@ import pytest
 
 from clipguard.detect import knn_bruteforce, knn_search, knn_self_groups, normalize
 from clipguard.errors import ConfigError, EmbeddingError
+from tests_helpers import no_gpu
 
 
 def _data(n=700, d=32, seed=0):
@@ -226,11 +227,8 @@ def test_device_cpu_gives_identical_results():
         np.testing.assert_array_equal(D1, D0)
 
 
+@no_gpu
 def test_unavailable_device_raises_config_error():
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is available here")
     x = _data(40, 8)
     for call in (lambda: knn_search(x, x, 3, device="cuda"),
                  lambda: knn_search(x, x, 3, backend="faiss", device="cuda"),

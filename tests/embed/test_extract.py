@@ -5,6 +5,7 @@ from clipguard.data import read_manifest, write_manifest
 from clipguard.embed import embed_dataset
 from clipguard.models import create_model
 from clipguard.utils.io import read_json
+from tests_helpers import no_gpu
 
 
 def _small_manifest(world, tmp_path, n=50):
@@ -73,14 +74,12 @@ def test_device_cpu_gives_the_same_embeddings_and_records_throughput(tiny_world,
     assert run["pairs_per_second"] > 0
 
 
+@no_gpu
 def test_bf16_on_cpu_is_refused_with_the_fix(tiny_world, tmp_path):
     import pytest
-    import torch
 
     from clipguard.errors import ConfigError
 
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU-only behaviour")
     m = read_manifest(_small_manifest(tiny_world, tmp_path, n=10))
     with pytest.raises(ConfigError, match="--precision fp32"):
         embed_dataset(create_model("tiny-rn"), m, tmp_path / "e", progress=False, precision="bf16")

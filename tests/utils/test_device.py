@@ -6,8 +6,8 @@ from clipguard.errors import ConfigError
 from clipguard.models import create_model
 from clipguard.utils.device import resolve_device
 from clipguard.utils.runrecord import RunRecord
+from tests_helpers import no_gpu
 
-no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 
 
 def test_none_and_cpu_mean_cpu():
