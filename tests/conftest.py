@@ -10,6 +10,7 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "detect"))
 
 
 @pytest.fixture(scope="session")
