@@ -12,6 +12,11 @@ from clipguard.errors import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
+DEFAULT_DEVICE = "auto"
+"""The one device default of the library and the CLI: the GPU when torch sees one, else the CPU.
+(On a machine without a GPU every result is the CPU result; ``clipguard demo`` alone stays on the
+CPU unless told, so that its figures match the README's.)"""
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``None``/"cpu" -> CPU; "auto" -> CUDA if available else CPU; "cuda"/"cuda:N" -> that GPU.
