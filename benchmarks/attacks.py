@@ -25,7 +25,7 @@ from clipguard.attacks import get_trigger, poison_dataset
 from clipguard.attacks.badclip import BadCLIPConfig, optimize_badclip_patch
 from clipguard.data.manifest import read_manifest
 from clipguard.data.synth import generate_world
-from clipguard.detect.scan import run_scan
+from clipguard.detect import run_scan
 from clipguard.embed import embed_dataset
 from clipguard.evaluate.api import evaluate_model
 from clipguard.models import load_model

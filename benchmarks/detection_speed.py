@@ -4,7 +4,7 @@ Three measurements, each in its own child process (so peak RSS is that measureme
 
 ``batch``
     Per-batch DAO (the DAO paper's reference: random batches of B, k neighbours) over N rows:
-    clipguard's ``score_all(reference="batch")`` (stacked batched matmul + top-k) against a
+    clipguard's ``score_embeddings(reference="batch")`` (stacked batched matmul + top-k) against a
     straightforward implementation of the published algorithm on the same data and the same
     batches in the same process (``torch.cdist`` + a full ``torch.sort`` of every row, per
     batch). Goal: >= 5x faster. The two DAO vectors are compared (Spearman rho; DAO is the
@@ -102,17 +102,18 @@ def published_batch_dao(x: np.ndarray, batches: list[np.ndarray], k: int, device
 def part_batch(a: argparse.Namespace) -> list[dict]:
     from scipy.stats import spearmanr
 
-    from clipguard.detect import batch_partition, score_all
+    from clipguard.detect import score_embeddings
+    from clipguard.detect.reference import batch_partition
 
     x = clustered_embeddings(a.n, a.d, seed=a.seed)
     batches = batch_partition(a.n, a.batch_size, a.k, a.seed)
     # warm-up: imports (torch, faiss) and first-call set-up of both, outside the timings
     w = min(a.n, 2 * a.batch_size)
-    score_all(x[:w], ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed, device=a.device)
+    score_embeddings(x[:w], ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed, device=a.device)
     published_batch_dao(x, batch_partition(w, a.batch_size, a.k, a.seed), a.k, a.device)
     t = time.perf_counter()
-    ours = score_all(x, ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed,
-                     device=a.device)["dao"]
+    ours = score_embeddings(x, ["dao"], k=a.k, reference="batch", batch_size=a.batch_size, seed=a.seed,
+                            device=a.device)[0]["dao"]
     t_ours = time.perf_counter() - t
     t = time.perf_counter()
     pub = published_batch_dao(x, batches, a.k, a.device)
@@ -158,7 +159,7 @@ def part_global(a: argparse.Namespace) -> list[dict]:
     import faiss
     import torch  # noqa: F401  (imported before the clock starts, like faiss)
 
-    from clipguard.detect import knn_search, score_all
+    from clipguard.detect import knn_search, score_embeddings
 
     n = a.global_n
     x = clustered_embeddings(n, a.d, seed=a.seed)
@@ -181,7 +182,7 @@ def part_global(a: argparse.Namespace) -> list[dict]:
                          seconds=sec, speedup_or_ratio=sec / t_faiss, goal="<= 1.3x FAISS",
                          met=sec / t_faiss <= 1.3))
     t = time.perf_counter()
-    score_all(x, ["dao"], k=a.k, reference="global", backend="faiss")
+    score_embeddings(x, ["dao"], k=a.k, reference="global", backend="faiss")
     sec = time.perf_counter() - t
     rows.append(dict(part="global", n=n, d=a.d, k=a.k, what="clipguard global DAO (faiss backend, "
                      "incl. normalisation and scores)", seconds=sec, speedup_or_ratio=sec / t_faiss))

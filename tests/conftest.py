@@ -13,6 +13,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "detect"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` tests where torch sees no CUDA GPU and ``no_gpu`` tests where it sees one."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    for item in items:
+        if item.get_closest_marker("gpu") and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch sees none here)"))
+        if item.get_closest_marker("no_gpu") and has_gpu:
+            item.add_marker(pytest.mark.skip(reason="checks the behaviour without a GPU"))
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A 600-pair shapes world with a 200-image labelled test split (path to its folder)."""

@@ -1,18 +1,26 @@
 """Helpers shared by several test modules (importable because tests/ is on sys.path via conftest)."""
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
+from clipguard.cli import main
 from clipguard.data import write_manifest
 
 
 #: tests of what happens WITHOUT a GPU (a missing device is a clear error; bf16 refused on a CPU).
-#: They run, and assert, on every machine without one -- CI included.
-no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+#: They run, and assert, on every machine without one -- CI included (skipped by conftest.py elsewhere).
+no_gpu = pytest.mark.no_gpu
+
+#: tests of the GPU code paths: they run where torch sees a CUDA GPU and are skipped with a reason
+#: elsewhere -- CI included (conftest.py). On the device machine: `pytest -m gpu`.
+gpu = pytest.mark.gpu
 
 
 def make_bad_manifest(root, n_good: int = 1):
@@ -28,3 +36,34 @@ def make_bad_manifest(root, n_good: int = 1):
     rows += [("missing", "img/missing.png", "a blue square"), ("corrupt", "img/corrupt.png", "a star"),
              ("empty", "img/empty.png", "  ")]
     return write_manifest(pd.DataFrame(rows, columns=["id", "image", "caption"]), root / "manifest.csv")
+
+
+class CliResult(NamedTuple):
+    """What one in-process ``clipguard`` run gave (unpacks as ``code, out, err``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args) -> CliResult:
+    """Run ``clipguard -q ARGS`` in this process (faster than a subprocess; the real process is tested
+    in tests/cli/test_cli.py) and capture its exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(["-q", *map(str, args)])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def assert_one_line_error(result: CliResult, *texts: str) -> None:
+    """Exit code 2, no traceback, and exactly one ``error: ...`` line (log warnings aside) holding ``texts``."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in texts:
+        assert text in lines[0], lines[0]

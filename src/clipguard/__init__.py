@@ -3,19 +3,26 @@
 The library is organised as the pipeline it implements::
 
     data/      manifests, the torch Dataset, the synthetic "shapes" world
-    attacks/   triggers (registered by name), the poisoner, BadCLIP, the adaptive attack
+    attacks/   triggers (registered by name), the poisoner, BadCLIP
     models/    the open_clip factory, tiny JSON configs, safetensors checkpoints
-    train/     the CLIP loss and the one training loop
+    train/     the one training loop and its losses (CLIP's, the adaptive attacker's density evasion)
     embed/     batched embedding extraction in the clip-retrieval layout
     detect/    kNN backends and reference modes, detectors (density, pair, text, fused), Scan
     evaluate/  zero-shot clean accuracy / attack success rate, detection metrics
 
 Every command of the CLI (``clipguard --help``) is a thin layer over a public function here.
+
+Side effect of ``import clipguard``: it sets the environment variable ``OMP_WAIT_POLICY=PASSIVE``
+unless the environment already sets it (any value is kept). Every OpenMP runtime loaded later in the
+process reads it (torch, FAISS): with OpenMP's default spin policy, torch runs 5-40x slower on a small
+machine whenever another process is busy. It has no effect on a runtime already loaded, so import
+clipguard before torch, or set the variable yourself (``OMP_WAIT_POLICY=ACTIVE`` to opt out).
 """
 import os as _os
 
-# With OpenMP's default spin policy, torch runs many times slower on a 2-core machine whenever
-# another process is busy. Must be set before torch is imported for the first time.
+# Import side effect (documented in the module docstring): the OpenMP wait policy. With OpenMP's
+# default spin policy, torch runs many times slower on a 2-core machine whenever another process is
+# busy. Must be set before torch is imported for the first time; a value already set is kept.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

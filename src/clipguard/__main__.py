@@ -1,4 +1,5 @@
 """``python -m clipguard`` runs the command line."""
 from clipguard.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,8 @@ from typing import Callable, Generic, Iterator, TypeVar
 
 from clipguard.errors import ConfigError
 
+__all__ = ["Registry"]
+
 T = TypeVar("T")
 
 
@@ -33,7 +35,7 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                raise ConfigError(f"{self.kind} {name!r} is registered twice; register the plugin under another name")
             self._items[name] = obj
             try:
                 obj.name = name  # type: ignore[attr-defined]
@@ -53,6 +55,7 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        """The registered names, in registration order."""
         return list(self._items)
 
     def __contains__(self, name: object) -> bool:

@@ -1,5 +1,4 @@
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -101,3 +100,48 @@ def test_every_trigger_poisons_exact_counts_losslessly(tiny_world, tmp_path, nam
         written = np.asarray(Image.open(m.image_path(int(i))).convert("RGB"))
         clean = np.asarray(Image.open(src.image_path(int(i))).convert("RGB"))
         assert np.array_equal(written, trigger.apply(clean, seed=derive_seed(2, "trigger", m.df["id"].iat[int(i)])))
+
+
+def test_default_templates_are_the_zero_shot_templates(tiny_world, tmp_path, trigger):
+    """One source of caption templates: the library default is what `clipguard poison` writes."""
+    from clipguard.data.templates import DEFAULT_TEMPLATES
+
+    src = read_manifest(tiny_world / "train" / "manifest.parquet")
+    res = poison_dataset(src, tmp_path / "p", trigger, target="star", count=40, seed=0, progress=False)
+    pois = read_manifest(res.manifest_path).df.query("poisoned")
+    filled = [t.format("star") for t in DEFAULT_TEMPLATES]
+    assert set(pois["caption"]) <= set(filled) and len(set(pois["caption"])) > 1
+    assert read_json(res.spec_path)["templates"] == list(DEFAULT_TEMPLATES)
+    explicit = poison_dataset(src, tmp_path / "q", trigger, target="star", count=40, seed=0,
+                              templates=DEFAULT_TEMPLATES, progress=False)
+    assert read_manifest(explicit.manifest_path).df["caption"].tolist() == read_manifest(res.manifest_path).df[
+        "caption"].tolist()
+
+
+def test_bad_templates_mode_count_and_target(tiny_world, tmp_path, trigger):
+    src = read_manifest(tiny_world / "train" / "manifest.parquet")
+    cases = [({"templates": ["a photo of a star"]}, "caption template 'a photo of a star' has no '{}'"),
+             ({"templates": []}, "no caption templates given"),
+             ({"mode": "sneaky"}, "unknown mode 'sneaky'; choose one of: dirty, clean"),
+             ({"count": 0, "rate": None}, "count must be an integer >= 1, got 0"),
+             ({"count": "3", "rate": None}, "count must be an integer >= 1, got '3'"),
+             ({"rate": "0.1"}, r"rate must be in \(0, 1\), got '0.1'"),
+             ({"count": 3}, "give exactly one of rate or count"),
+             ({"target": " "}, "target class name is empty")]
+    for kwargs, text in cases:
+        args = {"target": "star", "rate": 0.1, **kwargs}
+        with pytest.raises(ConfigError, match=text):
+            poison_dataset(src, tmp_path / "p", trigger, progress=False, **args)
+
+
+def test_unreadable_candidates_are_skipped_then_refused(tmp_path, trigger):
+    from tests_helpers import make_bad_manifest
+
+    # 5 dirty-label candidates for 'star': 3 good rows, one with an empty caption (its image is fine) and
+    # one whose image is missing; the corrupt image's caption names the star
+    m = read_manifest(make_bad_manifest(tmp_path, n_good=3))
+    res = poison_dataset(m, tmp_path / "ok", trigger, target="star", count=4, seed=0, progress=False)
+    assert res.n_poisoned == 4 and len(res.skipped) <= 1
+    with pytest.raises(ConfigError, match=r"only 4 of 5 requested rows could be poisoned \(1 candidate images "
+                                          r"unreadable\); lower the rate or count"):
+        poison_dataset(m, tmp_path / "bad", trigger, target="star", count=5, seed=0, progress=False)

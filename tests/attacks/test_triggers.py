@@ -67,9 +67,10 @@ def test_fixed_triggers_are_the_same_for_every_image_seed():
 def test_blended_formula():
     t = get_trigger("blended", alpha=0.2, pattern_seed=5)
     x = np.full((8, 8, 3), 100, np.uint8)
-    from clipguard.attacks.blended import _pattern
-
-    expected = np.clip(np.round((0.8 * 100 / 255 + 0.2 * _pattern("noise", 5, 8, 8)) * 255), 0, 255)
+    noise = t.pattern_array(8, 8)
+    assert noise.shape == (8, 8, 3) and 0 <= noise.min() and noise.max() < 1
+    assert np.array_equal(noise, get_trigger("blended", pattern_seed=5).pattern_array(8, 8))  # fixed per seed
+    expected = np.clip(np.round((0.8 * 100 / 255 + 0.2 * noise) * 255), 0, 255)
     assert np.array_equal(t.apply(x), expected.astype(np.uint8))
 
 
@@ -98,3 +99,62 @@ def test_bad_parameters():
                          ("nashville", {"strength": 2}), ("multi", {"triggers": [{"attack": "sig"}]})):
         with pytest.raises(ConfigError):
             get_trigger(name, **params)
+
+
+@pytest.mark.parametrize("name,params,text", [
+    ("badnets", {"size": "abc"}, "badnets size must be an integer >= 1 or None, got 'abc'"),
+    ("badnets", {"cell": 1.5}, "badnets cell must be an integer >= 1"),
+    ("badnets", {"location": "middle"}, "unknown badnets location 'middle'; choose one of: random, center"),
+    ("badnets", {"test_location": 3}, "unknown badnets test_location 3"),
+    ("blended", {"alpha": "high"}, r"blended alpha must be a number in \(0, 1\]"),
+    ("blended", {"pattern_seed": 0.5}, "blended pattern_seed must be an integer"),
+    ("sig", {"frequency": [6]}, r"sig frequency must be a number in \(0, inf\)"),
+    ("sig", {"alpha": 2}, r"sig alpha must be a number in \(0, 1\]"),
+    ("wanet", {"strength": True}, "wanet strength must be a number"),
+    ("nashville", {"strength": "full"}, "nashville strength"),
+    ("multi", {"triggers": "sig"}, "multi: triggers must be a list of trigger specs"),
+    ("multi", {"triggers": [{"attack": "sig"}, {"attack": "sig", "params": {"amp": 1}}]},
+     "unknown parameter of attack 'sig': 'amp'; valid: alpha, amplitude, frequency"),
+    ("multi", {"targets": "star"}, "multi: targets must be a list of class names"),
+    ("tdpa", {"source_id": [1]}, "tdpa source_id must be a row id"),
+    ("badclip", {"patch": "/nonexistent/trigger.png"}, "cannot read patch image"),
+])
+def test_parameter_values_are_checked_with_one_line_errors(name, params, text):
+    from clipguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=text) as e:
+        get_trigger(name, **params)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_parameter_names_the_valid_ones():
+    from clipguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown parameter of attack 'wanet': 'sterngth'; valid: field_seed, k, "
+                                          "strength"):
+        get_trigger("wanet", sterngth=2)
+
+
+@pytest.mark.parametrize("shape,dtype", [((32, 32), np.uint8), ((32, 32, 4), np.uint8), ((32, 32, 1), np.uint8),
+                                         ((32, 32, 3), np.float32)])
+def test_wrong_image_shape_or_dtype_is_a_config_error(shape, dtype):
+    from clipguard.errors import ConfigError
+
+    for key in TRIGGERS:
+        with pytest.raises(ConfigError, match=r"expected an \(H, W, 3\) uint8 RGB image.*convert\('RGB'\)"):
+            build(key).apply(np.zeros(shape, dtype))
+
+
+def test_tdpa_source_id_number_is_read_as_text():
+    assert get_trigger("tdpa", source_id=17).source_id == "17"
+    assert get_trigger("tdpa").source_id is None
+
+
+def test_spec_that_is_not_a_trigger_spec():
+    from clipguard.attacks import trigger_from_spec
+    from clipguard.errors import ConfigError
+
+    for spec in ({"params": {}}, {"attack": "sig", "params": [1]}, ["sig"], {"trigger": "sig"}):
+        with pytest.raises(ConfigError, match="'attack' \\(a name\\) and optional 'params'"):
+            trigger_from_spec(spec)
+    assert trigger_from_spec({"trigger": {"attack": "sig", "params": None}}).params()["alpha"] is None

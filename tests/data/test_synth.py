@@ -42,3 +42,24 @@ def test_world_is_identical_for_the_same_seed(tmp_path):
 
 def test_articles():
     assert fix_articles("a amber ring and a red star") == "an amber ring and a red star"
+
+
+def test_world_templates_are_the_one_source():
+    from clipguard.data.templates import DEFAULT_TEMPLATES
+
+    assert TEMPLATES is DEFAULT_TEMPLATES
+
+
+def test_bad_sizes_and_shapes_are_config_errors(tmp_path):
+    import pytest
+
+    from clipguard.data.synth import draw_shape_mask
+    from clipguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_train must be an integer >= 1, got 0"):
+        generate_world(tmp_path / "w", n_train=0, n_test=10, progress=False)
+    with pytest.raises(ConfigError, match="n_test must be an integer >= 1"):
+        generate_world(tmp_path / "w", n_train=10, n_test="5", progress=False)
+    with pytest.raises(ConfigError, match="unknown shape 'hexagon'; choose one of: circle"):
+        draw_shape_mask("hexagon", 32, 16, 16, 8, 0.0)
+    assert not (tmp_path / "w").exists()

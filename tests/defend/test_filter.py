@@ -10,6 +10,7 @@ from clipguard.data import read_manifest, write_manifest
 from clipguard.defend import filter_manifest
 from clipguard.detect import Scan
 from clipguard.errors import ConfigError
+from tests_helpers import run_cli
 
 
 @pytest.fixture
@@ -78,9 +79,28 @@ def test_bad_requests_are_clear_errors(scanned, tmp_path, tiny_world):
         filter_manifest(other, scan_dir, tmp_path / "x", detector="kdist")
 
 
-def test_cli(scanned, tmp_path):
-    from test_cli import run_cli
+def test_the_scan_is_read_with_scan_load(scanned, tmp_path, monkeypatch):
+    path, scan_dir, _ = scanned
+    calls = []
+    load = Scan.load.__func__
 
+    def spy(cls, folder):
+        calls.append(folder)
+        return load(cls, folder)
+
+    monkeypatch.setattr(Scan, "load", classmethod(spy))
+    res = filter_manifest(path, scan_dir, tmp_path / "clean", detector="kdist", top=4)
+    assert calls == [scan_dir] and res.n_removed == 4
+    # a stale score file of an earlier scan in the folder is not read (run.json says which are)
+    stale = pd.read_parquet(scan_dir / "scores" / "scores_0.parquet").assign(id="stale")
+    stale.to_parquet(scan_dir / "scores" / "scores_5.parquet")
+    assert filter_manifest(path, scan_dir, tmp_path / "again", detector="kdist", top=4).n_scored == 197
+    (scan_dir / "run.json").unlink()
+    with pytest.raises(ConfigError, match="no run.json"):
+        filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist")
+
+
+def test_cli(scanned, tmp_path):
     path, scan_dir, _ = scanned
     r = run_cli("filter", path, scan_dir, "--out", tmp_path / "clean", "--detector", "kdist", "--top", "10")
     assert r.returncode == 0, r.stderr

@@ -55,7 +55,7 @@ def fingerprint() -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for mode, options in MODES.items():
         scan = Scan(image, text, captions=captions, ground_truth=poisoned)
-        scan.find_suspects(config=ScanConfig(k=8, seed=3, **options))
+        scan.find_suspects(config=ScanConfig(k=8, seed=3, device="cpu", **options))
         table = scan.scores
         cols = {}
         for c in sorted(table.columns):

@@ -1,14 +1,15 @@
-"""ScanConfig: validation, overrides, and what run.json records; scan_dataset end to end."""
+"""ScanConfig: validation, strict detector parameters, overrides, and what run.json records."""
 import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from clipguard.detect import Scan, ScanConfig, run_scan, scan_dataset, score_embeddings
+from clipguard.detect import Scan, ScanConfig, run_scan, score_embeddings
 from clipguard.errors import ConfigError
-
-from detect.test_scan import _folder
+from clipguard.utils.device import DEFAULT_DEVICE
+from detect_helpers import image_folder as _folder
+from tests_helpers import no_gpu
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -85,36 +86,10 @@ def test_layers_take_a_config_and_record_it(tmp_path):
     assert info["reference_plan"]["mode"] == "global"
 
 
-def test_scan_dataset_embeds_then_scans(tmp_path):
-    from clipguard.models import create_model, save_model
-    from tests_helpers import make_bad_manifest
-
-    data = tmp_path / "data"
-    data.mkdir()
-    manifest = make_bad_manifest(data, n_good=40)
-    save_model(create_model("tiny-rn"), tmp_path / "model")
-    with pytest.raises(ConfigError, match="k must be"):  # checked before embedding
-        scan_dataset(tmp_path / "model", manifest, tmp_path / "bad", k=0, progress=False)
-    assert not (tmp_path / "bad").exists()
-    res = scan_dataset(tmp_path / "model", manifest, tmp_path / "out", k=5, progress=False)
-    assert res.emb_dir == tmp_path / "out" / "embeddings"
-    assert res.embed.n_embedded == 40 and res.embed.n_skipped == 3
-    assert (res.emb_dir / "text_emb" / "text_emb_0.npy").is_file()
-    assert len(res.scan.scores) == 40 and "fused" in res.scan.detectors
-    assert "clipscore" in res.scan.detectors and res.scan.skipped_detectors == {}
-    run = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert run["config"]["k"] == 5 and run["config"]["emb_dir"] == str(res.emb_dir)
-    # resumable: the second run reuses the embedded shard and gives the same scores
-    again = scan_dataset(tmp_path / "model", manifest, tmp_path / "out", k=5, progress=False)
-    assert again.embed.shards_reused == [0] and again.embed.shards_written == []
-    assert again.scan.scores.equals(res.scan.scores)
-
-
+@no_gpu  # "auto" is the CPU only without a GPU; tests/detect/test_gpu_paths.py compares the devices
 def test_device_option_runs_the_scan_there_and_is_recorded(tmp_path):
-    import torch
-
     _folder(tmp_path / "emb")
-    assert ScanConfig().device is None
+    assert ScanConfig().device == DEFAULT_DEVICE == "auto"  # the one device default (the CPU here)
     cfg = ScanConfig(k=8, reference="batch", batch_size=64)
     plain = run_scan(tmp_path / "emb", tmp_path / "a", detectors=["kdist", "dao"], config=cfg)
     cpu = run_scan(tmp_path / "emb", tmp_path / "b", detectors=["kdist", "dao"], config=cfg,
@@ -124,8 +99,13 @@ def test_device_option_runs_the_scan_there_and_is_recorded(tmp_path):
     scan = Scan.from_folder(tmp_path / "emb")
     glob = scan.find_suspects(["dao"], k=5, reference="global").scores
     assert scan.find_suspects(["dao"], k=5, reference="global", device="cpu").scores.equals(glob)
-    if torch.cuda.is_available():
-        return
+    assert ScanConfig(device="auto").device == "auto"  # the CPU here
+
+
+@no_gpu
+def test_a_missing_gpu_is_a_config_error_before_any_work(tmp_path):
+    _folder(tmp_path / "emb")
+    scan = Scan.from_folder(tmp_path / "emb")
     with pytest.raises(ConfigError, match="torch sees no CUDA GPU here; use --device cpu"):
         ScanConfig(device="cuda")
     with pytest.raises(ConfigError, match="--device cpu"):
@@ -133,4 +113,4 @@ def test_device_option_runs_the_scan_there_and_is_recorded(tmp_path):
     with pytest.raises(ConfigError, match="--device cpu"):  # checked before any work
         run_scan(tmp_path / "emb", tmp_path / "c", device="cuda")
     assert not (tmp_path / "c").exists()
-    assert ScanConfig(device="auto").device == "auto"  # the CPU here
+

@@ -8,39 +8,8 @@ import pytest
 
 from clipguard.detect import Scan, run_scan
 from clipguard.errors import ConfigError, EmbeddingError
-
-
-def _folder(root, sizes=(120, 100, 0), d=16, text=True, seed=0):
-    """Clusters + 8 poisoned samples: a tight image cluster whose captions all say 'a star'
-    and whose caption embeddings point away from the images (mismatched pairs)."""
-    rng = np.random.default_rng(seed)
-    n = sum(sizes)
-    centers = rng.normal(size=(4, d))
-    lab = rng.integers(0, 4, n)
-    x = centers[lab] + 0.6 * rng.normal(size=(n, d))
-    t = x + 0.3 * rng.normal(size=(n, d))  # captions agree with their images
-    poisoned = np.zeros(n, bool)
-    poisoned[rng.choice(n, 8, replace=False)] = True
-    x[poisoned] = rng.normal(size=d) + 0.05 * rng.normal(size=(8, d))
-    t[poisoned] = rng.normal(size=d) + 0.05 * rng.normal(size=(8, d))
-    caps = np.array([f"thing {i} of kind {lab[i]}" for i in range(n)], dtype=object)
-    caps[poisoned] = "a star"
-    for sub in ("img_emb", "text_emb", "metadata"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    start = 0
-    for i, m in enumerate(sizes):
-        np.save(root / "img_emb" / f"img_emb_{i}.npy", x[start:start + m].astype(np.float16))
-        if text:
-            np.save(root / "text_emb" / f"text_emb_{i}.npy", t[start:start + m].astype(np.float16))
-        pd.DataFrame({"id": [f"s{i}_{r}" for r in range(m)], "caption": caps[start:start + m],
-                      "poisoned": poisoned[start:start + m]}).to_parquet(
-            root / "metadata" / f"metadata_{i}.parquet", index=False)
-        start += m
-    return poisoned
-
-
-ALL = ["kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "clipscore", "caption_dup",
-       "caption_disagreement", "fused"]
+from detect_helpers import ALL
+from detect_helpers import pair_folder as _folder
 
 
 def test_scan_facade_end_to_end(tmp_path):

@@ -83,5 +83,18 @@ def test_bf16_on_cpu_is_refused_with_the_fix(tiny_world, tmp_path):
     m = read_manifest(_small_manifest(tiny_world, tmp_path, n=10))
     with pytest.raises(ConfigError, match="--precision fp32"):
         embed_dataset(create_model("tiny-rn"), m, tmp_path / "e", progress=False, precision="bf16")
-    with pytest.raises(ConfigError, match="fp32 or bf16"):
+    with pytest.raises(ConfigError, match="unknown precision .* choose one of: fp32, bf16"):
         embed_dataset(create_model("tiny-rn"), m, tmp_path / "e", progress=False, precision="fp16")
+
+
+def test_defaults_come_from_their_one_source(tiny_world, tmp_path):
+    import inspect
+
+    from clipguard.io.writer import embedding_shard_complete
+    from clipguard.utils.device import DEFAULT_DEVICE
+
+    assert inspect.signature(embed_dataset).parameters["device"].default == DEFAULT_DEVICE
+    m = read_manifest(_small_manifest(tiny_world, tmp_path, n=12))
+    embed_dataset(create_model("tiny-rn"), m, tmp_path / "e", shard_size=5, text=False, progress=False)
+    assert [embedding_shard_complete(tmp_path / "e", i, text=False) for i in range(4)] == [True] * 3 + [False]
+    assert not (tmp_path / "e" / "text_emb").exists()

@@ -6,6 +6,14 @@ from clipguard.errors import ConfigError
 from clipguard.evaluate.detection_metrics import detection_metrics
 
 
+def test_defined_in_detect_and_re_exported_here():
+    import clipguard.detect.metrics
+    import clipguard.evaluate
+
+    assert detection_metrics is clipguard.detect.metrics.detection_metrics
+    assert clipguard.evaluate.detection_metrics is detection_metrics
+
+
 def test_small_hand_example():
     # negatives 0.1, 0.4; positives 0.35, 0.8. Of the 2 x 2 (positive, negative) pairs the
     # positive scores higher in 3 -> AUROC = 3/4. Ranking: 0.8 (+), 0.4 (-), 0.35 (+), 0.1 (-):

@@ -57,3 +57,38 @@ def test_pickled_code_is_refused(tmp_path):
 def test_unknown_model():
     with pytest.raises(ConfigError, match="unknown model 'ViT-Z'"):
         create_model("ViT-Z")
+
+
+def test_seeded_init_leaves_the_global_generator_alone():
+    """create_model draws its weights in a forked generator: the caller's global state is untouched."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    create_model("tiny-rn", seed=7)
+    assert torch.equal(torch.rand(3), expected)
+    # and the weights are those of the global generator seeded with the same seed (unchanged behaviour)
+    a = create_model("tiny-rn", seed=7)
+    torch.manual_seed(7)
+    b = create_model("tiny-rn", seed=None)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_broken_model_folders_are_one_line_errors(tmp_path):
+    save_model(create_model("tiny-rn", seed=0), tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="no model.safetensors beside model.json"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="model.json: not valid JSON"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text('{"model_name": "tiny-rn"}')
+    with pytest.raises(ConfigError, match="needs 'model_name' and 'config'"):
+        load_model(tmp_path / "m")
+    save_model(create_model("tiny-vit", seed=0), tmp_path / "v")
+    save_model(create_model("tiny-rn", seed=0), tmp_path / "r")
+    (tmp_path / "v" / "model.safetensors").replace(tmp_path / "r" / "model.safetensors")
+    with pytest.raises(ConfigError, match="cannot be loaded into architecture 'tiny-rn'") as e:
+        load_model(tmp_path / "r")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="no model.json"):
+        load_model(tmp_path / "nothing")

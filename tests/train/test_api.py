@@ -26,3 +26,31 @@ def test_adaptive_training_adds_the_density_term(tiny_world, tmp_path):
     run = read_json(tmp_path / "adaptive" / "run.json")
     assert run["config"]["adaptive_density"] == 5.0 and run["n_pairs"] == 600
     assert (tmp_path / "adaptive" / "model.safetensors").is_file()
+
+
+def test_all_rows_skipped_is_one_error_and_the_skip_log_is_written(tmp_path):
+    from clipguard.errors import ManifestError
+    from tests_helpers import make_bad_manifest
+
+    manifest = make_bad_manifest(tmp_path, n_good=0)
+    with pytest.raises(ManifestError, match="no usable image-caption pair, all 3 rows skipped"):
+        train_from_manifest(manifest, tmp_path / "m", config=CFG, progress=False)
+    assert len((tmp_path / "m" / "skipped.csv").read_text().splitlines()) == 4  # header + 3 rows
+
+
+def test_adaptive_settings_are_checked(tiny_world, tmp_path):
+    m = tiny_world / "train" / "manifest.parquet"
+    for kwargs, text in (({"adaptive_density": -1.0}, "adaptive_density must be a number in"),
+                         ({"adaptive_density": 1.0, "adaptive_k": 0}, "adaptive_k must be an integer >= 1"),
+                         ({"config": TrainConfig(batch_size=0)}, "batch_size must be an integer >= 1")):
+        with pytest.raises(ConfigError, match=text):
+            train_from_manifest(m, tmp_path / "x", progress=False, **{"config": CFG, **kwargs})
+    assert not (tmp_path / "x").exists()  # refused before any output is written
+
+
+def test_default_device_is_the_one_default():
+    import inspect
+
+    from clipguard.utils.device import DEFAULT_DEVICE
+
+    assert inspect.signature(train_from_manifest).parameters["device"].default == DEFAULT_DEVICE

@@ -49,3 +49,23 @@ def test_the_exact_search_shows_its_bar(monkeypatch):
     with progress_enabled(False):
         knn_search(x, x, 5, exclude_self=True, block_size=200)
     assert terminal.getvalue() == ""
+
+
+def test_a_function_can_switch_its_own_bar_off(monkeypatch):
+    terminal = fake_terminal(monkeypatch)
+    assert progress_bar(10, "own switch", enabled=False).disable is True
+    assert not progress_bar(10, "on").disable
+    with progress_enabled(False):
+        assert progress_bar(10, "block wins", enabled=True).disable is True
+    assert "own switch" not in terminal.getvalue()
+
+
+def test_progress_lines_follow_the_same_switches(monkeypatch, capsys):
+    from clipguard.utils.progress import progress_write
+
+    progress_write("epoch 1/2: loss 1.0")
+    progress_write("hidden by the function", enabled=False)
+    with progress_enabled(False):
+        progress_write("hidden by -q")
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "hidden" not in out

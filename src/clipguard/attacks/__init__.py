@@ -14,7 +14,9 @@ tdpa           targeted data poisoning: one image duplicated with captions namin
 badclip        a patch optimised against a clean CLIP (see :mod:`clipguard.attacks.badclip`)
 =============  ==========================================================================
 
-Any trigger is label-consistent with ``poison_dataset(..., mode="clean")``.
+Any trigger is label-consistent with ``poison_dataset(..., mode="clean")``. Trigger parameters are
+strict: an unknown name or a value of the wrong type is a one-line ConfigError. The adaptive
+(density-evading) attacker acts at training time, so its loss lives in :mod:`clipguard.train.losses`.
 """
 from clipguard.attacks.base import ATTACKS, Trigger, get_trigger, trigger_from_spec
 from clipguard.attacks import badnets, blended, sig, wanet, nashville, multi, tdpa, badclip  # noqa: F401,E501 (registration)

@@ -15,6 +15,9 @@ import numpy as np
 from clipguard.attacks.base import ATTACKS, Trigger
 from clipguard.errors import ConfigError
 from clipguard.utils.seeding import rng
+from clipguard.utils.validate import check_choice, check_int, check_optional_int
+
+__all__ = ["BadNets", "LOCATIONS", "check_location", "patch_position"]
 
 LOCATIONS = ("random", "center", "top_left", "top_right", "bottom_left", "bottom_right")
 
@@ -33,6 +36,13 @@ def patch_position(h: int, w: int, p: int, location: str, *, seed: int, salt: st
     }[location]
 
 
+def check_location(attack: str, name: str, value: object, *, optional: bool = False) -> str | None:
+    """``value`` if it is one of :data:`LOCATIONS` (or ``None`` when ``optional``); ConfigError otherwise."""
+    if optional and value is None:
+        return None
+    return check_choice(f"{attack} {name}", value, LOCATIONS)
+
+
 @ATTACKS.register("badnets")
 class BadNets(Trigger):
     """Patch trigger.
@@ -49,19 +59,14 @@ class BadNets(Trigger):
 
     def __init__(self, pattern: str = "checker", size: int | None = None, cell: int = 1,
                  location: str = "random", test_location: str | None = None) -> None:
-        if pattern not in ("checker", "noise"):
-            raise ConfigError(f"badnets: pattern must be 'checker' or 'noise', not {pattern!r}")
-        for loc in (location, test_location):
-            if loc is not None and loc not in LOCATIONS:
-                raise ConfigError(f"badnets: location must be one of {', '.join(LOCATIONS)}, not {loc!r}")
-        if size is not None and size < 1:
-            raise ConfigError("badnets: size must be >= 1 pixel")
-        if cell < 1:
-            raise ConfigError("badnets: cell must be >= 1 pixel")
-        self.pattern, self.size, self.cell = pattern, size, cell
-        self.location, self.test_location = location, test_location
+        self.pattern = check_choice("badnets pattern", pattern, ("checker", "noise"))
+        self.size = check_optional_int("badnets size", size, minimum=1)
+        self.cell = check_int("badnets cell", cell, minimum=1)
+        self.location = check_location("badnets", "location", location)
+        self.test_location = check_location("badnets", "test_location", test_location, optional=True)
 
     def patch_size(self, side: int) -> int:
+        """Patch side in pixels for an image whose shorter side is ``side``."""
         return self.size if self.size is not None else max(3, round(side * 16 / 224))
 
     def position(self, h: int, w: int, *, seed: int, test: bool) -> tuple[int, int]:

@@ -4,6 +4,9 @@ A trigger is a deterministic function of (image, seed): ``apply(image, seed=s)``
 (H, W, 3) uint8 array to a new (H, W, 3) uint8 array. ``test=True`` selects the test-time variant
 (e.g. a fixed patch location where the paper uses one). Parameters are plain JSON values so that a
 trigger round-trips through the attack spec (``spec()`` / :func:`trigger_from_spec`).
+
+Parameters are strict: an unknown parameter name is refused with the list of valid ones, and each
+trigger checks the type and range of its values (``--param size=abc`` is a one-line error).
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import numpy as np
 
 from clipguard.errors import ConfigError
 from clipguard.registry import Registry
+from clipguard.utils.validate import check_known_keys
+
+__all__ = ["ATTACKS", "Trigger", "get_trigger", "trigger_from_spec"]
 
 ATTACKS: Registry[type["Trigger"]] = Registry("attack")
 
@@ -24,22 +30,35 @@ class Trigger:
     name: str = "trigger"
 
     def apply(self, image: np.ndarray, *, seed: int = 0, test: bool = False) -> np.ndarray:
-        """Return the triggered copy of ``image`` ((H, W, 3) uint8); the input is not modified."""
+        """Return the triggered copy of ``image`` ((H, W, 3) uint8); the input is not modified.
+
+        Raises:
+            ConfigError: ``image`` is not an (H, W, 3) uint8 array (e.g. greyscale or RGBA).
+        """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"{self.name}: expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+            raise ConfigError(f"{self.name}: expected an (H, W, 3) uint8 RGB image, got shape {image.shape} "
+                              f"{image.dtype}; convert it first (e.g. PIL's image.convert('RGB'))")
         out = self._apply(image.copy(), seed=seed, test=test)
-        assert out.shape == image.shape and out.dtype == np.uint8
+        if out.shape != image.shape or out.dtype != np.uint8:
+            raise RuntimeError(f"trigger {self.name!r} returned {out.shape} {out.dtype} for a {image.shape} uint8 "
+                               "image; a trigger must keep the shape and dtype")
         return out
 
     def _apply(self, image: np.ndarray, *, seed: int, test: bool) -> np.ndarray:
         raise NotImplementedError
 
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """The names of the constructor's parameters, in order."""
+        return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+
     def params(self) -> dict[str, Any]:
         """The constructor arguments of this trigger (JSON values)."""
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != "self"}
+        return {k: getattr(self, k) for k in self.param_names()}
 
     def spec(self) -> dict[str, Any]:
+        """``{"attack": name, "params": {...}}``: rebuilds the trigger with :func:`trigger_from_spec`."""
         return {"attack": self.name, "params": self.params()}
 
     def __repr__(self) -> str:
@@ -48,16 +67,22 @@ class Trigger:
 
 
 def get_trigger(name: str, **params: Any) -> Trigger:
-    """Build the trigger registered as ``name``; unknown parameters give a ConfigError listing the valid ones."""
+    """Build the trigger registered as ``name``.
+
+    Raises:
+        ConfigError: unknown attack, unknown parameter (the message lists the valid ones), or a
+            parameter value of the wrong type or range.
+    """
     cls = ATTACKS.get(name)
-    valid = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
-    bad = [k for k in params if k not in valid]
-    if bad:
-        raise ConfigError(f"attack {name!r} has no parameter {', '.join(bad)}; its parameters: {', '.join(valid)}")
+    check_known_keys(f"parameter of attack {name!r}:", params, cls.param_names())
     return cls(**params)
 
 
 def trigger_from_spec(spec: dict[str, Any]) -> Trigger:
     """Rebuild a trigger from ``{"attack": name, "params": {...}}`` (an attack spec or its ``trigger`` entry)."""
-    spec = spec.get("trigger", spec)
-    return get_trigger(spec["attack"], **spec.get("params", {}))
+    if isinstance(spec, dict):
+        spec = spec.get("trigger", spec)
+    if not isinstance(spec, dict) or "attack" not in spec or not isinstance(spec.get("params") or {}, dict):
+        raise ConfigError(f"a trigger spec is an object with 'attack' (a name) and optional 'params' (an object), "
+                          f"got {spec!r}")
+    return get_trigger(spec["attack"], **(spec.get("params") or {}))

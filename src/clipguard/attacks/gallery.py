@@ -11,6 +11,8 @@ from clipguard.attacks.base import ATTACKS, Trigger, get_trigger
 from clipguard.data.synth import render_sample
 from clipguard.errors import ClipguardError
 
+__all__ = ["GALLERY_PARAMS", "gallery_triggers", "write_gallery"]
+
 #: Parameters used for the gallery where an attack's defaults do not fit 32-px images or need files.
 GALLERY_PARAMS = {"badnets": {"size": 8, "cell": 2}}
 

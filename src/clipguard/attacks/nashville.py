@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from clipguard.attacks.base import ATTACKS, Trigger
-from clipguard.errors import ConfigError
+from clipguard.utils.validate import check_real
+
+__all__ = ["Nashville", "nashville"]
 
 _SEPIA = np.array([[0.393, 0.769, 0.189], [0.349, 0.686, 0.168], [0.272, 0.534, 0.131]], dtype=np.float32)
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
@@ -48,9 +50,7 @@ class Nashville(Trigger):
     """
 
     def __init__(self, strength: float = 1.0) -> None:
-        if not 0 < strength <= 1:
-            raise ConfigError(f"nashville: strength must be in (0, 1], got {strength}")
-        self.strength = strength
+        self.strength = check_real("nashville strength", strength, low=0, high=1, low_open=True)
 
     def _apply(self, image: np.ndarray, *, seed: int, test: bool) -> np.ndarray:
         x = image.astype(np.float32) / 255.0

@@ -30,20 +30,25 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from clipguard.attacks.base import Trigger
 from clipguard.attacks.multi import MultiTrigger
 from clipguard.attacks.tdpa import TargetedPoison
 from clipguard.data.dataset import SkipLog, load_rgb
 from clipguard.data.manifest import Manifest, write_manifest
+from clipguard.data.templates import DEFAULT_TEMPLATES, check_templates
 from clipguard.errors import ConfigError
 from clipguard.utils.io import write_json
+from clipguard.utils.progress import progress_bar
 from clipguard.utils.runrecord import fingerprint_files
 from clipguard.utils.seeding import derive_seed, rng
+from clipguard.utils.validate import check_choice, check_int, is_real
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
+__all__ = ["PoisonResult", "names_target", "poison_dataset"]
+
+MODES = ("dirty", "clean")
 
 
 def names_target(captions: Sequence[str], target: str) -> np.ndarray:
@@ -64,6 +69,7 @@ class PoisonResult:
 
     @property
     def n_poisoned(self) -> int:
+        """Number of poisoned rows."""
         return len(self.poisoned_ids)
 
 
@@ -71,12 +77,104 @@ def _n_to_poison(n_total: int, rate: float | None, count: int | None) -> int:
     if (rate is None) == (count is None):
         raise ConfigError("give exactly one of rate or count")
     if rate is not None:
-        if not 0 < rate < 1:
-            raise ConfigError(f"rate must be in (0, 1), got {rate}")
+        if not is_real(rate) or not 0 < rate < 1:
+            raise ConfigError(f"rate must be in (0, 1), got {rate!r}")
         return max(1, int(round(rate * n_total)))
-    if count is None or count < 1:
-        raise ConfigError(f"count must be >= 1, got {count}")
-    return count
+    return check_int("count", count, minimum=1)
+
+
+@dataclass
+class _Plan:
+    """A trigger-based poisoning run: members, their targets, candidate rows in a seeded order."""
+
+    members: list[Trigger]
+    targets: list[str]
+    order: np.ndarray
+    which: np.ndarray  # (n_poison,) member index of the k-th poisoned row
+
+    @property
+    def n_poison(self) -> int:
+        return len(self.which)
+
+
+@dataclass
+class _Outcome:
+    """The rows a run poisoned (in the order done), each row's member, the new captions, the skips."""
+
+    chosen: list[int] = field(default_factory=list)
+    member_of: dict[int, int] = field(default_factory=dict)
+    new_caption: dict[int, str] = field(default_factory=dict)
+    skipped: SkipLog = field(default_factory=SkipLog)
+
+
+def _plan(df: pd.DataFrame, trigger: Trigger, *, target: str, mode: str, n_poison: int, seed: int) -> _Plan:
+    """Members and targets of ``trigger``, and the candidate rows in a seeded order (ConfigError if too few)."""
+    multi = isinstance(trigger, MultiTrigger)
+    members = trigger.members if multi else [trigger]
+    member_targets = [trigger.target_of(j, target) if multi else target for j in range(len(members))]
+    if mode == "clean" and len(set(member_targets)) > 1:
+        raise ConfigError("clean-label poisoning with one target per trigger is not supported; use one target")
+    mentions = np.zeros(len(df), dtype=bool)
+    for t in set(member_targets):
+        mentions |= names_target(df["caption"].tolist(), t)
+    candidates = np.flatnonzero(mentions if mode == "clean" else ~mentions)
+    if len(candidates) == 0:
+        what = "names" if mode == "clean" else "does not name"
+        raise ConfigError(f"no caption {what} the target {target!r}; {mode}-label poisoning has no candidate rows"
+                          + (" (check the target spelling or use dirty-label mode)" if mode == "clean" else ""))
+    if n_poison > len(candidates):
+        raise ConfigError(f"asked to poison {n_poison} rows but only {len(candidates)} rows are {mode}-label "
+                          f"candidates for target {target!r}; lower the rate or count")
+    order = rng(seed, "poison-rows").permutation(candidates)
+    # member j of a multi-trigger attack gets rows in equal shares, in a seeded order
+    which = rng(seed, "poison-members").permutation(np.arange(n_poison) % len(members))
+    return _Plan(members, member_targets, order, which)
+
+
+def _apply_triggers(manifest: Manifest, out: Path, plan: _Plan, *, mode: str, templates: Sequence[str],
+                    seed: int, progress: bool) -> _Outcome:
+    """Trigger candidate rows in plan order until ``n_poison`` are done; write their PNGs to ``out/images``.
+
+    Unreadable source images are skipped (logged) and the next candidate is used.
+    """
+    ids = manifest.df["id"]
+    done = _Outcome()
+    tpl_rng = rng(seed, "poison-templates")
+    with progress_bar(plan.n_poison, "poison", unit="img", enabled=progress) as bar:
+        for i in plan.order:
+            if len(done.chosen) == plan.n_poison:
+                break
+            i = int(i)
+            try:
+                img = np.asarray(load_rgb(manifest.image_path(i)))
+            except Exception as exc:  # missing or corrupt source image: counted, next candidate used
+                done.skipped.add(i, str(ids.iat[i]), f"unreadable image: {type(exc).__name__}: {exc}")
+                continue
+            j = int(plan.which[len(done.chosen)])
+            poisoned = plan.members[j].apply(img, seed=derive_seed(seed, "trigger", ids.iat[i]))
+            Image.fromarray(poisoned).save(out / "images" / f"{ids.iat[i]}.png")
+            if mode == "dirty":
+                done.new_caption[i] = templates[int(tpl_rng.integers(len(templates)))].format(plan.targets[j])
+            done.chosen.append(i)
+            done.member_of[i] = j
+            bar.update(1)
+    if len(done.chosen) < plan.n_poison:
+        raise ConfigError(f"only {len(done.chosen)} of {plan.n_poison} requested rows could be poisoned "
+                          f"({len(done.skipped)} candidate images unreadable); lower the rate or count or fix the "
+                          "images (skipped rows are logged)")
+    return done
+
+
+def _label_rows(df: pd.DataFrame, trigger: Trigger, done: _Outcome) -> pd.DataFrame:
+    """Point the poisoned rows of ``df`` at their new PNGs and set ``poisoned``, ``trigger``, ``caption``."""
+    for i in done.chosen:
+        df.loc[i, "image"] = f"images/{df['id'].iat[i]}.png"
+        df.loc[i, "poisoned"] = True
+        df.loc[i, "trigger"] = (trigger.member_name(done.member_of[i]) if isinstance(trigger, MultiTrigger)
+                                else trigger.name)
+        if i in done.new_caption:
+            df.loc[i, "caption"] = done.new_caption[i]
+    return df
 
 
 def poison_dataset(manifest: Manifest, out_dir: str | os.PathLike, trigger: Trigger, *, target: str,
@@ -91,84 +189,32 @@ def poison_dataset(manifest: Manifest, out_dir: str | os.PathLike, trigger: Trig
         target: target class name (e.g. ``"star"``).
         rate: share of all rows to poison, in (0, 1); or ``count``: number of rows.
         mode: ``"dirty"`` or ``"clean"`` (see module docstring).
-        templates: caption templates with one ``{}`` for the target (dirty mode).
+        templates: caption templates with one ``{}`` for the target (dirty mode); the default is
+            :data:`clipguard.data.templates.DEFAULT_TEMPLATES`, the zero-shot prompts of the world.
         seed: chooses the rows, the templates and the per-image trigger randomness.
 
     Raises:
-        ConfigError: bad rate/count/mode, or too few candidate rows (the message says how many exist).
+        ConfigError: bad rate/count/mode/templates, or too few candidate rows (the message says how
+            many exist).
     """
-    if mode not in ("dirty", "clean"):
-        raise ConfigError(f"mode must be 'dirty' or 'clean', not {mode!r}")
-    if not target or not str(target).strip():
+    check_choice("mode", mode, MODES)
+    if not isinstance(target, str) or not target.strip():
         raise ConfigError("target class name is empty")
-    if any("{}" not in t for t in templates):
-        raise ConfigError("every caption template needs a '{}' where the target name goes")
-    df = manifest.df.copy()
-    n_total = len(df)
+    templates = check_templates(templates)
+    n_total = len(manifest.df)
     n_poison = _n_to_poison(n_total, rate, count)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if isinstance(trigger, TargetedPoison):
         return _poison_targeted(manifest, out, trigger, target=target, n_copies=n_poison, seed=seed, rate=rate,
                                 count=count)
-    members = trigger.members if isinstance(trigger, MultiTrigger) else [trigger]
-    member_targets = [trigger.target_of(j, target) if isinstance(trigger, MultiTrigger) else target
-                      for j in range(len(members))]
-    if mode == "clean" and len(set(member_targets)) > 1:
-        raise ConfigError("clean-label poisoning with one target per trigger is not supported; use one target")
-    mentions = np.zeros(n_total, dtype=bool)
-    for t in set(member_targets):
-        mentions |= names_target(df["caption"].tolist(), t)
-    candidates = np.flatnonzero(mentions if mode == "clean" else ~mentions)
-    if len(candidates) == 0:
-        what = "names" if mode == "clean" else "does not name"
-        raise ConfigError(f"no caption {what} the target {target!r}; {mode}-label poisoning has no candidate rows"
-                          + (" (check the target spelling or use dirty-label mode)" if mode == "clean" else ""))
-    if n_poison > len(candidates):
-        raise ConfigError(f"asked to poison {n_poison} rows but only {len(candidates)} rows are {mode}-label "
-                          f"candidates for target {target!r}; lower the rate or count")
-    order = rng(seed, "poison-rows").permutation(candidates)
-    # member j of a multi-trigger attack gets rows in equal shares, in a seeded order
-    which = rng(seed, "poison-members").permutation(np.arange(n_poison) % len(members))
-    skipped = SkipLog()
-    chosen: list[int] = []
-    member_of: dict[int, int] = {}
-    bar = tqdm(total=n_poison, desc="poison", disable=None if progress else True, unit="img", mininterval=1.0)
-    tpl_rng = rng(seed, "poison-templates")
-    new_caption: dict[int, str] = {}
-    for i in order:
-        if len(chosen) == n_poison:
-            break
-        i = int(i)
-        try:
-            img = np.asarray(load_rgb(manifest.image_path(i)))
-        except Exception as exc:  # missing or corrupt source image: counted, next candidate used
-            skipped.add(i, str(df["id"].iat[i]), f"unreadable image: {type(exc).__name__}: {exc}")
-            continue
-        j = int(which[len(chosen)])
-        poisoned = members[j].apply(img, seed=derive_seed(seed, "trigger", df["id"].iat[i]))
-        Image.fromarray(poisoned).save(out / "images" / f"{df['id'].iat[i]}.png")
-        if mode == "dirty":
-            new_caption[i] = templates[int(tpl_rng.integers(len(templates)))].format(member_targets[j])
-        chosen.append(i)
-        member_of[i] = j
-        bar.update(1)
-    bar.close()
-    if len(chosen) < n_poison:
-        raise ConfigError(f"only {len(chosen)} of {n_poison} requested rows could be poisoned "
-                          f"({len(skipped)} candidate images unreadable)")
-
-    df = _relative_images(manifest, out)
-    for i in chosen:
-        df.loc[i, "image"] = f"images/{df['id'].iat[i]}.png"
-        df.loc[i, "poisoned"] = True
-        df.loc[i, "trigger"] = trigger.member_name(member_of[i]) if isinstance(trigger, MultiTrigger) else trigger.name
-        if i in new_caption:
-            df.loc[i, "caption"] = new_caption[i]
-    ids = [str(df["id"].iat[i]) for i in sorted(chosen)]
+    plan = _plan(manifest.df, trigger, target=target, mode=mode, n_poison=n_poison, seed=seed)
+    done = _apply_triggers(manifest, out, plan, mode=mode, templates=templates, seed=seed, progress=progress)
+    df = _label_rows(_relative_images(manifest, out), trigger, done)
+    ids = [str(df["id"].iat[i]) for i in sorted(done.chosen)]
     spec = _spec(trigger, manifest, target=target, mode=mode, rate=rate, count=count, n_total=n_total, ids=ids,
                  seed=seed, templates=templates)
-    return _write(df, out, spec, skipped)
+    return _write(df, out, spec, done.skipped)
 
 
 def _spec(trigger: Trigger, manifest: Manifest, *, target: str, mode: str, rate: float | None, count: int | None,
@@ -191,7 +237,7 @@ def _spec(trigger: Trigger, manifest: Manifest, *, target: str, mode: str, rate:
     }
 
 
-def _write(df, out: Path, spec: dict, skipped: SkipLog) -> PoisonResult:
+def _write(df: pd.DataFrame, out: Path, spec: dict, skipped: SkipLog) -> PoisonResult:
     manifest_path = write_manifest(df, out / "manifest.parquet")
     spec_path = out / "attack.json"
     write_json(spec_path, spec)
@@ -200,7 +246,7 @@ def _write(df, out: Path, spec: dict, skipped: SkipLog) -> PoisonResult:
     return PoisonResult(manifest_path, spec_path, spec["poisoned_ids"], spec["n_total"], skipped)
 
 
-def _relative_images(manifest: Manifest, out: Path):
+def _relative_images(manifest: Manifest, out: Path) -> pd.DataFrame:
     """A copy of the manifest's rows whose image paths are relative to ``out``."""
     df = manifest.df.copy()
     rel = os.path.relpath(manifest.root.resolve(), out.resolve())
@@ -245,8 +291,6 @@ def _poison_targeted(manifest: Manifest, out: Path, trigger: TargetedPoison, *, 
     new.update({"id": ids, "image": ["images/tdpa_source.png"] * n_copies, "caption": [str(caps[p]) for p in picks],
                 "original_caption": [str(df0["caption"].iat[src])] * n_copies, "poisoned": [True] * n_copies,
                 "trigger": ["tdpa"] * n_copies})
-    import pandas as pd
-
     df = pd.concat([df, pd.DataFrame(new)[df.columns]], ignore_index=True)
     df["poisoned"] = df["poisoned"].astype(bool)
     spec = _spec(trigger, manifest, target=target, mode="dirty", rate=rate, count=count, n_total=len(df), ids=ids,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from clipguard.attacks.base import ATTACKS, Trigger
-from clipguard.errors import ConfigError
+from clipguard.utils.validate import check_real
+
+__all__ = ["SIG"]
 
 
 @ATTACKS.register("sig")
@@ -23,11 +25,9 @@ class SIG(Trigger):
     """
 
     def __init__(self, amplitude: float = 60 / 255, frequency: float = 6, alpha: float | None = None) -> None:
-        if amplitude <= 0 or frequency <= 0:
-            raise ConfigError("sig: amplitude and frequency must be > 0")
-        if alpha is not None and not 0 < alpha <= 1:
-            raise ConfigError(f"sig: alpha must be in (0, 1], got {alpha}")
-        self.amplitude, self.frequency, self.alpha = amplitude, frequency, alpha
+        self.amplitude = check_real("sig amplitude", amplitude, low=0, low_open=True)
+        self.frequency = check_real("sig frequency", frequency, low=0, low_open=True)
+        self.alpha = None if alpha is None else check_real("sig alpha", alpha, low=0, high=1, low_open=True)
 
     def signal(self, w: int) -> np.ndarray:
         """(w,) float32 signal over the columns."""

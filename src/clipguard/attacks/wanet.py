@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from clipguard.attacks.base import ATTACKS, Trigger
-from clipguard.errors import ConfigError
 from clipguard.utils.seeding import derive_seed
+from clipguard.utils.validate import check_int, check_real
+
+__all__ = ["WaNet", "warp_grid"]
 
 
 @lru_cache(maxsize=16)
@@ -41,11 +43,9 @@ class WaNet(Trigger):
     """
 
     def __init__(self, k: int = 4, strength: float = 1.0, field_seed: int = 0) -> None:
-        if k < 2:
-            raise ConfigError("wanet: control grid size k must be >= 2")
-        if strength <= 0:
-            raise ConfigError("wanet: strength must be > 0")
-        self.k, self.strength, self.field_seed = k, strength, field_seed
+        self.k = check_int("wanet k", k, minimum=2)
+        self.strength = check_real("wanet strength", strength, low=0, low_open=True)
+        self.field_seed = check_int("wanet field_seed", field_seed)
 
     def _apply(self, image: np.ndarray, *, seed: int, test: bool) -> np.ndarray:
         h, w = image.shape[:2]

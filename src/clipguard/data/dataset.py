@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 
 from clipguard.data.manifest import Manifest
 
+__all__ = ["ImageCaptionDataset", "SkipLog", "collate_skipping", "load_rgb", "record_errors"]
+
 log = logging.getLogger("clipguard")
 
 

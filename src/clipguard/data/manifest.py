@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from clipguard.errors import ManifestError
+from clipguard.utils.io import atomic_path
+
+__all__ = ["Manifest", "REQUIRED_COLUMNS", "read_manifest", "write_manifest"]
 
 REQUIRED_COLUMNS = ("id", "image", "caption")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -99,9 +102,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``df`` as CSV, Parquet or JSONL according to the extension of ``path``."""
-    from clipguard.utils.io import atomic_path
-
+    """Write ``df`` as CSV, Parquet or JSONL according to the extension of ``path`` (atomically)."""
     path = Path(path)
     fmt = _format_of(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]

@@ -26,11 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from clipguard.data.manifest import write_manifest
+from clipguard.data.templates import DEFAULT_TEMPLATES
 from clipguard.utils.io import write_json
+from clipguard.utils.progress import progress_bar
 from clipguard.utils.seeding import derive_seed
+from clipguard.utils.validate import check_choice, check_int
+
+__all__ = ["SHAPES", "COLOURS", "TEMPLATES", "WorldConfig", "generate_world", "render_sample", "draw_shape_mask",
+           "fix_articles"]
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "crescent")
 
@@ -46,14 +51,9 @@ COLOURS: dict[str, tuple[tuple[int, int, int], tuple[str, ...]]] = {
     "black": ((15, 15, 15), ("black", "ebony")),
 }
 
-#: Zero-shot prompt templates (also used for dirty-label poison captions).
-TEMPLATES = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image of a {}.",
-    "a drawing of a {}.",
-    "a {} shape.",
-)
+#: Zero-shot prompt templates of the world (written into ``classes.json``): the package's one source,
+#: :data:`clipguard.data.templates.DEFAULT_TEMPLATES`, under the name this module has always used.
+TEMPLATES = DEFAULT_TEMPLATES
 
 _ONE = (
     "a {c} {s}",
@@ -113,6 +113,7 @@ def _polygon(cx: float, cy: float, r: float, n: int, rot: float, inner: float | 
 
 def draw_shape_mask(shape: str, size: int, cx: float, cy: float, r: float, rot: float) -> Image.Image:
     """An 'L' mask (0/255) of ``shape`` centred at (cx, cy) with radius r (pixels), rotated by rot (radians)."""
+    check_choice("shape", shape, SHAPES)
     mask = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(mask)
     box = (cx - r, cy - r, cx + r, cy + r)
@@ -134,12 +135,10 @@ def draw_shape_mask(shape: str, size: int, cx: float, cy: float, r: float, rot: 
         d.ellipse(box, fill=255)
         ri = 0.55 * r
         d.ellipse((cx - ri, cy - ri, cx + ri, cy + ri), fill=0)
-    elif shape == "crescent":
+    else:  # crescent
         d.ellipse(box, fill=255)
         off = 0.5 * r
         d.ellipse((cx - r + off, cy - r - 0.1 * r, cx + r + off, cy + r - 0.1 * r), fill=0)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
     return mask
 
 
@@ -251,19 +250,18 @@ def _write_split(out: Path, split: str, n: int, seed: int, cfg: WorldConfig, lab
     width = max(6, len(str(n - 1)))
     chunk = 500
     tasks = [(str(img_dir), split, lo, min(n, lo + chunk), width, seed, cfg, labelled) for lo in range(0, n, chunk)]
-    bar = tqdm(total=n, desc=f"synth {split}", disable=None if progress else True, unit="img", mininterval=1.0)
     rows: list[dict] = []
-    if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for part in pool.imap(_render_chunk, tasks):  # imap keeps the order
+    with progress_bar(n, f"synth {split}", unit="img", enabled=progress) as bar:
+        if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for part in pool.imap(_render_chunk, tasks):  # imap keeps the order
+                    rows.extend(part)
+                    bar.update(len(part))
+        else:
+            for t in tasks:
+                part = _render_chunk(t)
                 rows.extend(part)
                 bar.update(len(part))
-    else:
-        for t in tasks:
-            part = _render_chunk(t)
-            rows.extend(part)
-            bar.update(len(part))
-    bar.close()
     df = pd.DataFrame(rows)
     write_manifest(df, out / split / "manifest.parquet")
     return df
@@ -277,10 +275,16 @@ def generate_world(out_dir: str | os.PathLike, *, n_train: int = 20000, n_test: 
     not depend on it.
 
     Returns the ``classes.json`` content plus the manifest paths.
+
+    Raises:
+        ConfigError: ``n_train``, ``n_test`` or ``workers`` is not a positive integer.
     """
+    check_int("n_train", n_train, minimum=1)
+    check_int("n_test", n_test, minimum=1)
+    check_int("seed", seed)
+    workers = check_int("workers", workers or os.cpu_count() or 1, minimum=1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
     _write_split(out, "train", n_train, seed, config, labelled=False, progress=progress, workers=workers)
     _write_split(out, "test", n_test, seed, config, labelled=True, progress=progress, workers=workers)
     info = {

@@ -21,6 +21,7 @@ Which rows go:
 Rows the scan never scored (left out at embedding time: missing or unreadable image, empty
 caption) are kept and counted as ``n_unscored``: the trainer skips them again with the reason.
 Scores whose ids are not in the manifest mean the scan belongs to another dataset: an error.
+The scan folder is read with :meth:`clipguard.detect.Scan.load` (no parsing of its own).
 """
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ from pathlib import Path
 import pandas as pd
 
 from clipguard.data.manifest import read_manifest, write_manifest
+from clipguard.detect.facade import Scan
 from clipguard.errors import ConfigError
 from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
+
+__all__ = ["FilterResult", "filter_manifest"]
 
 log = logging.getLogger("clipguard")
 
@@ -55,72 +59,75 @@ class FilterResult:
     poisoned_precision: float | None = None
 
 
-def read_scores(scan_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every ``scores/scores_{i}.parquet`` of a scan folder, in shard order, as one DataFrame."""
-    folder = Path(scan_dir) / "scores"
-    paths = sorted(folder.glob("scores_*.parquet"), key=lambda p: int(p.stem.split("_")[-1]))
-    if not paths:
-        raise ConfigError(f"{scan_dir}: no scores/scores_*.parquet; pass the --out folder of `clipguard scan`")
-    frames = [pd.read_parquet(p) for p in paths]
-    table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
-    table["id"] = table["id"].astype(str)
-    return table
-
-
-def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                    detector: str = "fused", share: float | None = None, top: int | None = None) -> FilterResult:
-    """Write ``manifest`` without the suspects of ``detector`` in ``scan_dir`` to ``out_dir``.
-
-    Args:
-        manifest: the dataset the scan was made from (its ids are matched to the scores).
-        scan_dir: the output folder of ``clipguard scan`` (``scores/`` inside).
-        out_dir: folder for ``manifest.<ext>`` (the input's format), ``removed.csv``, ``run.json``.
-        detector: whose ranking decides (a detector the scan ran).
-        share: remove the top ``ceil(share * n_scored)``; ``top``: remove the top ``top``;
-            neither: remove the scan's ``is_<detector>_suspect`` rows.
-
-    Raises:
-        ConfigError: both ``share`` and ``top``, a value out of range, a detector the scan did
-            not run, or scores that do not belong to the manifest.
-        ManifestError: the manifest cannot be read.
-    """
+def _check_rule(share: float | None, top: int | None) -> None:
     if share is not None and top is not None:
         raise ConfigError("give --share or --top, not both")
     if share is not None and not 0 < share <= 1:
         raise ConfigError(f"share must lie in (0, 1], got {share!r}")
     if top is not None and (isinstance(top, bool) or int(top) != top or top < 0):
         raise ConfigError(f"top must be an integer >= 0, got {top!r}")
-    m = read_manifest(manifest)
-    scores = read_scores(scan_dir)
-    rank_col, score_col, flag_col = f"{detector}_rank", f"{detector}_score", f"is_{detector}_suspect"
-    if rank_col not in scores.columns:
-        ran = sorted(c[:-len("_rank")] for c in scores.columns if c.endswith("_rank"))
-        raise ConfigError(f"{scan_dir}: the scan did not run detector {detector!r}; choose one of: {', '.join(ran)}")
-    ids = m.df["id"].astype(str)
+
+
+def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, manifest_path: Path) -> pd.DataFrame:
+    """The score table of the scan in ``scan_dir`` (ids as strings), checked against the manifest."""
+    scan = Scan.load(scan_dir)
+    if detector not in scan.detectors:
+        raise ConfigError(f"{scan_dir}: the scan did not run detector {detector!r}; choose one of: "
+                          f"{', '.join(scan.detectors)}")
+    scores = scan.scores.copy()
+    scores["id"] = scores["id"].astype(str)
     unknown = ~scores["id"].isin(set(ids))
     if unknown.any():
-        raise ConfigError(f"{scan_dir}: {int(unknown.sum())} of {len(scores)} scored ids are not in {m.path} "
+        raise ConfigError(f"{scan_dir}: {int(unknown.sum())} of {len(scores)} scored ids are not in {manifest_path} "
                           f"(e.g. {scores['id'][unknown].iat[0]!r}); was the scan made from this manifest?")
+    return scores
+
+
+def _to_remove(scores: pd.DataFrame, detector: str, share: float | None, top: int | None) -> tuple[pd.Series, str]:
+    """``(mask of the scored rows to remove, the rule in words)``."""
+    rank_col, flag_col = f"{detector}_rank", f"is_{detector}_suspect"
     n_scored = len(scores)
     if top is not None:
-        remove = scores[rank_col] <= int(top)
-        rule = f"top {int(top)} by {rank_col}"
-    elif share is not None:
+        return scores[rank_col] <= int(top), f"top {int(top)} by {rank_col}"
+    if share is not None:
         n = math.ceil(share * n_scored)
-        remove = scores[rank_col] <= n
-        rule = f"top {share:g} of {n_scored} scored ({n}) by {rank_col}"
-    else:
-        remove = scores[flag_col].astype(bool)
-        rule = f"{flag_col} (the scan's suspect budget)"
-    removed_ids = set(scores["id"][remove])
-    drop = ids.isin(removed_ids).to_numpy()
+        return scores[rank_col] <= n, f"top {share:g} of {n_scored} scored ({n}) by {rank_col}"
+    return scores[flag_col].astype(bool), f"{flag_col} (the scan's suspect budget)"
+
+
+def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                    detector: str = "fused", share: float | None = None, top: int | None = None) -> FilterResult:
+    """Write ``manifest`` without the suspects of ``detector`` in ``scan_dir`` to ``out_dir``.
+
+    The scan is read with :meth:`clipguard.detect.Scan.load`.
+
+    Args:
+        manifest: the dataset the scan was made from (its ids are matched to the scores).
+        scan_dir: the output folder of ``clipguard scan`` (``scores/`` and ``run.json`` inside).
+        out_dir: folder for ``manifest.<ext>`` (the input's format), ``removed.csv``, ``run.json``.
+        detector: whose ranking decides (a detector the scan ran).
+        share: remove the top ``ceil(share * n_scored)``; ``top``: remove the top ``top``;
+            neither: remove the scan's ``is_<detector>_suspect`` rows.
+
+    Raises:
+        ConfigError: both ``share`` and ``top``, a value out of range, a folder that holds no
+            scan, a detector the scan did not run, or scores that do not belong to the manifest.
+        ManifestError: the manifest cannot be read.
+    """
+    _check_rule(share, top)
+    m = read_manifest(manifest)
+    ids = m.df["id"].astype(str)
+    scores = _scan_scores(scan_dir, detector, ids, m.path)
+    remove, rule = _to_remove(scores, detector, share, top)
+    drop = ids.isin(set(scores["id"][remove])).to_numpy()
     kept = m.df[~drop].copy()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kept["image"] = [_rebase(p, m.root, out) for p in kept["image"]]
     manifest_out = write_manifest(kept.reset_index(drop=True), out / f"manifest{m.path.suffix}")
 
-    cols = ["id", rank_col, score_col]
+    rank_col = f"{detector}_rank"
+    cols = ["id", rank_col, f"{detector}_score"]
     removed = scores.loc[remove, cols].merge(m.df[["id", "caption"] + (["poisoned"] if m.has_ground_truth else [])],
                                              on="id", how="left").sort_values(rank_col)
     with atomic_path(out / "removed.csv") as tmp:
@@ -129,19 +136,25 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
     n_unscored = int((~ids.isin(set(scores["id"]))).sum())
     if n_unscored:
         log.warning("%d manifest rows have no score (skipped when embedding); kept", n_unscored)
-    res = FilterResult(manifest_out, len(m), n_scored, int(drop.sum()), len(kept), n_unscored, removed.reset_index(drop=True))
+    res = FilterResult(manifest_out, len(m), len(scores), int(drop.sum()), len(kept), n_unscored,
+                       removed.reset_index(drop=True))
     if m.has_ground_truth:
         y = m.df["poisoned"].astype(bool).to_numpy()
         res.poisoned_recall = float(drop[y].mean()) if y.any() else None
         res.poisoned_precision = float(y[drop].mean()) if drop.any() else None
-    rec = RunRecord("filter", {"manifest": str(m.path), "scan_dir": str(scan_dir), "detector": detector,
+    _save_record(res, m.path, scan_dir, detector, share, top, rule, out)
+    return res
+
+
+def _save_record(res: FilterResult, manifest_path: Path, scan_dir, detector: str, share, top, rule: str,
+                 out: Path) -> None:
+    rec = RunRecord("filter", {"manifest": str(manifest_path), "scan_dir": str(scan_dir), "detector": detector,
                                "share": share, "top": top})
-    rec["data_fingerprint"] = fingerprint_files([m.path])
-    rec.data.update(rule=rule, n_rows=res.n_rows, n_scored=n_scored, n_removed=res.n_removed, n_kept=res.n_kept,
-                    n_unscored=n_unscored, poisoned_recall=res.poisoned_recall,
+    rec["data_fingerprint"] = fingerprint_files([manifest_path])
+    rec.data.update(rule=rule, n_rows=res.n_rows, n_scored=res.n_scored, n_removed=res.n_removed,
+                    n_kept=res.n_kept, n_unscored=res.n_unscored, poisoned_recall=res.poisoned_recall,
                     poisoned_precision=res.poisoned_precision)
     rec.save(out)
-    return res
 
 
 def _rebase(image: str, old_root: Path, new_root: Path) -> str:
@@ -155,5 +168,3 @@ def _rebase(image: str, old_root: Path, new_root: Path) -> str:
     except ValueError:  # another drive (Windows): keep it absolute
         return str(target)
 
-
-__all__ = ["FilterResult", "filter_manifest", "read_scores"]

@@ -1,97 +1,32 @@
 """Detecting backdoor samples from embedding-space density and caption signals.
 
-kNN backends (``knn``), density scores (``density``), reference modes and the neighbour graph
-(``reference``), the detectors -- density (``detectors``), Isolation Forest (``iforest``),
-pair/text signals (``pair``), the fused score (``fused``) -- all in the ``DETECTORS`` registry,
-the scan options (``config``: :class:`ScanConfig`), the scoring engine (``scoring``), the clip-retrieval folder reader (``layout``), the scan that
-writes per-shard score files (``scan``) and the :class:`Scan` facade (``facade``).
-Every score is "higher = more suspicious".
+The package reads bottom to top (each part imports only the parts above it in this list):
+``options`` (defaults and choices), ``neighbours/`` (kNN search behind one backend interface),
+``reference/`` (which samples each sample is compared with), ``detectors/`` (one module per
+detector, the ``DETECTORS`` registry), ``config`` (:class:`ScanConfig`), ``metrics``, ``engine``
+(:func:`score_embeddings`), ``results`` (the score table), ``report`` and ``store`` (the scan
+folder), ``facade`` (:class:`Scan`) and ``api`` (:func:`run_scan`). Every score is "higher = more
+suspicious".
 
 Example::
 
     from clipguard.detect import Scan, ScanConfig
 
-    scan = Scan.from_folder("emb")
+    scan = Scan.from_folder("emb")                       # a clip-retrieval embedding folder
     scan.find_suspects(["dao", "fused"], config=ScanConfig(k=16, reference="auto"))
-    print(scan.report())
-    scan.get_suspects("fused", n=20)
+    print(scan.report())                                 # reference mode and why, metrics, top ids
+    scan.get_suspects("fused", n=20)                     # DataFrame, rank 1 first
+    scan.save("scan")                                    # scores/scores_{i}.parquet + run.json
+    again = Scan.load("scan")                            # the same scores, config, metrics
+    scores, info = score_embeddings(x, ["dao"], k=16)    # arrays in, {name: (N,) scores} out
 """
-from clipguard.detect.density import (
-    EPS,
-    LID_MAX,
-    NeighbourStats,
-    dao,
-    kdistance,
-    lid_mle,
-    neighbour_stats,
-    slof,
-)
-from clipguard.detect.detectors import (
-    DAO,
-    DensityAnomaly,
-    DETECTORS,
-    LID,
-    SLOF,
-    DensityDetector,
-    Detector,
-    KDistance,
-    batch_partition,
-    score_all,
-    self_knn,
-)
-from clipguard.detect.iforest import IForest
-from clipguard.detect.pair import (
-    CaptionDisagreement,
-    CaptionDup,
-    CLIPScore,
-    caption_disagreement,
-    caption_dup_share,
-    clipscore,
-    text_dup_share,
-)
-from clipguard.detect.fused import Fused, fold_two_sided, fuse_scores, percentile_rank, robust_z
-from clipguard.detect.knn import knn_bruteforce, knn_search, knn_self_groups, normalize
-from clipguard.detect.layout import EmbeddingSet, load_embedding_folder
-from clipguard.detect.reference import (
-    REFERENCE_MODES,
-    NeighbourGraph,
-    ReferencePlan,
-    build_graph,
-    plan_reference,
-    sample_reference,
-    search_reference,
-)
-from clipguard.detect.scoring import (
-    ScoreInputs,
-    caption_keys,
-    make_detector,
-    score_embeddings,
-    split_by_inputs,
-)
+from clipguard.detect.api import ScanResult, run_scan, top_suspects
 from clipguard.detect.config import ScanConfig
-from clipguard.detect.scan import (
-    DatasetScanResult,
-    ScanResult,
-    rank_desc,
-    run_scan,
-    scan_dataset,
-    top_suspects,
-)
+from clipguard.detect.detectors import DETECTORS, Detector
+from clipguard.detect.engine import score_embeddings
 from clipguard.detect.facade import Scan
+from clipguard.detect.neighbours.base import knn_search
+from clipguard.detect.options import BACKENDS, INDEXES, REFERENCE_MODES
 
-__all__ = [
-    "EPS", "LID_MAX", "NeighbourStats", "dao", "kdistance", "lid_mle", "neighbour_stats", "slof",
-    "DAO", "DETECTORS", "DensityAnomaly", "LID", "SLOF", "DensityDetector", "Detector", "KDistance",
-    "batch_partition", "score_all", "self_knn",
-    "IForest", "CaptionDisagreement", "CaptionDup", "CLIPScore", "caption_disagreement",
-    "caption_dup_share", "clipscore", "text_dup_share",
-    "Fused", "fold_two_sided", "fuse_scores", "percentile_rank", "robust_z",
-    "knn_bruteforce", "knn_search", "knn_self_groups", "normalize",
-    "EmbeddingSet", "load_embedding_folder",
-    "REFERENCE_MODES", "NeighbourGraph", "ReferencePlan", "build_graph", "plan_reference",
-    "sample_reference", "search_reference",
-    "ScoreInputs", "caption_keys", "make_detector", "score_embeddings", "split_by_inputs",
-    "ScanConfig", "DatasetScanResult", "ScanResult", "rank_desc", "run_scan", "scan_dataset",
-    "top_suspects",
-    "Scan",
-]
+__all__ = ["Scan", "ScanConfig", "ScanResult", "run_scan", "top_suspects", "score_embeddings", "DETECTORS",
+           "Detector", "knn_search", "REFERENCE_MODES", "INDEXES", "BACKENDS"]

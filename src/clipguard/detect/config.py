@@ -1,10 +1,11 @@
 """``ScanConfig``: every option of a scan in one validated, immutable object.
 
-The scan layers (:func:`~clipguard.detect.scan.run_scan`,
+The scan layers (:func:`~clipguard.detect.api.run_scan`,
 :meth:`~clipguard.detect.facade.Scan.find_suspects`,
-:func:`~clipguard.detect.scoring.score_embeddings`, :func:`~clipguard.detect.scan.scan_dataset`)
-all take a ``config`` plus keyword ``overrides`` named like its fields, resolved by
-:meth:`ScanConfig.resolve`; ``dataclasses.asdict(config)`` is what ``run.json`` records.
+:func:`~clipguard.detect.engine.score_embeddings`) all take a ``config`` plus keyword
+``overrides`` named like its fields, resolved by :meth:`ScanConfig.resolve`;
+``dataclasses.asdict(config)`` is what ``run.json`` records. The defaults come from
+:mod:`clipguard.detect.options` (the device default from :mod:`clipguard.utils.device`).
 
 Example:
     >>> from clipguard.detect import ScanConfig
@@ -15,6 +16,10 @@ Example:
     Traceback (most recent call last):
     ...
     clipguard.errors.ConfigError: k must be an integer >= 1, got 0
+    >>> ScanConfig(detector_params={"fused": {"methd": "rank"}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    clipguard.errors.ConfigError: unknown parameter of detector 'fused' 'methd'; valid: ...
 """
 from __future__ import annotations
 
@@ -22,24 +27,43 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
-
-from clipguard.detect.detectors import DETECTORS
-from clipguard.detect.knn import BACKENDS
-from clipguard.detect.reference import INDEXES, REFERENCE_MODES
+from clipguard.detect.detectors.registry import check_detector_params
+from clipguard.detect.options import (  # noqa: F401  (BACKENDS, INDEXES: also read from here)
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_INDEX,
+    DEFAULT_K,
+    DEFAULT_N_RECALL,
+    DEFAULT_REFERENCE,
+    DEFAULT_SEED,
+    DEFAULT_SUSPECT_SHARE,
+    DEFAULT_TARGET_RECALL,
+    INDEXES,
+    REFERENCE_MODES,
+)
+from clipguard.detect.reference.plan import check_batch_size
 from clipguard.errors import ConfigError
+from clipguard.utils.device import DEFAULT_DEVICE, resolve_device
+from clipguard.utils.validate import check_choice, check_int, check_optional_int, is_real
 
-DEFAULT_SUSPECT_SHARE = 0.01
-"""``is_<det>_suspect`` marks the top 1% of the dataset by default (the DAO paper's filter
-share for patch triggers)."""
-
-
-def _is_int(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+__all__ = ["ScanConfig"]
 
 
-def _is_real(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+def _json_ready(value: Any) -> Any:
+    """Tuples as lists, mappings as dicts, recursively (what a JSON round trip gives back)."""
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _check_share(name: str, value: Any) -> float:
+    if not is_real(value) or not 0 < value <= 1:
+        raise ConfigError(f"{name} must lie in (0, 1], got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -49,7 +73,7 @@ class ScanConfig:
     Attributes:
         k: neighbours per sample (integer >= 1).
         reference: ``"auto"``, ``"global"``, ``"batch"``, ``"reference"`` or
-            ``"multi_reference"`` (:mod:`clipguard.detect.reference`).
+            ``"multi_reference"`` (:mod:`clipguard.detect.reference.plan`).
         batch_size: batch size of ``"batch"`` mode (integer > k when that mode is requested).
         reference_size: M of the reference modes (None = the mode's default, capped at N).
         n_references: R of ``"multi_reference"`` (None = default).
@@ -61,85 +85,51 @@ class ScanConfig:
         backend: exact kNN backend of global mode, ``"blocked"`` or ``"faiss"``.
         block_size: tile edge of the blocked kNN / caption comparisons.
         device: torch device of the torch kNN paths (global mode with the blocked backend,
-            batch mode): None (default) or ``"cpu"``, ``"cuda"`` / ``"cuda:N"``, or ``"auto"``
-            (the GPU when torch sees one, else the CPU). The FAISS indexes of the reference
+            batch mode): ``"auto"`` (default: the GPU when torch sees one, else the CPU),
+            ``"cpu"`` (or None), ``"cuda"`` / ``"cuda:N"``. The FAISS indexes of the reference
             modes run on the CPU whatever it says. A GPU that is not there raises ConfigError
             here, before any work is done.
         suspect_share: share of the samples marked ``is_<det>_suspect``, in (0, 1].
-        detector_params: extra constructor arguments per detector name, e.g.
-            ``{"fused": {"method": "fisher"}}`` (a private copy is kept).
+        detector_params: constructor parameters per detector name, e.g.
+            ``{"fused": {"method": "fisher"}}`` or ``{"fused": {"caption_dup__threshold": 0.95}}``.
+            STRICT: an unknown detector, or a parameter its constructor does not take, raises
+            a ConfigError naming the valid ones. A private, JSON-ready copy is kept (tuples
+            become lists). The parameters of a detector also apply where it is a component of
+            ``fused``.
     """
 
-    k: int = 16
-    reference: str = "auto"
-    batch_size: int = 2048
+    k: int = DEFAULT_K
+    reference: str = DEFAULT_REFERENCE
+    batch_size: int = DEFAULT_BATCH_SIZE
     reference_size: int | None = None
     n_references: int | None = None
-    index: str = "auto"
+    index: str = DEFAULT_INDEX
     nlist: int | None = None
     nprobe: int | None = None
-    target_recall: float = 0.95
-    n_recall: int = 1000
-    seed: int = 0
-    backend: str = "blocked"
-    block_size: int = 2048
-    device: str | None = None
+    target_recall: float = DEFAULT_TARGET_RECALL
+    n_recall: int = DEFAULT_N_RECALL
+    seed: int = DEFAULT_SEED
+    backend: str = DEFAULT_BACKEND
+    block_size: int = DEFAULT_BLOCK_SIZE
+    device: str | None = DEFAULT_DEVICE
     suspect_share: float = DEFAULT_SUSPECT_SHARE
     detector_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        k = self.k
-        if not _is_int(k) or k < 1:
-            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-        if self.reference not in REFERENCE_MODES:
-            raise ConfigError(f"unknown reference mode {self.reference!r}; choose one of: "
-                              f"{', '.join(REFERENCE_MODES)}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if self.reference == "batch" and self.batch_size <= k:
-            raise ConfigError(f"batch_size must be an integer larger than k={k} (each sample needs "
-                              f"k neighbours in its batch), got {self.batch_size!r}")
-        if self.reference_size is not None and (not _is_int(self.reference_size)
-                                                or self.reference_size < 2):
-            raise ConfigError(f"reference_size must be an integer >= 2, got {self.reference_size!r}")
-        for name in ("n_references", "nlist", "nprobe"):
-            v = getattr(self, name)
-            if v is not None and (not _is_int(v) or v < 1):
-                raise ConfigError(f"{name} must be an integer >= 1 or None, got {v!r}")
-        if self.index not in INDEXES:
-            raise ConfigError(f"unknown index {self.index!r}; choose one of: {', '.join(INDEXES)}")
-        if not _is_real(self.target_recall) or not 0 < self.target_recall <= 1:
-            raise ConfigError(f"target_recall must lie in (0, 1], got {self.target_recall!r}")
-        if not _is_int(self.n_recall) or self.n_recall < 1:
-            raise ConfigError(f"n_recall must be an integer >= 1, got {self.n_recall!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown kNN backend {self.backend!r}; choose one of: "
-                              f"{', '.join(BACKENDS)}")
-        if not _is_int(self.block_size) or self.block_size < 1:
-            raise ConfigError(f"block_size must be an integer >= 1, got {self.block_size!r}")
+        self._check_sizes()
+        check_choice("index", self.index, INDEXES)
+        _check_share("target_recall", self.target_recall)
+        check_int("n_recall", self.n_recall, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        check_choice("kNN backend", self.backend, BACKENDS)
+        check_int("block_size", self.block_size, minimum=1)
         if self.device is not None:
             if not isinstance(self.device, str):
                 raise ConfigError("device must be None or one of 'cpu', 'cuda', 'cuda:N', "
                                   f"'auto', got {self.device!r}")
-            from clipguard.utils.device import resolve_device  # imports torch: only when set
-
             resolve_device(self.device)  # ConfigError: unknown, or no such GPU here
-        if not _is_real(self.suspect_share) or not 0 < self.suspect_share <= 1:
-            raise ConfigError(f"suspect_share must lie in (0, 1], got {self.suspect_share!r}")
-        params = {} if self.detector_params is None else self.detector_params
-        if not isinstance(params, Mapping):
-            raise ConfigError("detector_params must map detector names to dicts of constructor "
-                              f"arguments, got {type(params).__name__}")
-        copy = {}
-        for name, p in params.items():
-            DETECTORS.get(name)  # ConfigError listing the known names
-            if not isinstance(p, Mapping):
-                raise ConfigError(f"detector_params[{name!r}] must be a dict of constructor "
-                                  f"arguments, got {type(p).__name__}")
-            copy[name] = dict(p)
-        object.__setattr__(self, "detector_params", copy)
+        _check_share("suspect_share", self.suspect_share)
+        object.__setattr__(self, "detector_params", self._checked_params())
         # plain Python numbers, so that asdict() is JSON-ready
         for name in ("k", "batch_size", "n_recall", "seed", "block_size", "reference_size",
                      "n_references", "nlist", "nprobe"):
@@ -148,6 +138,24 @@ class ScanConfig:
                 object.__setattr__(self, name, int(v))
         for name in ("target_recall", "suspect_share"):
             object.__setattr__(self, name, float(getattr(self, name)))
+
+    def _check_sizes(self) -> None:
+        check_int("k", self.k, minimum=1)
+        check_choice("reference mode", self.reference, REFERENCE_MODES)
+        check_int("batch_size", self.batch_size, minimum=1)
+        if self.reference == "batch":
+            check_batch_size(self.batch_size, self.k)
+        check_optional_int("reference_size", self.reference_size, minimum=2)
+        for name in ("n_references", "nlist", "nprobe"):
+            check_optional_int(name, getattr(self, name), minimum=1)
+
+    def _checked_params(self) -> dict[str, dict[str, Any]]:
+        """A JSON-ready copy of ``detector_params``, every detector and parameter name checked."""
+        params = {} if self.detector_params is None else self.detector_params
+        if not isinstance(params, Mapping):
+            raise ConfigError("detector_params must map detector names to dicts of constructor "
+                              f"arguments, got {type(params).__name__}")
+        return {name: _json_ready(check_detector_params(name, p)) for name, p in params.items()}
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -175,6 +183,12 @@ class ScanConfig:
         elif not isinstance(config, cls):
             raise ConfigError(f"config must be a ScanConfig, got {type(config).__name__}")
         return config.replace(**overrides)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ScanConfig":
+        """The config recorded in a ``run.json`` (its ``config``): the field names are read, other
+        keys (``emb_dir``, ``out_dir``, ``detectors``) ignored."""
+        return cls(**{name: data[name] for name in cls.field_names() if name in data})
 
     def as_dict(self) -> dict[str, Any]:
         """``dataclasses.asdict(self)`` (what ``run.json`` records under ``config``)."""

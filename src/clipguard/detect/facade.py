@@ -2,8 +2,10 @@
 
 In the spirit of cleanlab's ``Datalab``: construct it on the data, call
 :meth:`Scan.find_suspects`, then read :meth:`Scan.report` and :meth:`Scan.get_suspects`, and
-:meth:`Scan.save` the results in the same layout as :func:`~clipguard.detect.scan.run_scan`
-(which is this class applied to a folder).
+:meth:`Scan.save` the results (the layout of :mod:`clipguard.detect.store`, which
+:func:`~clipguard.detect.api.run_scan` writes too); :meth:`Scan.load` reads them back. The class
+only delegates: the engine scores (:mod:`~clipguard.detect.engine`), ``results`` tabulates,
+``report`` formats, ``store`` writes and reads.
 
 Example:
     >>> import numpy as np
@@ -19,8 +21,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,21 +28,28 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from clipguard.detect.detectors import DETECTORS
-from clipguard.detect.layout import EmbeddingSet, load_embedding_folder
 from clipguard.detect.config import ScanConfig
-from clipguard.detect.scan import (
-    build_score_table,
-    detection_table,
-    n_suspects,
+from clipguard.detect.engine import score_embeddings, select_detectors
+from clipguard.detect.report import format_report
+from clipguard.detect.results import build_score_table, detection_table, n_suspects, suspects_of
+from clipguard.detect.store import (
+    SavedScan,
+    new_scan_record,
+    read_scan,
+    record_data,
     record_scoring,
     write_scan,
 )
-from clipguard.detect.scoring import score_embeddings, split_by_inputs
 from clipguard.errors import ConfigError
+from clipguard.io.reader import EmbeddingSet, load_embedding_folder
 from clipguard.utils.runrecord import RunRecord, fingerprint_arrays
 
-log = logging.getLogger("clipguard")
+__all__ = ["Scan"]
+
+
+def _inputs_of(text: Any, captions: Any) -> set[str]:
+    return {"image"} | ({"text"} if text is not None else set()) | (
+        {"captions"} if captions is not None else set())
 
 
 class Scan:
@@ -55,7 +62,7 @@ class Scan:
         ids: N sample ids (default ``0..N-1``).
         ground_truth: N booleans (True = poisoned), or None; gives AUROC/AUPRC in the report.
 
-    Attributes (after :meth:`find_suspects`):
+    Attributes (after :meth:`find_suspects`, or :meth:`load`):
         scores: N-row DataFrame in dataset order: ``id``, ``shard``, ``row_in_shard``, and per
             detector ``<det>_score`` (float64, higher = more suspicious), ``<det>_rank``
             (1 = most suspicious), ``is_<det>_suspect``; ``poisoned`` with ground truth.
@@ -85,7 +92,7 @@ class Scan:
         n = image.shape[0]
         if n == 0:
             raise ConfigError("image_emb has 0 rows; nothing to scan")
-        self.image = np.asarray(image, dtype=np.float32)
+        self.image: np.ndarray | None = np.asarray(image, dtype=np.float32)
         self.text = None if text_emb is None else np.asarray(text_emb, dtype=np.float32)
         if self.text is not None and (self.text.ndim != 2 or self.text.shape[0] != n):
             raise ConfigError(f"text_emb must have shape (N={n}, d_t), got {self.text.shape}")
@@ -97,10 +104,10 @@ class Scan:
             if arr is not None and len(arr) != n:
                 raise ConfigError(f"{what} has {len(arr)} entries but image_emb has {n} rows; "
                                   "they must be row-aligned")
+        self._inputs = _inputs_of(self.text, self.captions)
         self._shard = np.zeros(n, dtype=np.int64)
         self._row_in_shard = np.arange(n, dtype=np.int64)
-        self._shard_ids, self._skipped_shards = [0], []
-        self._sizes = [int(n)]
+        self._shard_ids, self._skipped_shards, self._sizes = [0], [], [int(n)]
         self._source: str | None = None
         self._locate = None
         self._load_s: float | None = None
@@ -115,7 +122,7 @@ class Scan:
 
         Raises:
             EmbeddingError: the folder is malformed (see
-                :func:`~clipguard.detect.layout.load_embedding_folder`).
+                :func:`~clipguard.io.reader.load_embedding_folder`).
         """
         t0 = time.perf_counter()
         es: EmbeddingSet = load_embedding_folder(path)
@@ -133,14 +140,46 @@ class Scan:
         scan._sizes = list(es.shard_sizes)
         return scan
 
+    @classmethod
+    def load(cls, scan_dir: str | Path) -> "Scan":
+        """The scan saved in ``scan_dir`` by :meth:`save` (or ``run_scan`` / ``clipguard scan``).
+
+        The loaded scan has the saved ``scores`` (every column, ``shard`` and ``row_in_shard``
+        included), ``detectors``, ``skipped_detectors``, ``info``, ``metrics`` and ``config``;
+        it holds no embeddings, so it can report, list suspects and save, not rescore.
+
+        Raises:
+            ConfigError: ``scan_dir`` holds no score files or no ``run.json``.
+        """
+        saved: SavedScan = read_scan(scan_dir)
+        run, table = saved.run, saved.table
+        scan = cls.__new__(cls)
+        scan.image = scan.text = scan.captions = None
+        scan.ids = table["id"].to_numpy()
+        scan.ground_truth = table["poisoned"].to_numpy() if "poisoned" in table.columns else None
+        scan._inputs = set(run.get("inputs") or ["image"])
+        scan._shard = table["shard"].to_numpy(np.int64)
+        scan._row_in_shard = table["row_in_shard"].to_numpy(np.int64)
+        scan._shard_ids = list(run.get("shard_ids") or sorted(set(scan._shard.tolist())))
+        scan._skipped_shards = list(run.get("skipped_shards") or [])
+        scan._sizes = list(run.get("shard_sizes") or [])
+        scan._source, scan._locate, scan._load_s = run["config"].get("emb_dir"), None, None
+        scan._rec = RunRecord("scan")
+        scan._rec.data = run
+        info = {key: run[key] for key in ("reference_plan", "references", "recall_at_k", "detector_info")
+                if key in run}
+        scan._set_results(table, run["detectors"], run.get("skipped_detectors") or {}, info,
+                          run.get("detection"), ScanConfig.from_dict(run["config"]))
+        scan.score_paths = saved.score_paths
+        return scan
+
     @property
     def available_inputs(self) -> set[str]:
         """``{"image"}`` plus ``"text"`` / ``"captions"`` when present."""
-        return {"image"} | ({"text"} if self.text is not None else set()) | (
-            {"captions"} if self.captions is not None else set())
+        return set(self._inputs)
 
     def __len__(self) -> int:
-        return int(self.image.shape[0])
+        return int(len(self.ids))
 
     # -- the work --------------------------------------------------------------------------
     def find_suspects(
@@ -162,58 +201,49 @@ class Scan:
                 ``reference``, ``suspect_share``, ``batch_size``, ``reference_size``,
                 ``n_references``, ``index``, ``nlist``, ``nprobe``, ``target_recall``,
                 ``n_recall``, ``seed``, ``backend``, ``block_size``, ``device`` (torch device
-                of the kNN search: None/"cpu", "cuda", "auto"), ``detector_params``.
+                of the kNN search: "auto", "cpu", "cuda"), ``detector_params``.
 
         Returns:
             self, for chaining.
 
         Raises:
             ConfigError: an unknown option (the message lists the valid ones) or detector, an
-                invalid value, k too large for the data, a device that is not available.
+                invalid value, k too large for the data, a device that is not available, or a
+                scan made by :meth:`load` (it holds no embeddings).
         """
+        if self.image is None:
+            raise ConfigError(f"this scan was loaded from {self._source or 'a scan folder'} and holds "
+                              "scores, not embeddings; rescore with Scan.from_folder(<embedding folder>)")
         cfg = ScanConfig.resolve(config, **overrides)
-        explicit = detectors is not None
-        names = list(dict.fromkeys(detectors)) if explicit else DETECTORS.names()
-        if not names:
-            raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
-        for name in names:
-            DETECTORS.get(name)  # ConfigError listing the known names
-        rec = RunRecord("scan", config={"emb_dir": self._source,
-                                        "detectors": names if explicit else None,
-                                        **dataclasses.asdict(cfg)})
-        if self._load_s is not None:
-            rec["timings_s"]["load"] = round(self._load_s, 4)
-        names, skipped = split_by_inputs(names, self.available_inputs, explicit=explicit)
-        if skipped:
-            log.warning("skipped %d detector(s) for missing inputs: %s", len(skipped),
-                        "; ".join(f"{n} ({why})" for n, why in skipped.items()))
-        if not names:
-            raise ConfigError("none of the detectors can run on this data: "
-                              + "; ".join(f"{n} {why}" for n, why in skipped.items()))
+        requested, names, skipped = select_detectors(detectors, self.available_inputs)
+        rec = new_scan_record(self._source, requested, cfg, self._load_s)
         n, d = self.image.shape
         with rec.stage("fingerprint"):
             rec["data_fingerprint"] = fingerprint_arrays(self.image)
-        rec["n"], rec["d"] = int(n), int(d)
-        rec["inputs"] = sorted(self.available_inputs)
-        rec["detectors"] = names
-        rec["shard_ids"] = self._shard_ids
-        rec["shard_sizes"] = self._sizes
-        rec["skipped_shards"] = self._skipped_shards
+        record_data(rec, n=n, d=d, inputs=self.available_inputs, detectors=names, shard_ids=self._shard_ids,
+                    shard_sizes=self._sizes, skipped_shards=self._skipped_shards)
         with rec.stage("score"):
             raw, info = score_embeddings(self.image, names, cfg, text=self.text,
                                          captions=self.captions, describe_row=self._locate)
         record_scoring(rec, info, skipped)
-        base = pd.DataFrame({"id": self.ids, "shard": self._shard,
-                             "row_in_shard": self._row_in_shard})
-        if self.ground_truth is not None:
-            base["poisoned"] = self.ground_truth
-        table = build_score_table(base, raw, cfg.suspect_share)
+        table = build_score_table(self._base_table(), raw, cfg.suspect_share)
         rec["n_suspects"] = n_suspects(n, cfg.suspect_share)
         with rec.stage("metrics"):
             metrics = detection_table(table, names, rec)
         rec["detection"] = metrics
-        self._rec, self._table = rec, table
-        self.detectors, self.skipped_detectors = names, skipped
+        self._rec = rec
+        return self._set_results(table, names, skipped, info, metrics, cfg)
+
+    def _base_table(self) -> pd.DataFrame:
+        base = pd.DataFrame({"id": self.ids, "shard": self._shard, "row_in_shard": self._row_in_shard})
+        if self.ground_truth is not None:
+            base["poisoned"] = self.ground_truth
+        return base
+
+    def _set_results(self, table: pd.DataFrame, detectors: list[str], skipped: dict[str, str],
+                     info: dict[str, Any], metrics: dict | None, cfg: ScanConfig) -> "Scan":
+        self._table = table
+        self.detectors, self.skipped_detectors = list(detectors), dict(skipped)
         self.info, self.metrics = info, metrics
         self.suspect_share = cfg.suspect_share
         self.config = cfg
@@ -230,14 +260,6 @@ class Scan:
         """The per-sample table (see the class docstring)."""
         return self._require_run()
 
-    def _check_detector(self, detector: str) -> None:
-        self._require_run()
-        if detector not in self.detectors:
-            raise ConfigError(
-                f"detector {detector!r} was not part of this scan; choose one of: "
-                + ", ".join(self.detectors)
-            )
-
     def get_suspects(self, detector: str, n: int | None = None) -> pd.DataFrame:
         """The suspects of one detector, most suspicious first.
 
@@ -249,51 +271,19 @@ class Scan:
             DataFrame (index = dataset row) with ``id``, ``<det>_score``, ``<det>_rank``,
             ``is_<det>_suspect`` (and ``poisoned`` with ground truth), sorted by rank.
         """
-        table = self._require_run()
-        self._check_detector(detector)
-        if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
-            raise ConfigError(f"n must be an integer >= 0 or None, got {n!r}")
-        cols = ["id", f"{detector}_score", f"{detector}_rank", f"is_{detector}_suspect"]
-        if "poisoned" in table.columns:
-            cols.append("poisoned")
-        out = table.sort_values(f"{detector}_rank", kind="stable")[cols]
-        return out[out[f"is_{detector}_suspect"]] if n is None else out.head(n)
+        return suspects_of(self._require_run(), self.detectors, detector, n)
 
     def report(self, n: int = 5) -> str:
         """A plain-text summary: reference mode and why, per-detector score statistics and
         suspect counts, detection metrics (with ground truth), and the top ``n`` suspects of
         each detector. Print it: ``print(scan.report())``."""
-        table = self._require_run()
-        plan = self.info.get("reference_plan", {})
-        lines = [f"clipguard scan: {len(self)} samples, inputs {', '.join(sorted(self.available_inputs))}",
-                 f"reference: {plan.get('mode')} ({plan.get('reason')})"]
-        if "recall_at_k" in self.info:
-            lines.append(f"kNN recall@k vs exact: {self.info['recall_at_k']:.4f}")
-        if self.skipped_detectors:
-            lines.append("skipped: " + "; ".join(f"{k} ({v})" for k, v in self.skipped_detectors.items()))
-        w = max(8, *(len(d) for d in self.detectors))
-        lines += ["", f"{'detector':{w}s} {'min':>10s} {'median':>10s} {'max':>10s} {'suspects':>9s}"
-                  + ("" if self.metrics is None else f" {'AUROC':>7s} {'AUPRC':>7s} {'TPR@1%':>7s}")]
-        for det in self.detectors:
-            s = table[f"{det}_score"].to_numpy()
-            row = (f"{det:{w}s} {np.nanmin(s):10.4g} {np.nanmedian(s):10.4g} {np.nanmax(s):10.4g} "
-                   f"{int(table[f'is_{det}_suspect'].sum()):9d}")
-            if self.metrics is not None:
-                m = self.metrics[det]
-                row += f" {m['auroc']:7.4f} {m['auprc']:7.4f} {m['tpr_at_1pct_fpr']:7.4f}"
-            lines.append(row)
-        if n:
-            lines.append("")
-            for det in self.detectors:
-                top = self.get_suspects(det, n)
-                ids = ", ".join(str(i) for i in top["id"].tolist())
-                lines.append(f"top {len(top)} by {det}: {ids}")
-        return "\n".join(lines)
+        return format_report(self._require_run(), detectors=self.detectors, inputs=self.available_inputs,
+                             info=self.info, metrics=self.metrics, skipped=self.skipped_detectors, n=n)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``scores/scores_{i}.parquet`` per shard and ``run.json`` (the ``run_scan``
         contract; data built from arrays is one shard, 0). The score files are listed in
-        ``score_paths`` afterwards.
+        ``score_paths`` afterwards; :meth:`load` reads the folder back.
 
         Returns:
             The path of ``run.json``.

@@ -15,16 +15,20 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from clipguard.attacks.base import Trigger
 from clipguard.data.dataset import SkipLog, load_rgb
 from clipguard.data.manifest import Manifest
 from clipguard.errors import ConfigError
 from clipguard.models.factory import ClipBundle
+from clipguard.utils.progress import progress_bar
 from clipguard.utils.seeding import derive_seed
+
+__all__ = ["ASR_CONVENTION", "TestImages", "build_classifier", "evaluate_zero_shot", "image_embeddings",
+           "load_test_images", "text_embeddings"]
 
 ASR_CONVENTION = ("ASR = share of triggered test images whose true class is not the target that are "
                   "classified as the target; headline figures use class embeddings averaged over all templates")
@@ -70,25 +74,37 @@ class TestImages:
 
 def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger | None = None,
                      seed: int = 0, progress: bool = True, desc: str = "test images") -> TestImages:
-    """Load the labelled test split (column ``label``), optionally with ``trigger`` applied (test variant)."""
-    if "label" not in manifest.df.columns:
-        raise ConfigError(f"{manifest.path}: a labelled test manifest needs an integer 'label' column")
+    """Load the labelled test split (column ``label``), optionally with ``trigger`` applied (test variant).
+
+    Raises:
+        ConfigError: no ``label`` column, or no test image can be read.
+    """
+    if "label" not in manifest.df.columns or not pd.api.types.is_integer_dtype(manifest.df["label"]):
+        raise ConfigError(f"{manifest.path}: a labelled test manifest needs an integer 'label' column "
+                          "(the index of each image's class in classes.json)")
     imgs, labels, skipped = [], [], SkipLog()
-    for i in tqdm(range(len(manifest)), desc=desc, disable=None if progress else True, unit="img", mininterval=1.0):
-        try:
-            pil = load_rgb(manifest.image_path(i))
-        except Exception as exc:
-            skipped.add(i, str(manifest.df["id"].iat[i]), f"unreadable image: {type(exc).__name__}: {exc}")
-            continue
-        if trigger is not None:
-            seed_i = derive_seed(seed, "test-trigger", manifest.df["id"].iat[i])
-            pil = Image.fromarray(trigger.apply(np.asarray(pil), seed=seed_i, test=True))
-        imgs.append(bundle.preprocess(pil))
-        labels.append(int(manifest.df["label"].iat[i]))
+    with progress_bar(len(manifest), desc, unit="img", enabled=progress) as bar:
+        for i in range(len(manifest)):
+            bar.update(1)
+            try:
+                pil = load_rgb(manifest.image_path(i))
+            except Exception as exc:
+                skipped.add(i, str(manifest.df["id"].iat[i]), f"unreadable image: {type(exc).__name__}: {exc}")
+                continue
+            if trigger is not None:
+                seed_i = derive_seed(seed, "test-trigger", manifest.df["id"].iat[i])
+                pil = Image.fromarray(trigger.apply(np.asarray(pil), seed=seed_i, test=True))
+            imgs.append(bundle.preprocess(pil))
+            labels.append(int(manifest.df["label"].iat[i]))
+    if not imgs:
+        raise ConfigError(f"{manifest.path}: none of the {len(manifest)} test images can be read "
+                          f"({', '.join(f'{n} {r}' for r, n in skipped.counts().items()) or 'no rows'}); "
+                          "fix the image paths")
     return TestImages(torch.stack(imgs), np.asarray(labels), skipped)
 
 
 def _predict(img_emb: torch.Tensor, classifier: torch.Tensor) -> np.ndarray:
+    """(n,) index of the most similar class of each embedding."""
     return (img_emb @ classifier.t()).argmax(1).numpy()
 
 

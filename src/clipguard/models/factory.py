@@ -8,6 +8,14 @@
   (untrusted pickles are never executed).
 * A trained model is saved as a folder: ``model.safetensors`` + ``model.json`` (architecture name
   and full config), loadable without clipguard's config registry.
+
+Seeding: open_clip draws the initial weights from torch's global generator, which takes no generator
+argument; :func:`create_model` therefore builds the model inside
+:func:`~clipguard.utils.seeding.seeded_torch_rng`: the same seed gives the same weights, and the
+caller's global generator state is the same after the call as before it.
+
+Device: the factories build on the CPU unless told (``device=None``); the commands that run a model
+pass :data:`~clipguard.utils.device.DEFAULT_DEVICE`.
 """
 from __future__ import annotations
 
@@ -23,7 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipguard.errors import ConfigError
+from clipguard.utils.device import resolve_device
 from clipguard.utils.io import atomic_path, write_json
+from clipguard.utils.seeding import seeded_torch_rng
+
+__all__ = ["ClipBundle", "create_model", "get_model_config", "list_models", "load_model", "load_state_dict",
+           "save_model"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -54,8 +67,6 @@ class ClipBundle:
 
     def to(self, device: str | torch.device | None) -> "ClipBundle":
         """Move the model to ``device`` (see :func:`clipguard.utils.device.resolve_device`); returns self."""
-        from clipguard.utils.device import resolve_device
-
         self.model.to(resolve_device(device))
         return self
 
@@ -111,6 +122,13 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def _first_reason(exc: Exception) -> str:
+    """The first specific line of a (multi-line) load error, e.g. one shape mismatch of torch's list."""
+    text = str(exc)
+    first = text.split("\n\t")[1] if "\n\t" in text else text
+    return first.strip().splitlines()[0] if first.strip() else type(exc).__name__
+
+
 def create_model(name: str, *, weights: str | os.PathLike | None = None, seed: int | None = 0,
                  device: str | torch.device | None = None) -> ClipBundle:
     """Create architecture ``name`` with random init (seeded), optionally loading local ``weights``.
@@ -118,19 +136,22 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, seed: i
     Args:
         name: a name from :func:`list_models`.
         weights: optional ``.safetensors`` or torch weights file for that architecture.
-        seed: seed of the random initialisation (``None`` keeps the global RNG state).
+        seed: seed of the random initialisation, drawn in a forked torch generator (the caller's
+            global state is untouched; the same seed gives the same weights). ``None``: draw from
+            the global generator as it stands.
         device: where the model goes (``None``: CPU; "auto": the GPU if there is one).
     """
     config = get_model_config(name)
-    if seed is not None:
-        torch.manual_seed(seed)
-    bundle = _build(name, config)
+    if seed is None:
+        bundle = _build(name, config)
+    else:
+        with seeded_torch_rng(seed):
+            bundle = _build(name, config)
     if weights is not None:
         try:
             missing, unexpected = bundle.model.load_state_dict(load_state_dict(weights), strict=False)
         except RuntimeError as exc:  # shape mismatches
-            first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
-            raise ConfigError(f"{weights}: weights do not match architecture {name!r} ({first.strip()})") from None
+            raise ConfigError(f"{weights}: weights do not match architecture {name!r} ({_first_reason(exc)})") from None
         if missing or unexpected:
             raise ConfigError(f"{weights}: weights do not match architecture {name!r} "
                               f"(missing {len(missing)} keys e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})")
@@ -153,11 +174,35 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
     onto ``device`` (``None``: CPU; "auto": the GPU if there is one)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
+    meta = _read_model_json(folder)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"{folder}: no model.safetensors beside model.json; pass a folder written by "
+                          "`clipguard train`")
+    try:
+        bundle = _build(meta["model_name"], meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{folder / 'model.json'}: its config does not describe an open_clip model ({exc!r}); "
+                          "pass a folder written by `clipguard train`") from None
+    try:
+        bundle.model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # safetensors and torch raise several types (corrupt file, shape mismatch)
+        raise ConfigError(f"{weights}: cannot be loaded into architecture {meta['model_name']!r} "
+                          f"({_first_reason(exc)}); "
+                          "retrain or pass the matching folder") from None
+    bundle.model.eval()
+    return bundle.to(device)
+
+
+def _read_model_json(folder: Path) -> dict[str, Any]:
+    """``model.json`` of a model folder, checked for ``model_name`` and ``config``."""
     meta_path = folder / "model.json"
     if not meta_path.is_file():
         raise ConfigError(f"{folder}: no model.json; pass a folder written by `clipguard train`")
-    meta = json.loads(meta_path.read_text())
-    bundle = _build(meta["model_name"], meta["config"])
-    bundle.model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    bundle.model.eval()
-    return bundle.to(device)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{meta_path}: not valid JSON ({exc}); pass a folder written by `clipguard train`") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "model_name" not in meta:
+        raise ConfigError(f"{meta_path}: needs 'model_name' and 'config'; pass a folder written by `clipguard train`")
+    return meta

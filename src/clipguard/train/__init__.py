@@ -1,5 +1,10 @@
-"""Training: the CLIP loss and the one training loop shared by pretraining and finetuning defences."""
-from clipguard.train.loss import clip_loss
+"""Training: the one CLIP training loop shared by pretraining and finetuning defences, and its losses.
+
+``train_clip`` trains a model on decoded pairs (``load_pairs``) with :func:`clip_loss` plus optional
+pluggable terms from :mod:`clipguard.train.losses` (e.g. the adaptive attacker's
+``density_evasion_loss``); ``train_from_manifest`` is the ``clipguard train`` command.
+"""
+from clipguard.train.losses.clip import clip_loss
 from clipguard.train.trainer import TrainConfig, TrainResult, load_pairs, train_clip
 from clipguard.train.api import train_from_manifest
 

@@ -2,8 +2,10 @@
 learned temperature capped at 100, a checkpoint after every epoch, resumable after a kill, seeded.
 
 A killed run restarted with the same arguments continues from the last finished epoch and ends
-with the same weights as an uninterrupted run (the data order of epoch e depends only on
-``(seed, e)``).
+with the same weights as an uninterrupted run: the data order of epoch e is drawn from a generator
+seeded with ``(seed, e)``, and whatever the forward pass draws from torch's global generator (e.g.
+dropout) is drawn inside :func:`~clipguard.utils.seeding.seeded_torch_rng` seeded with
+``(seed, "epoch-rng", e)``, so the caller's global generator state is left as it was.
 """
 from __future__ import annotations
 
@@ -17,21 +19,21 @@ from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from clipguard.data.dataset import ImageCaptionDataset, collate_skipping, record_errors
+from clipguard.errors import ConfigError, ManifestError
 from clipguard.models.factory import ClipBundle
-from clipguard.errors import ConfigError
-from clipguard.train.loss import MAX_LOGIT_SCALE, clip_loss
-from clipguard.utils.device import autocast
+from clipguard.train.losses.clip import MAX_LOGIT_SCALE, ExtraLoss, clip_loss
+from clipguard.utils.device import PRECISIONS, autocast
 from clipguard.utils.io import atomic_path
-from clipguard.utils.seeding import derive_seed
+from clipguard.utils.progress import progress_bar, progress_write
+from clipguard.utils.seeding import derive_seed, seeded_torch_rng
+from clipguard.utils.validate import check_choice, check_int, check_real
+
+__all__ = ["Pairs", "TrainConfig", "TrainResult", "load_pairs", "lr_at", "train_clip"]
 
 log = logging.getLogger("clipguard")
 
-#: hook for training-time losses added to MMCL (e.g. adaptive attacks):
-#: f(image_features, text_features, batch_rows) -> scalar tensor
-ExtraLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -43,9 +45,22 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = 1.0  # max gradient norm; None or 0: no clipping
     seed: int = 0
     precision: str = "fp32"  # or "bf16": autocast on a GPU (weights and optimiser stay fp32)
+
+    def check(self) -> "TrainConfig":
+        """Return self, or raise ConfigError naming the first setting out of range."""
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_real("lr", self.lr, low=0, low_open=True)
+        check_real("weight_decay", self.weight_decay, low=0)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.grad_clip is not None:
+            check_real("grad_clip", self.grad_clip, low=0)
+        check_int("seed", self.seed)
+        check_choice("precision", self.precision, PRECISIONS)
+        return self
 
 
 @dataclass
@@ -74,20 +89,28 @@ def load_pairs(dataset: ImageCaptionDataset, *, batch_size: int = 512, num_worke
 
     The tiny models train far faster from memory than from a loader that re-decodes PNGs every
     epoch; 20k pairs at 32 px take about 250 MB.
+
+    Raises:
+        ManifestError: no row of the manifest gives a usable pair (all skipped).
     """
     if dataset.tokenizer is None:
-        raise ValueError("dataset needs a tokenizer to load pairs")
+        raise ConfigError("the dataset needs a tokenizer to load pairs (ImageCaptionDataset(..., tokenizer=...))")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skipping)
     imgs, toks, rows = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=None if progress else True, unit="batch", mininterval=1.0):
-        record_errors(batch, dataset)
-        if "image" in batch:
-            imgs.append(batch["image"])
-            toks.append(batch["text"])
-            rows.append(batch["index"])
+    with progress_bar(len(loader), desc, unit="batch", enabled=progress) as bar:
+        for batch in loader:
+            record_errors(batch, dataset)
+            if "image" in batch:
+                imgs.append(batch["image"])
+                toks.append(batch["text"])
+                rows.append(batch["index"])
+            bar.update(1)
     if not imgs:
-        raise ValueError("no usable image-caption pair in the dataset (all rows skipped; see skipped.csv)")
+        counts = ", ".join(f"{n} {reason}" for reason, n in dataset.skip_log.counts().items()) or "no rows"
+        where = dataset.manifest.path or "the manifest"
+        raise ManifestError(f"{where}: no usable image-caption pair, all {len(dataset.manifest)} rows skipped "
+                            f"({counts}); fix the image paths and captions (skipped.csv lists each row)")
     return Pairs(torch.cat(imgs), torch.cat(toks), torch.cat(rows))
 
 
@@ -110,6 +133,105 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@dataclass
+class _Run:
+    """The state of one training run, shared by its epochs."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    pairs: Pairs
+    config: TrainConfig
+    device: torch.device
+    batch: int  # pairs per step
+    steps_per_epoch: int
+    extra_loss: ExtraLoss | None
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+
+def _resume(ckpt: Path, run: _Run, result: TrainResult) -> int:
+    """Load ``ckpt`` into the run if it was written with the same config and data; returns the start epoch."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if state["config"] != asdict(run.config) or state["n_pairs"] != len(run.pairs.rows):
+        log.warning("%s was written with another config or data; starting afresh", ckpt)
+        return 0
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    result.history = list(state["history"])
+    log.info("resuming from %s at epoch %d", ckpt, int(state["epoch"]))
+    return int(state["epoch"])
+
+
+def _step(run: _Run, idx: torch.Tensor, step: int) -> float:
+    """One optimiser step on the pairs ``idx``; returns the loss."""
+    model, pin = run.model, run.device.type == "cuda"
+    for g in run.opt.param_groups:
+        g["lr"] = lr_at(step, run.total_steps, run.config)
+    images = run.pairs.images[idx].to(run.device, non_blocking=pin)
+    tokens = run.pairs.tokens[idx].to(run.device, non_blocking=pin)
+    with autocast(run.device, run.config.precision == "bf16"):
+        img_f = torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1)
+        txt_f = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
+    loss = clip_loss(img_f, txt_f, model.logit_scale)
+    if run.extra_loss is not None:
+        loss = loss + run.extra_loss(img_f, txt_f, run.pairs.rows[idx])
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.grad_clip)
+    run.opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return loss.item()
+
+
+def _epoch(run: _Run, epoch: int, progress: bool) -> dict:
+    """Train one epoch (seeded by ``(seed, epoch)``); returns its history record."""
+    cfg, bs, n_steps = run.config, run.batch, run.steps_per_epoch
+    perm = torch.randperm(len(run.pairs.rows), generator=torch.Generator().manual_seed(
+        derive_seed(cfg.seed, "epoch", epoch)))
+    losses, te = [], time.perf_counter()
+    with seeded_torch_rng(derive_seed(cfg.seed, "epoch-rng", epoch), run.device), \
+            progress_bar(n_steps, f"epoch {epoch + 1}/{cfg.epochs}", unit="step", enabled=progress) as bar:
+        for s in range(n_steps):
+            losses.append(_step(run, perm[s * bs:(s + 1) * bs], epoch * n_steps + s))
+            bar.update(1)
+            if s % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", pairs_s=f"{(s + 1) * bs / (time.perf_counter() - te):.0f}")
+    secs = time.perf_counter() - te
+    return {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": round(secs, 2),
+            "pairs_per_s": round(n_steps * bs / max(secs, 1e-9), 1),
+            "logit_scale": float(run.model.logit_scale.detach().exp())}
+
+
+def _save_checkpoint(ckpt: Path, run: _Run, epoch: int, history: list[dict]) -> None:
+    """Weights, optimiser, epoch, config and history, written atomically."""
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ckpt) as tmp:
+        torch.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "epoch": epoch,
+                    "config": asdict(run.config), "n_pairs": len(run.pairs.rows), "history": history}, tmp)
+
+
+def _start(bundle: ClipBundle, pairs: Pairs, config: TrainConfig, device: str | torch.device | None,
+           extra_loss: ExtraLoss | None) -> _Run:
+    """Check the config, move the model, build the optimiser and the step counts."""
+    config.check()
+    if device is not None:
+        bundle.to(device)
+    dev = bundle.device
+    if config.precision == "bf16" and dev.type != "cuda":
+        raise ConfigError("precision bf16 needs a CUDA device (bf16 on a CPU is about 10x slower than fp32); "
+                          "use --precision fp32 or --device cuda")
+    n = len(pairs.rows)
+    bs = min(config.batch_size, n)
+    opt = torch.optim.AdamW(_param_groups(bundle.model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98),
+                            eps=1e-6)
+    # drop the ragged last batch: contrastive batches should be full
+    return _Run(bundle.model, opt, pairs, config, dev, bs, n // bs, extra_loss)
+
+
 def train_clip(bundle: ClipBundle, pairs: Pairs, config: TrainConfig, out_dir: str | os.PathLike, *,
                resume: bool = True, progress: bool = True, extra_loss: ExtraLoss | None = None,
                on_epoch_end: Callable[[int, dict], None] | None = None,
@@ -123,7 +245,7 @@ def train_clip(bundle: ClipBundle, pairs: Pairs, config: TrainConfig, out_dir: s
         out_dir: folder for ``checkpoints/state.pt`` (weights-only torch file, written atomically
             after every epoch).
         resume: continue from ``checkpoints/state.pt`` if present and written with the same config.
-        extra_loss: optional term added to the loss (see :data:`ExtraLoss`).
+        extra_loss: optional term added to the loss (see :data:`clipguard.train.losses.ExtraLoss`).
         on_epoch_end: optional ``f(epoch, record)`` called after each epoch's checkpoint, with the
             model in train mode (e.g. to log zero-shot accuracy per epoch).
         device: where to train (``None``: where the model already is; "auto": the GPU if there is
@@ -132,82 +254,26 @@ def train_clip(bundle: ClipBundle, pairs: Pairs, config: TrainConfig, out_dir: s
 
     Returns:
         A :class:`TrainResult` with per-epoch mean loss, pairs/s and logit scale.
+
+    Raises:
+        ConfigError: a setting out of range, or bf16 without a CUDA device.
     """
-    if config.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision {config.precision!r}: use fp32 or bf16")
-    if device is not None:
-        bundle.to(device)
-    model = bundle.model
-    dev = bundle.device
-    if config.precision == "bf16" and dev.type != "cuda":
-        raise ConfigError("precision bf16 needs a CUDA device (bf16 on a CPU is about 10x slower than fp32); "
-                          "use --precision fp32 or --device cuda")
-    pin = dev.type == "cuda"
-    n = len(pairs.rows)
-    bs = min(config.batch_size, n)
-    steps_per_epoch = n // bs  # drop the ragged last batch: contrastive batches should be full
-    total = steps_per_epoch * config.epochs
+    run = _start(bundle, pairs, config, device, extra_loss)
     ckpt = Path(out_dir) / "checkpoints" / "state.pt"
-    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    result = TrainResult(epochs_run=0, n_pairs=n)
-    start_epoch = 0
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state["config"] == asdict(config) and state["n_pairs"] == n:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch = int(state["epoch"])
-            result.history = list(state["history"])
-            log.info("resuming from %s at epoch %d", ckpt, start_epoch)
-        else:
-            log.warning("%s was written with another config or data; starting afresh", ckpt)
+    result = TrainResult(epochs_run=0, n_pairs=len(pairs.rows))
+    start_epoch = _resume(ckpt, run, result) if resume and ckpt.is_file() else 0
     t0 = time.perf_counter()
-    model.train()
+    run.model.train()
     for epoch in range(start_epoch, config.epochs):
-        gen = torch.Generator().manual_seed(derive_seed(config.seed, "epoch", epoch))
-        torch.manual_seed(derive_seed(config.seed, "epoch-rng", epoch))
-        perm = torch.randperm(n, generator=gen)
-        losses, te = [], time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress else True,
-                   unit="step", mininterval=1.0, leave=False)
-        for s in bar:
-            step = epoch * steps_per_epoch + s
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, config)
-            idx = perm[s * bs:(s + 1) * bs]
-            images = pairs.images[idx].to(dev, non_blocking=pin)
-            tokens = pairs.tokens[idx].to(dev, non_blocking=pin)
-            with autocast(dev, config.precision == "bf16"):
-                img_f = torch.nn.functional.normalize(model.encode_image(images).float(), dim=-1)
-                txt_f = torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1)
-            loss = clip_loss(img_f, txt_f, model.logit_scale)
-            if extra_loss is not None:
-                loss = loss + extra_loss(img_f, txt_f, pairs.rows[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            losses.append(loss.item())
-            if s % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{(s + 1) * bs / (time.perf_counter() - te):.0f}")
-        secs = time.perf_counter() - te
-        rec = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "seconds": round(secs, 2),
-               "pairs_per_s": round(steps_per_epoch * bs / max(secs, 1e-9), 1),
-               "logit_scale": float(model.logit_scale.detach().exp())}
+        rec = _epoch(run, epoch, progress)
         result.history.append(rec)
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {rec['loss']:.4f}  {rec['pairs_per_s']:.0f} pairs/s")
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ckpt) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                        "config": asdict(config), "n_pairs": n, "history": result.history}, tmp)
+        progress_write(f"epoch {epoch + 1}/{config.epochs}: loss {rec['loss']:.4f}  {rec['pairs_per_s']:.0f} pairs/s",
+                       enabled=progress)
+        _save_checkpoint(ckpt, run, epoch + 1, result.history)
         result.epochs_run += 1
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, rec)
-            model.train()
-    model.eval()
+            run.model.train()
+    run.model.eval()
     result.seconds = time.perf_counter() - t0
     return result

@@ -12,6 +12,9 @@ from clipguard.errors import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
+PRECISIONS = ("fp32", "bf16")
+"""Numeric precisions of training and embedding: fp32, or bf16 autocast on a GPU (weights stay fp32)."""
+
 DEFAULT_DEVICE = "auto"
 """The one device default of the library and the CLI: the GPU when torch sees one, else the CPU.
 (On a machine without a GPU every result is the CPU result; ``clipguard demo`` alone stays on the

@@ -1,0 +1,103 @@
+"""Commands that make and poison data: ``synth``, ``poison``, ``attacks``, ``badclip``."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import click
+
+from clipguard.attacks import ATTACKS, get_trigger, poison_dataset
+from clipguard.attacks.badclip import BadCLIPConfig, optimize_badclip_patch
+from clipguard.attacks.gallery import write_gallery
+from clipguard.cli.options import default_of, device_option, out_option, param_option, seed_option
+from clipguard.data.manifest import read_manifest
+from clipguard.data.synth import generate_world
+from clipguard.data.templates import DEFAULT_TEMPLATES
+from clipguard.evaluate.api import read_classes
+from clipguard.models import load_model
+
+__all__ = ["attacks", "badclip", "poison", "synth"]
+
+_BADCLIP = BadCLIPConfig()
+
+
+def _templates(classes: str | None) -> list[str]:
+    """The caption templates of ``classes.json``, or the library's :data:`DEFAULT_TEMPLATES`."""
+    return read_classes(classes)[1] if classes else list(DEFAULT_TEMPLATES)
+
+
+@click.command()
+@out_option("Output folder.")
+@click.option("--n-train", default=default_of(generate_world, "n_train"), show_default=True,
+              help="Training pairs.")
+@click.option("--n-test", default=default_of(generate_world, "n_test"), show_default=True,
+              help="Labelled test images.")
+@seed_option(default_of(generate_world, "seed"))
+@click.pass_obj
+def synth(obj: dict, out: str, n_train: int, n_test: int, seed: int) -> None:
+    """Generate the embedded shapes world (PNG images + manifests + classes.json)."""
+    info = generate_world(out, n_train=n_train, n_test=n_test, seed=seed, progress=obj["progress"])
+    click.echo(f"wrote {n_train} train and {n_test} test pairs to {out} (classes: {', '.join(info['classes'])})")
+
+
+@click.command()
+@click.argument("manifest", type=click.Path())
+@out_option("Output folder of the poisoned dataset.")
+@click.option("--attack", default="badnets", show_default=True, help="Trigger name (`clipguard attacks`).")
+@param_option("Trigger parameter NAME=VALUE (repeatable; JSON values allowed).")
+@click.option("--rate", type=float, default=None, help="Share of rows to poison, in (0, 1).")
+@click.option("--count", type=int, default=None, help="Number of rows to poison (instead of --rate).")
+@click.option("--target", required=True, help="Target class name, e.g. 'star'.")
+@click.option("--clean-label", is_flag=True, help="Label-consistent: trigger only images whose caption names the target.")
+@click.option("--classes", type=click.Path(), default=None,
+              help="classes.json whose templates make poison captions [default: the library's templates].")
+@seed_option(default_of(poison_dataset, "seed"))
+@click.pass_obj
+def poison(obj: dict, manifest: str, out: str, attack: str, params: dict[str, Any], rate: float | None,
+           count: int | None, target: str, clean_label: bool, classes: str | None, seed: int) -> None:
+    """Write a poisoned copy of MANIFEST with a JSON attack spec and a ground-truth column."""
+    trigger = get_trigger(attack, **params)
+    res = poison_dataset(read_manifest(manifest), out, trigger, target=target, rate=rate, count=count,
+                         mode="clean" if clean_label else "dirty", templates=_templates(classes), seed=seed,
+                         progress=obj["progress"])
+    click.echo(f"poisoned {res.n_poisoned} of {res.n_total} rows with {trigger!r} -> {res.manifest_path}"
+               + (f" ({len(res.skipped)} unreadable candidates skipped)" if len(res.skipped) else ""))
+
+
+@click.command()
+@click.option("--gallery", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG of clean vs triggered samples for every attack.")
+def attacks(gallery: str | None) -> None:
+    """List the registered attacks and their parameters."""
+    if gallery:
+        click.echo(f"gallery -> {write_gallery(gallery)}")
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        sig = [f"{n}={p.default!r}" for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"]
+        click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        click.echo(f"    parameters: {', '.join(sig)}")
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("manifest", type=click.Path())
+@out_option("Folder for trigger.png + trigger.json.")
+@click.option("--target", required=True, help="Target class name.")
+@click.option("--classes", type=click.Path(), default=None,
+              help="classes.json whose templates describe the target [default: the library's templates].")
+@click.option("--size", default=_BADCLIP.size, show_default=True, help="Patch side in pixels.")
+@click.option("--location", default=_BADCLIP.location, show_default=True, help="Where the patch goes.")
+@click.option("--steps", default=_BADCLIP.steps, show_default=True, help="Optimisation steps.")
+@seed_option(_BADCLIP.seed)
+@device_option()
+@click.pass_obj
+def badclip(obj: dict, model_dir: str, manifest: str, out: str, target: str, classes: str | None, size: int,
+            location: str, steps: int, seed: int, device: str) -> None:
+    """Optimise a BadCLIP patch against the (clean) model in MODEL_DIR on images of MANIFEST.
+
+    Then poison with it: clipguard poison ... --attack badclip --param patch=OUT/trigger.png
+    """
+    config = BadCLIPConfig(size=size, location=location, steps=steps, seed=seed)
+    trig = optimize_badclip_patch(load_model(model_dir, device=device), read_manifest(manifest), out, target=target,
+                                  templates=_templates(classes), progress=obj["progress"], config=config)
+    click.echo(f"optimised patch -> {trig.patch}")

@@ -1,0 +1,139 @@
+"""Commands that score samples: ``scan`` (over :func:`clipguard.detect.run_scan`, or
+:func:`clipguard.pipeline.scan_dataset` with ``--model/--data``) and ``detectors``.
+
+Every scan option is a :class:`~clipguard.detect.ScanConfig` field of the same name, with the
+field's default and, for the named choices, the library's list of them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from clipguard.cli.options import device_option, out_option, seed_option
+from clipguard.detect import (
+    BACKENDS,
+    DETECTORS,
+    INDEXES,
+    REFERENCE_MODES,
+    ScanConfig,
+    ScanResult,
+    run_scan,
+    top_suspects,
+)
+from clipguard.errors import ConfigError
+from clipguard.pipeline import scan_dataset
+
+__all__ = ["detectors", "scan"]
+
+_SCAN = ScanConfig()
+
+_SCAN_OPTIONS = (
+    click.option("-k", "--k", "k", default=_SCAN.k, show_default=True, help="Neighbours per sample."),
+    click.option("--reference", default=_SCAN.reference, show_default=True, type=click.Choice(REFERENCE_MODES),
+                 help="global: exact kNN over the whole set; batch: the DAO paper's per-batch reference; "
+                      "reference: one fixed random reference of --reference-size; multi_reference: "
+                      "--n-references random references, scores averaged; auto: chosen from N "
+                      "(recorded in run.json)."),
+    click.option("--batch-size", default=_SCAN.batch_size, show_default=True,
+                 help="Reference batch size (--reference batch)."),
+    click.option("--reference-size", type=int, default=_SCAN.reference_size,
+                 help="M of the reference modes [default: the mode's own, capped at N; recorded in run.json]."),
+    click.option("--n-references", type=int, default=_SCAN.n_references,
+                 help="R of multi_reference [default: the mode's own; recorded in run.json]."),
+    click.option("--index", default=_SCAN.index, show_default=True, type=click.Choice(INDEXES),
+                 help="FAISS index of the reference modes: flat (exact) or ivf (recall written to run.json)."),
+    click.option("--nlist", type=int, default=_SCAN.nlist, help="IVF lists [default: 4*sqrt(M)]."),
+    click.option("--nprobe", type=int, default=_SCAN.nprobe,
+                 help="IVF lists probed per query [default: tuned on a sample to reach --target-recall]."),
+    click.option("--target-recall", default=_SCAN.target_recall, show_default=True,
+                 help="recall@k the IVF nprobe tuning aims for."),
+    click.option("--backend", default=_SCAN.backend, show_default=True, type=click.Choice(BACKENDS),
+                 help="Exact kNN backend of --reference global."),
+    click.option("--suspect-share", default=_SCAN.suspect_share, show_default=True,
+                 help="Share of the samples marked is_<detector>_suspect."),
+    seed_option(_SCAN.seed),
+    device_option("Where the torch kNN search (global/batch references) and the --model embedding run: "
+                  "auto (the GPU if torch sees one, else the CPU), cpu, cuda, cuda:N."),
+)
+"""The options that become :class:`ScanConfig` fields (parameter name = field name)."""
+
+
+def _scan_options(f: Callable) -> Callable:
+    for option in reversed(_SCAN_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _check_inputs(emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None) -> bool:
+    """True when the input is a dataset to embed first (--model/--data), False for EMB_DIR."""
+    from_data = model_dir is not None or manifest is not None
+    if from_data == (emb_dir is not None):
+        raise ConfigError("give exactly one input: EMB_DIR, or --model MODEL_DIR with --data MANIFEST")
+    if from_data and (model_dir is None or manifest is None or out is None):
+        raise ConfigError("scanning a dataset needs --model MODEL_DIR, --data MANIFEST and --out OUT")
+    return from_data
+
+
+def _echo_result(res: ScanResult) -> None:
+    """Where the scores went, the reference plan, skipped detectors and (with ground truth) metrics."""
+    plan = res.info.get("reference_plan", {})
+    click.echo(f"scored {len(res.scores)} samples -> {res.out_dir / 'scores'}")
+    click.echo(f"reference: {plan.get('mode')} ({plan.get('reason')})"
+               + (f"; kNN recall@k {res.info['recall_at_k']:.4f}" if "recall_at_k" in res.info else ""))
+    for det, why in res.skipped_detectors.items():
+        click.echo(f"skipped {det}: {why}")
+    if res.metrics:
+        w = max(10, *(len(d) for d in res.detectors))
+        click.echo(f"{'detector':{w}s} {'AUROC':>7s} {'AUPRC':>7s} {'TPR@1%FPR':>10s}")
+        for det, m in res.metrics.items():
+            click.echo(f"{det:{w}s} {m['auroc']:7.4f} {m['auprc']:7.4f} {m['tpr_at_1pct_fpr']:10.4f}")
+
+
+def _echo_top(res: ScanResult, detector: str, n: int) -> None:
+    """The ``n`` most suspicious samples by ``detector``."""
+    cols = ["id", f"{detector}_score", f"{detector}_rank", f"is_{detector}_suspect"] + (
+        ["poisoned"] if "poisoned" in res.scores.columns else [])
+    click.echo(top_suspects(res, detector, n)[cols].to_string())
+
+
+@click.command()
+@click.argument("emb_dir", type=click.Path(), required=False)
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="Model folder: embed --data with it first (into OUT/embeddings), then scan.")
+@click.option("--data", "manifest", type=click.Path(), default=None,
+              help="Dataset manifest to embed with --model (instead of EMB_DIR).")
+@out_option("Output folder (default: EMB_DIR; required with --model/--data).", required=False)
+@click.option("--detector", "detectors", multiple=True,
+              help="Detector name (repeatable; default: every detector whose inputs the folder has; "
+                   "`clipguard detectors` lists them).")
+@_scan_options
+@click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
+@click.option("--rank-by", default=None,
+              help="Detector whose suspects --top prints [default: the first --detector, else fused].")
+@click.pass_obj
+def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
+         detectors: tuple[str, ...], top: int, rank_by: str | None, **options: Any) -> None:
+    """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
+    model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
+    from_data = _check_inputs(emb_dir, model_dir, manifest, out)
+    config = ScanConfig(**options)
+    names = list(detectors) or None
+    if from_data:
+        dres = scan_dataset(model_dir, manifest, out, detectors=names, config=config, progress=obj["progress"])
+        click.echo(f"embedded {dres.embed.n_embedded} pairs, skipped {dres.embed.n_skipped} -> {dres.emb_dir}")
+        res = dres.scan
+    else:
+        res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config)
+    _echo_result(res)
+    if top:
+        default = "fused" if "fused" in res.detectors else res.detectors[0]
+        _echo_top(res, rank_by or (list(detectors) or [default])[0], top)
+
+
+@click.command()
+def detectors() -> None:
+    """List the registered detectors."""
+    for name in DETECTORS.names():
+        doc = (DETECTORS.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name}: {doc[0] if doc else ''}")

@@ -1,0 +1,284 @@
+"""``fused``: one score combining image density with the pair and text signals.
+
+Components: the image-density detectors ``image`` (default ``dao`` and ``density_anomaly``:
+DAO catches poison that is sparse, as at low rates; the two-sided k-distance anomaly also
+catches a poisoned cluster that is abnormally DENSE, as at high rates) plus every signal of
+``signals`` (default ``clipscore``, ``caption_dup``, ``caption_disagreement``) whose inputs the
+data has -- with image embeddings only, ``fused`` combines the image detectors alone.
+
+Two-sided components (``two_sided``, default ``("caption_disagreement",)``)
+    A component whose direction depends on the poisoning regime enters the fusion folded to
+    ``|robust z of ln max(s, EPS)|`` within the scored set (:func:`fold_two_sided`), the same
+    form as ``density_anomaly`` gives the k-distance. ``caption_disagreement`` needs this:
+    at a LOW poison rate a poisoned image sits among clean images of its true class, so its
+    target caption disagrees with theirs (high score); at a HIGH rate with templated target
+    captions (BadNets poison captioned "a photo of a star.") the triggered images form their
+    own dense cluster, each one's image-neighbours are other poisoned samples with the same
+    few captions, and the disagreement is near 0 -- far BELOW any clean sample's, whose
+    neighbours carry varied captions. The one-sided score then ranks the poison last
+    (AUROC 0.000 on the 5% BadNets demo) and its mean rank dragged ``fused`` down (0.948
+    with the auto reference there); folded, it is suspicious in both tails (AUROC 1.000
+    there) and ``fused`` rose to 0.9995 (global reference: 0.812 -> 0.996). The log puts the near-zero tail on the same footing as the high tail:
+    the disagreement is a non-negative, ratio-like quantity whose informative low values
+    differ by orders of magnitude (0.002 for the poison vs a clean median of 0.24). No
+    labels are used: the centre and scale are the median and MAD of the scored set, so the
+    fold assumes the poison is a minority (< 50%) of that set. A standalone
+    ``caption_disagreement`` keeps its one-sided definition.
+
+Combination (``method``):
+
+``"fisher"`` (default)
+    Fisher's combination of empirical p-values: ``-mean(ln p)`` with ``p = (n - r + 1) / n``
+    for a sample of ascending average rank r. Scale-free (a heavy-tailed score such as DAO,
+    which reaches 1e300, cannot drown the others), and one component at the very top of its
+    ranking counts more than several moderately high ones: an OR rather than an AND of the
+    evidence. That is what poison at an unknown rate needs, because which signal flags it
+    changes with the rate and the attack (DAO for sparse SIG/Blended poison at 0.1 %, the
+    folded caption disagreement for a BadNets cluster at 1 %, image density at 5-10 %). On the
+    rate sweep (``benchmarks/results/rate_sweep.md``, 15 cells with a learned backdoor, global
+    reference) it had min AUROC 0.971 and mean 0.989 against 0.917 and 0.975 for ``"rank"``,
+    for 0.9915-0.9971 instead of 0.9956-0.9988 at 5-10 % (BadNets, Blended, SIG); with the
+    backdoor not learned (0.1 %, ASR < 0.8) ``"rank"`` did better (0.89-0.97 vs 0.84-0.93).
+``"rank"``
+    Mean of the components' percentile ranks within the scored set (average rank of ties
+    divided by n, in (0, 1]): each component counts equally (an AND of the evidence; the
+    default before 2026-11-22).
+``"zsum"``
+    Mean of robust z-scores ``(s - median) / (1.4826 * MAD)`` (MAD 0 -> standard deviation,
+    0 -> the component is dropped as constant). Lets one component with a strong, isolated
+    signal dominate; sensitive to heavy tails.
+
+Components are built with the scan's options and their own parameters: ``detector_params`` of
+the scan for that detector, then those given to ``fused`` as ``"<component>__<param>"``
+(``Fused(component_params={"caption_dup": {"threshold": 0.95}})``, or
+``set_params(caption_dup__threshold=0.95)``).
+
+Ranks and z-scores are taken within the set being scored (the whole dataset in a scan; the
+query set in ``score_samples``). Higher = more suspicious.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted
+from clipguard.detect.detectors.registry import DETECTORS, make_detector
+from clipguard.detect.neighbours.stats import EPS
+from clipguard.detect.options import DEFAULT_BACKEND, DEFAULT_BLOCK_SIZE, DEFAULT_K, DEFAULT_SEED
+from clipguard.errors import ConfigError
+from clipguard.utils.validate import check_choice
+
+__all__ = ["Fused", "FUSE_METHODS", "fuse_scores", "fold_two_sided", "percentile_rank", "robust_z",
+           "upper_tail_log_p"]
+
+FUSE_METHODS = ("rank", "fisher", "zsum")
+DEFAULT_IMAGE = ("dao", "density_anomaly")
+DEFAULT_SIGNALS = ("clipscore", "caption_dup", "caption_disagreement")
+DEFAULT_TWO_SIDED = ("caption_disagreement",)
+
+
+def percentile_rank(scores: np.ndarray) -> np.ndarray:
+    """(n,) float64 ranks in (0, 1]: average rank of ties / n, ascending; NaN ranked lowest."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    return rankdata(s, method="average") / max(len(s), 1)
+
+
+def upper_tail_log_p(scores: np.ndarray) -> np.ndarray:
+    """``-ln p`` with the empirical upper-tail p-value ``p = (n - r + 1) / n`` of each score
+    (r = ascending average rank; NaN ranked lowest): 0 for the lowest score, ``ln n`` for the
+    highest."""
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(s)
+    r = percentile_rank(s) * n
+    return -np.log((n - r + 1) / n)
+
+
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """``(s - median) / (1.4826 * MAD)``; falls back to the standard deviation when MAD is 0
+    and gives zeros for a constant score. Non-finite values are clipped to the finite range."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    if finite.size == 0:
+        return np.zeros_like(s)
+    s = np.clip(np.nan_to_num(s, nan=finite.min(), posinf=finite.max(), neginf=finite.min()),
+                finite.min(), finite.max())
+    med = np.median(s)
+    scale = 1.4826 * np.median(np.abs(s - med))
+    if scale == 0 or not np.isfinite(scale):
+        scale = np.std(s)
+    if scale == 0 or not np.isfinite(scale):
+        return np.zeros_like(s)
+    return (s - med) / scale
+
+
+def fold_two_sided(scores: np.ndarray) -> np.ndarray:
+    """``|robust_z(ln max(s, EPS))|``: distance of each (non-negative) score from the typical
+    one, in robust standard deviations of its log; both tails become "high" (module
+    docstring). NaN stays NaN (ranked lowest by :func:`percentile_rank`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    out = np.full(s.shape, np.nan)
+    ok = ~np.isnan(s)
+    out[ok] = np.abs(robust_z(np.log(np.maximum(s[ok], EPS))))
+    return out
+
+
+def fuse_scores(components: dict[str, np.ndarray], method: str = "fisher") -> np.ndarray:
+    """Combine several (n,) scores (higher = more suspicious) into one (n,) float64 score.
+
+    Args:
+        components: ``{name: (n,) scores}``, at least one.
+        method: ``"fisher"`` (mean ``-ln`` empirical p-value), ``"rank"`` (mean percentile
+            rank) or ``"zsum"`` (mean robust z-score).
+    """
+    check_choice("fuse method", method, FUSE_METHODS)
+    if not components:
+        raise ConfigError("fuse_scores needs at least one component score")
+    f = {"rank": percentile_rank, "fisher": upper_tail_log_p, "zsum": robust_z}[method]
+    return np.mean([f(s) for s in components.values()], axis=0)
+
+
+@DETECTORS.register("fused")
+class Fused(Detector):
+    """Image density fused with the pair/text signals the data has (Fisher's combination of rank p-values; caption_disagreement two-sided). Higher = more suspicious.
+
+    Args:
+        image: the image-density component(s): registered kNN detector name(s), default
+            ``("dao", "density_anomaly")``.
+        signals: pair/text components used when their inputs are available.
+        method: ``"fisher"`` (default), ``"rank"`` or ``"zsum"`` (module docstring).
+        two_sided: components folded by :func:`fold_two_sided` before combining (default
+            ``("caption_disagreement",)``, whose direction flips with the poison rate; see
+            the module docstring). ``()`` fuses every component one-sided.
+        component_params: ``{component: {param: value}}``, constructor parameters of the
+            components (also set as ``set_params(<component>__<param>=value)``).
+        k, backend, block_size, seed: passed to the components.
+
+    Fitted attributes:
+        components_: names of the components used.
+        two_sided_: the components of ``components_`` that were folded.
+        detectors_: the fitted component detectors.
+    """
+
+    uses_neighbours = True
+
+    def __init__(self, *, image: str | Iterable[str] = DEFAULT_IMAGE,
+                 signals: Iterable[str] = DEFAULT_SIGNALS,
+                 method: str = "fisher", two_sided: Iterable[str] = DEFAULT_TWO_SIDED,
+                 component_params: Mapping[str, Mapping[str, Any]] | None = None,
+                 k: int = DEFAULT_K, backend: str = DEFAULT_BACKEND,
+                 block_size: int = DEFAULT_BLOCK_SIZE, seed: int = DEFAULT_SEED) -> None:
+        self.image = image
+        self.signals = signals
+        self.two_sided = two_sided
+        self.method = method
+        self.component_params = component_params
+        self.k = k
+        self.backend = backend
+        self.block_size = block_size
+        self.seed = seed
+
+    # -- parameters of the components ---------------------------------------------------------------
+    def _params_of(self, name: str) -> dict[str, Any]:
+        return dict((self.component_params or {}).get(name, {}))
+
+    def _set_component_param(self, component: str, param: str, value: Any) -> None:
+        if component == "fused":
+            raise ConfigError("fused cannot contain itself; fused__... is not a parameter of fused")
+        make_detector(component, None, {param: value})  # ConfigError: unknown component/parameter
+        params = {name: dict(p) for name, p in (self.component_params or {}).items()}
+        params.setdefault(component, {})[param] = value
+        self.component_params = params
+
+    def _check_component_params(self) -> None:
+        params = self.component_params or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError("component_params of fused must map component names to dicts of "
+                              f"parameters, got {type(params).__name__}")
+        for name, p in params.items():
+            if name == "fused":
+                raise ConfigError("fused cannot contain itself")
+            make_detector(name, None, p)  # ConfigError: unknown component/parameter
+
+    def set_params(self, **params: Any) -> "Fused":  # noqa: D102
+        super().set_params(**params)
+        self._check_component_params()
+        return self
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: D102
+        out = super().get_params(deep)
+        if deep:
+            out.update({f"{name}__{p}": v for name, ps in (self.component_params or {}).items()
+                        for p, v in ps.items()})
+        return out
+
+    # -- the components ------------------------------------------------------------------------------
+    def _components(self, available: set[str]) -> list[str]:
+        check_choice("fuse method", self.method, FUSE_METHODS)
+        self._check_component_params()
+        images = (self.image,) if isinstance(self.image, str) else tuple(self.image)
+        if not images:
+            raise ConfigError("fused needs at least one image component")
+        for name in images:
+            img = DETECTORS.get(name)
+            if not img.uses_neighbours or img.requires != frozenset({"image"}) or name == "fused":
+                raise ConfigError(f"fused image components must be image kNN detectors "
+                                  f"(kdist, lid, slof, dao, density_anomaly), got {name!r}")
+        names = list(dict.fromkeys(images))
+        for s in self.signals:
+            if s == "fused":
+                raise ConfigError("fused cannot contain itself")
+            if not DETECTORS.get(s).missing_inputs(available) and s not in names:
+                names.append(s)
+        folded = (self.two_sided,) if isinstance(self.two_sided, str) else tuple(self.two_sided)
+        for t in folded:
+            DETECTORS.get(t)  # ConfigError listing the known names
+        self.two_sided_ = [n for n in names if n in folded]
+        return names
+
+    def _make(self, name: str) -> Detector:
+        common = {"k": self.k, "backend": self.backend, "block_size": self.block_size, "seed": self.seed}
+        return make_detector(name, common, self._params_of(name))
+
+    def _fuse(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        return fuse_scores({name: fold_two_sided(s) if name in self.two_sided_ else s
+                            for name, s in parts.items()}, self.method)
+
+    @staticmethod
+    def _available(text: Any, captions: Any) -> set[str]:
+        return {"image"} | ({"text"} if text is not None else set()) | (
+            {"captions"} if captions is not None else set())
+
+    # -- the estimator API and the engine hook --------------------------------------------------------
+    def fit(self, X: np.ndarray, *, text: np.ndarray | None = None, captions: Any = None) -> "Fused":
+        """Fit every component on the reference (images X, and captions when given)."""
+        self.components_ = self._components(self._available(text, captions))
+        self.detectors_ = {name: self._make(name).fit(X, text=text, captions=captions)
+                           for name in self.components_}
+        return self
+
+    def score_samples(self, X: np.ndarray, *, text: np.ndarray | None = None, captions: Any = None) -> np.ndarray:
+        """(n_q,) fused score of queries (ranks/z-scores taken within the queries)."""
+        check_is_fitted(self, "detectors_")
+        return self._fuse({name: d.score_samples(X, text=text, captions=captions)
+                           for name, d in self.detectors_.items()})
+
+    def fit_score(self, X: np.ndarray, *, text: np.ndarray | None = None, captions: Any = None) -> np.ndarray:
+        """Fit on the set and score it against itself (each component self-excluded)."""
+        self.components_ = self._components(self._available(text, captions))
+        self.detectors_ = {}
+        parts = {}
+        for name in self.components_:
+            det = self._make(name)
+            parts[name] = det.fit_score(X, text=text, captions=captions)
+            self.detectors_[name] = det
+        return self._fuse(parts)
+
+    def score_draw(self, inputs: ScoreInputs) -> np.ndarray:  # noqa: D102
+        self.components_ = self._components(inputs.available)
+        self.info_ = {"components": self.components_, "method": self.method,
+                      "two_sided": self.two_sided_}
+        return self._fuse({name: inputs.score(name, self._params_of(name)) for name in self.components_})

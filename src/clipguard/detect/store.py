@@ -1,0 +1,173 @@
+"""The scan folder: written by :meth:`Scan.save <clipguard.detect.facade.Scan.save>` and read back
+by :meth:`Scan.load <clipguard.detect.facade.Scan.load>` (and so by ``clipguard filter``).
+
+::
+
+    out_dir/
+        scores/scores_{i}.parquet   row-aligned with img_emb/img_emb_{i}.npy; columns id, and per
+                                    detector <det>_score (float64, higher = more suspicious),
+                                    <det>_rank (int64, 1 = most suspicious over the whole
+                                    dataset), is_<det>_suspect (bool, the top suspect_share of the
+                                    dataset), then poisoned (if the metadata has it)
+        run.json                    config, versions, timings, data fingerprint, sizes, shard ids,
+                                    the reference plan (mode chosen and why, IVF recall),
+                                    detectors skipped for missing inputs, detection metrics
+
+Empty embedding shards get an empty score file with the same columns, so every embedding shard
+has its score shard. The ``run.json`` keys written here are the ones :func:`read_scan` needs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipguard.detect.config import ScanConfig
+from clipguard.detect.results import score_columns
+from clipguard.errors import ConfigError
+from clipguard.io.layout import list_shards, shard_path
+from clipguard.io.writer import write_scores_shard
+from clipguard.utils.runrecord import RunRecord
+
+__all__ = ["SavedScan", "new_scan_record", "record_data", "record_scoring", "write_scan", "read_scan"]
+
+log = logging.getLogger("clipguard")
+
+
+def new_scan_record(source: str | None, requested: list[str] | None, cfg: ScanConfig,
+                    load_s: float | None) -> RunRecord:
+    """The run record of a scan: ``config`` holds ``emb_dir``, ``detectors`` (None = the default
+    set) and every ScanConfig field; ``timings_s.load`` the time spent reading the folder."""
+    rec = RunRecord("scan", config={"emb_dir": source, "detectors": requested, **cfg.as_dict()})
+    if load_s is not None:
+        rec["timings_s"]["load"] = round(load_s, 4)
+    return rec
+
+
+def record_data(rec: RunRecord, *, n: int, d: int, inputs: set[str], detectors: list[str],
+                shard_ids: list[int], shard_sizes: list[int], skipped_shards: list[int]) -> None:
+    """Put the sizes, inputs, detectors and shards of the scanned data into the run record."""
+    rec["n"], rec["d"] = int(n), int(d)
+    rec["inputs"] = sorted(inputs)
+    rec["detectors"] = detectors
+    rec["shard_ids"] = shard_ids
+    rec["shard_sizes"] = shard_sizes
+    rec["skipped_shards"] = skipped_shards
+
+
+def record_scoring(rec: RunRecord, info: dict[str, Any], skipped: dict[str, str]) -> None:
+    """Put the reference plan, kNN info and skipped detectors into the run record."""
+    rec["reference_plan"] = info.get("reference_plan")
+    rec["references"] = info.get("references")
+    if "recall_at_k" in info:
+        rec["recall_at_k"] = info["recall_at_k"]
+    if "detector_info" in info:
+        rec["detector_info"] = info["detector_info"]
+    rec["skipped_detectors"] = skipped
+    rec["n_skipped_detectors"] = len(skipped)
+
+
+def write_scan(
+    table: pd.DataFrame, names: list[str], shard_ids: list[int], out_dir: str | Path, rec: RunRecord
+) -> tuple[list[Path], Path]:
+    """Write ``scores/scores_{i}.parquet`` for every shard id and ``run.json``.
+
+    Args:
+        table: from :func:`~clipguard.detect.results.build_score_table` (needs ``id`` and ``shard``).
+        names: detector names, in column order.
+        shard_ids: every shard to write, including empty ones (they get an empty file).
+        out_dir: output folder (created).
+        rec: the run record, saved as ``run.json`` after the score files.
+
+    Returns:
+        ``(score_paths, run_json)``.
+    """
+    out_dir = Path(out_dir)
+    file_cols = ["id"] + score_columns(names)
+    if "poisoned" in table.columns:
+        file_cols.append("poisoned")
+    paths: list[Path] = []
+    with rec.stage("write"):
+        (out_dir / "scores").mkdir(parents=True, exist_ok=True)
+        stale = {p.name for p in list_shards(out_dir, "scores").values()}
+        shard_col = table["shard"].to_numpy()
+        for i in sorted(shard_ids):
+            part = table.loc[shard_col == i, file_cols].reset_index(drop=True)
+            path = write_scores_shard(out_dir, i, part)
+            paths.append(path)
+            stale.discard(path.name)
+        if stale:
+            log.warning("%s holds score files from an earlier scan that this scan did not "
+                        "write: %s", out_dir / "scores", ", ".join(sorted(stale)))
+    rec["outputs"] = [str(p) for p in paths]
+    return paths, rec.save(out_dir)
+
+
+@dataclass
+class SavedScan:
+    """What a scan folder holds: the score table (``id``, ``shard``, ``row_in_shard``, the score
+    columns, ``poisoned``), the ``run.json`` contents, and the score files read."""
+
+    table: pd.DataFrame
+    run: dict[str, Any]
+    score_paths: list[Path]
+
+
+def _read_run(root: Path) -> dict[str, Any]:
+    path = root / "run.json"
+    if not path.is_file():
+        raise ConfigError(f"{root}: no run.json beside scores/; pass the --out folder of `clipguard scan`")
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e}); rerun `clipguard scan`") from None
+    if not isinstance(run, dict) or run.get("command") != "scan":
+        raise ConfigError(f"{path} is not the run record of a scan; pass the --out folder of `clipguard scan`")
+    missing = [key for key in ("config", "detectors") if not isinstance(run.get(key), (dict, list))]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}; it was not written by a finished scan, rerun "
+                          "`clipguard scan`")
+    return run
+
+
+def _score_files(root: Path, run: dict[str, Any]) -> dict[int, Path]:
+    """``{i: path}`` of the score files of this run (every file when run.json lists no shards)."""
+    if not run.get("shard_ids"):
+        return list_shards(root, "scores")
+    ids = sorted(int(i) for i in list(run["shard_ids"]) + list(run.get("skipped_shards") or []))
+    files = {i: shard_path(root, "scores", i) for i in ids}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"{root}: score file(s) {', '.join(missing)} of this scan are missing; rerun "
+                          "`clipguard scan`")
+    return files
+
+
+def read_scan(scan_dir: str | Path) -> SavedScan:
+    """Read a scan folder written by :func:`write_scan`.
+
+    Returns:
+        A :class:`SavedScan`: the table has the rows of every shard in shard order, with
+        ``shard`` and ``row_in_shard`` restored from the file names and row positions.
+
+    Raises:
+        ConfigError: no ``scores/scores_*.parquet`` or no ``run.json``, or files of the scan missing.
+    """
+    root = Path(scan_dir)
+    if not list_shards(root, "scores"):
+        raise ConfigError(f"{scan_dir}: no scores/scores_*.parquet; pass the --out folder of `clipguard scan`")
+    run = _read_run(root)
+    files = _score_files(root, run)
+    frames = []
+    for i, path in files.items():
+        frame = pd.read_parquet(path)
+        frame.insert(1, "shard", np.full(len(frame), i, dtype=np.int64))
+        frame.insert(2, "row_in_shard", np.arange(len(frame), dtype=np.int64))
+        frames.append(frame)
+    table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+    return SavedScan(table, run, list(files.values()))

@@ -1,0 +1,246 @@
+"""Reading an embedding folder in the clip-retrieval layout (:mod:`clipguard.io.layout`).
+
+::
+
+    emb_dir/
+        img_emb/img_emb_0.npy          (n_0, d) float16 or float32
+        img_emb/img_emb_1.npy          ...
+        text_emb/text_emb_0.npy        optional, same shards and rows as img_emb
+        metadata/metadata_0.parquet    optional, row-aligned with img_emb_0.npy
+                                       (may hold id, caption, image, poisoned)
+
+Shards are ordered by their integer index (``img_emb_10`` comes after ``img_emb_9``). Shards
+with 0 rows are skipped (listed in :attr:`EmbeddingSet.skipped_shards`, with a warning).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipguard.errors import EmbeddingError
+from clipguard.io.layout import list_shards, shard_name
+
+__all__ = ["EmbeddingSet", "load_embedding_folder"]
+
+log = logging.getLogger("clipguard")
+
+
+@dataclass
+class EmbeddingSet:
+    """Embeddings of all non-empty shards, concatenated in shard order.
+
+    Attributes:
+        image: (N, d) float32 image embeddings (as stored, not normalised).
+        text: (N, d_t) float32 text embeddings, or None when the folder has none.
+        metadata: N-row DataFrame: the metadata columns (if any) plus ``shard`` (shard index i)
+            and ``row_in_shard``.
+        shard_sizes: rows of each non-empty shard, aligned with ``shard_ids``.
+        shard_ids: integer index i of each non-empty shard, ascending.
+        skipped_shards: indices of the shards skipped because they have 0 rows.
+        root: the folder that was read.
+    """
+
+    image: np.ndarray
+    text: np.ndarray | None
+    metadata: pd.DataFrame
+    shard_sizes: list[int]
+    shard_ids: list[int] = field(default_factory=list)
+    skipped_shards: list[int] = field(default_factory=list)
+    root: Path | None = None
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def locate(self, row: int) -> str:
+        """Human-readable origin of global row ``row``, e.g. ``'img_emb/img_emb_3.npy row 7 (global row 1207)'``."""
+        shard = int(self.metadata["shard"].iat[row])
+        in_shard = int(self.metadata["row_in_shard"].iat[row])
+        return f"{shard_name('img', shard)} row {in_shard} (global row {row})"
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any read failure becomes one clear message
+        raise EmbeddingError(
+            f"cannot read {path}: {type(e).__name__}: {e}; re-export this shard"
+        ) from None
+    if arr.ndim == 1 and arr.shape[0] == 0:
+        return arr.reshape(0, 0)
+    if arr.ndim != 2:
+        raise EmbeddingError(
+            f"{path} has shape {arr.shape}, expected (rows, dimensions); re-export this shard"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise EmbeddingError(
+            f"{path} holds {arr.dtype} values, expected float16 or float32; re-export this shard"
+        )
+    return arr
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception as e:  # noqa: BLE001
+        raise EmbeddingError(
+            f"cannot read {path}: {type(e).__name__}: {e}; rewrite this metadata shard"
+        ) from None
+
+
+def _list_folder(root: Path) -> tuple[dict[int, Path], dict[int, Path], dict[int, Path]]:
+    """``(img, text, meta)`` shards of ``root``, checked to belong together."""
+    if not root.is_dir():
+        raise EmbeddingError(
+            f"embedding folder {root} does not exist; pass the folder that contains img_emb/"
+        )
+    img = list_shards(root, "img")
+    if not img:
+        raise EmbeddingError(
+            f"no image embedding shards (img_emb/img_emb_<i>.npy) in {root}; "
+            "run the embedding step first or pass the folder that contains img_emb/"
+        )
+    text = list_shards(root, "text")
+    if text and set(text) != set(img):
+        raise EmbeddingError(
+            f"{root / 'text_emb'} has shards {sorted(text)} but img_emb has {sorted(img)}; "
+            "re-export text_emb so every image shard has a text shard (or remove text_emb/)"
+        )
+    meta = list_shards(root, "meta")
+    if meta and set(meta) - set(img):
+        extra = sorted(set(meta) - set(img))
+        raise EmbeddingError(
+            f"{root / 'metadata'} has shards {extra} without image embeddings; "
+            "remove them or re-export img_emb"
+        )
+    if not meta:
+        log.warning("no metadata/ shards in %s; sample ids will be global row indices", root)
+    return img, text, meta
+
+
+def _open_shard(i: int, img_path: Path, text: dict[int, Path], meta: dict[int, Path]):
+    """``(image, text or None, metadata path or None)`` of shard ``i``, row counts checked."""
+    arr = _open_npy(img_path)
+    n = int(arr.shape[0])
+    meta_path = meta.get(i)
+    if meta and meta_path is None and n > 0:
+        raise EmbeddingError(
+            f"metadata/metadata_{i}.parquet is missing for {img_path}; "
+            "re-export the metadata so every image shard has one"
+        )
+    if meta_path is not None:
+        n_meta = _parquet_rows(meta_path)
+        if n_meta != n:
+            raise EmbeddingError(
+                f"{meta_path} has {n_meta} rows but {img_path} has {n}; "
+                "metadata must be row-aligned with its embedding shard, re-export shard "
+                f"{i}"
+            )
+    t_arr = None
+    if text:
+        t_arr = _open_npy(text[i])
+        if t_arr.shape[0] != n:
+            raise EmbeddingError(
+                f"{text[i]} has {t_arr.shape[0]} rows but {img_path} has {n}; "
+                f"re-export shard {i} so text and image embeddings are row-aligned"
+            )
+    return arr, t_arr, meta_path
+
+
+def _shard_metadata(i: int, n: int, meta_path: Path | None) -> pd.DataFrame:
+    """The metadata of shard ``i`` (or an empty frame of ``n`` rows) with ``shard`` and ``row_in_shard``."""
+    df = pd.read_parquet(meta_path) if meta_path is not None else pd.DataFrame(index=range(n))
+    for col in ("shard", "row_in_shard"):
+        if col in df.columns:
+            log.warning("%s already has a %r column; it is replaced", meta_path, col)
+    df = df.reset_index(drop=True)
+    df["shard"] = np.int64(i)
+    df["row_in_shard"] = np.arange(n, dtype=np.int64)
+    return df
+
+
+class _Shards:
+    """The non-empty shards read so far, with their dimensions checked against the first."""
+
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+        self.texts: list[np.ndarray] = []
+        self.frames: list[pd.DataFrame] = []
+        self.sizes: list[int] = []
+        self.ids: list[int] = []
+        self.dim: int | None = None
+        self.dim_from: Path | None = None
+        self.text_dim: int | None = None
+
+    def add(self, i: int, img_path: Path, arr: np.ndarray, t_arr: np.ndarray | None, text_path: Path | None,
+            meta_path: Path | None) -> None:
+        if self.dim is None:
+            self.dim, self.dim_from = int(arr.shape[1]), img_path
+        elif arr.shape[1] != self.dim:
+            raise EmbeddingError(
+                f"{img_path} has dimension {arr.shape[1]} but {self.dim_from} has {self.dim}; all shards "
+                "must come from the same model, re-embed the mismatched shard"
+            )
+        if t_arr is not None:
+            if self.text_dim is None:
+                self.text_dim = int(t_arr.shape[1])
+            elif t_arr.shape[1] != self.text_dim:
+                raise EmbeddingError(
+                    f"{text_path} has dimension {t_arr.shape[1]} but earlier text shards have "
+                    f"{self.text_dim}; re-embed the mismatched shard"
+                )
+            self.texts.append(np.asarray(t_arr, dtype=np.float32))
+        self.images.append(np.asarray(arr, dtype=np.float32))
+        self.frames.append(_shard_metadata(i, int(arr.shape[0]), meta_path))
+        self.sizes.append(int(arr.shape[0]))
+        self.ids.append(i)
+
+
+def load_embedding_folder(path: str | Path) -> EmbeddingSet:
+    """Load every shard of a clip-retrieval embedding folder.
+
+    Args:
+        path: folder holding ``img_emb/`` (required), ``text_emb/`` and ``metadata/`` (optional).
+
+    Returns:
+        An :class:`EmbeddingSet` with all non-empty shards concatenated in shard order.
+
+    Raises:
+        EmbeddingError: the folder or its image shards are missing; a shard cannot be read or
+            is not 2-D float; dimensions differ between shards; a metadata or text shard is
+            missing or has a different row count than its image shard; text shards do not
+            match the image shards.
+    """
+    root = Path(path)
+    img, text, meta = _list_folder(root)
+    shards, skipped = _Shards(), []
+    for i, img_path in img.items():
+        arr, t_arr, meta_path = _open_shard(i, img_path, text, meta)
+        if arr.shape[0] == 0:
+            skipped.append(i)
+            continue
+        shards.add(i, img_path, arr, t_arr, text.get(i), meta_path)
+    if skipped:
+        log.warning(
+            "skipped %d empty embedding shard(s) in %s: %s",
+            len(skipped), root / "img_emb", ", ".join(f"img_emb_{i}.npy" for i in skipped),
+        )
+    if not shards.images:
+        raise EmbeddingError(
+            f"every image embedding shard in {root / 'img_emb'} is empty (0 rows); "
+            "nothing to scan, check the embedding step"
+        )
+    return EmbeddingSet(
+        image=np.concatenate(shards.images, axis=0),
+        text=np.concatenate(shards.texts, axis=0) if shards.texts else None,
+        metadata=pd.concat(shards.frames, ignore_index=True),
+        shard_sizes=shards.sizes,
+        shard_ids=shards.ids,
+        skipped_shards=skipped,
+        root=root,
+    )

@@ -1,0 +1,97 @@
+"""The scan folder written by Scan.save and read back by Scan.load (the store module)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipguard.detect import Scan, ScanConfig, run_scan
+from clipguard.detect.store import read_scan
+from clipguard.errors import ConfigError
+from detect_helpers import pair_folder
+
+
+def _assert_same_scan(loaded: Scan, scan: Scan) -> None:
+    pd.testing.assert_frame_equal(loaded.scores, scan.scores)  # every column, dtypes, order, index
+    assert list(loaded.scores.columns[:3]) == ["id", "shard", "row_in_shard"]
+    assert loaded.detectors == scan.detectors
+    assert loaded.skipped_detectors == scan.skipped_detectors
+    assert loaded.info == scan.info
+    assert loaded.metrics == scan.metrics
+    assert loaded.config == scan.config and isinstance(loaded.config, ScanConfig)
+    assert loaded.suspect_share == scan.suspect_share
+    assert loaded.available_inputs == scan.available_inputs and len(loaded) == len(scan)
+
+
+def test_load_round_trips_save_of_a_folder_scan(tmp_path):
+    pair_folder(tmp_path / "emb")  # shards of 120, 100 and 0 rows, captions, text, ground truth
+    params = {"fused": {"two_sided": ("caption_disagreement",), "method": "fisher"}}
+    scan = Scan.from_folder(tmp_path / "emb").find_suspects(k=8, suspect_share=0.05,
+                                                            detector_params=params)
+    scan.save(tmp_path / "scan")
+    loaded = Scan.load(tmp_path / "scan")
+    _assert_same_scan(loaded, scan)
+    assert scan.metrics is not None and "detector_info" in loaded.info
+    assert loaded.config.detector_params == {"fused": {"two_sided": ["caption_disagreement"],
+                                                       "method": "fisher"}}
+    assert [p.name for p in loaded.score_paths] == ["scores_0.parquet", "scores_1.parquet",
+                                                    "scores_2.parquet"]
+    # what a loaded scan can do: report, list suspects, save the same files again
+    assert loaded.report(n=3) == scan.report(n=3)
+    pd.testing.assert_frame_equal(loaded.get_suspects("fused"), scan.get_suspects("fused"))
+    loaded.save(tmp_path / "again")
+    for i in range(3):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "again" / "scores" / f"scores_{i}.parquet"),
+                                      pd.read_parquet(tmp_path / "scan" / "scores" / f"scores_{i}.parquet"))
+    _assert_same_scan(Scan.load(tmp_path / "again"), scan)
+    # ... but not rescore: it holds no embeddings
+    with pytest.raises(ConfigError, match="holds scores, not embeddings"):
+        loaded.find_suspects(["kdist"])
+
+
+def test_load_round_trips_a_scan_of_arrays_and_run_scan(tmp_path):
+    rng = np.random.default_rng(0)
+    scan = Scan(rng.normal(size=(150, 8)), ids=[f"x{i}" for i in range(150)])
+    scan.find_suspects(["kdist", "fused"], k=5, reference="multi_reference", reference_size=60,
+                       n_references=2).save(tmp_path / "a")
+    loaded = Scan.load(tmp_path / "a")
+    _assert_same_scan(loaded, scan)
+    assert loaded.metrics is None and loaded.info["recall_at_k"] == 1.0
+    # integer ids (the default) come back as integers
+    ints = Scan(rng.normal(size=(40, 4))).find_suspects(["kdist"], k=3)
+    ints.save(tmp_path / "b")
+    _assert_same_scan(Scan.load(tmp_path / "b"), ints)
+    # the folder of run_scan is the same contract
+    pair_folder(tmp_path / "emb", text=False)
+    res = run_scan(tmp_path / "emb", tmp_path / "c", k=8)
+    loaded = Scan.load(tmp_path / "c")
+    pd.testing.assert_frame_equal(loaded.scores, res.scores)
+    assert loaded.skipped_detectors == res.skipped_detectors and loaded.metrics == res.metrics
+
+
+def test_load_reads_only_the_shards_of_its_run(tmp_path):
+    rng = np.random.default_rng(1)
+    (tmp_path / "scan" / "scores").mkdir(parents=True)
+    pd.DataFrame({"id": [1]}).to_parquet(tmp_path / "scan" / "scores" / "scores_7.parquet")  # stale
+    scan = Scan(rng.normal(size=(30, 4))).find_suspects(["kdist"], k=3)
+    scan.save(tmp_path / "scan")
+    saved = read_scan(tmp_path / "scan")
+    assert [p.name for p in saved.score_paths] == ["scores_0.parquet"]
+    _assert_same_scan(Scan.load(tmp_path / "scan"), scan)
+
+
+def test_load_errors_name_the_folder_and_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match=r"no scores/scores_\*\.parquet; pass the --out folder"):
+        Scan.load(tmp_path)
+    scan = Scan(np.random.default_rng(2).normal(size=(30, 4))).find_suspects(["kdist"], k=3)
+    scan.save(tmp_path / "s")
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    (tmp_path / "s" / "run.json").unlink()
+    with pytest.raises(ConfigError, match="no run.json"):
+        Scan.load(tmp_path / "s")
+    (tmp_path / "s" / "run.json").write_text(json.dumps({**run, "command": "embed"}))
+    with pytest.raises(ConfigError, match="not the run record of a scan"):
+        Scan.load(tmp_path / "s")
+    (tmp_path / "s" / "run.json").write_text(json.dumps({**run, "shard_ids": [0, 1]}))
+    with pytest.raises(ConfigError, match=r"scores_1\.parquet of this scan are missing"):
+        Scan.load(tmp_path / "s")
