@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clipguard.attacks import get_trigger, poison_dataset
-from clipguard.cli import cli, main
+from clipguard.cli import COMMANDS, cli, main
 from clipguard.data import read_manifest
 from clipguard.detect import ScanConfig
 from clipguard.models import create_model, save_model
@@ -150,22 +150,67 @@ def _defaults(command: click.Command) -> dict:
     return {p.name: p.default for p in command.params if isinstance(p, click.Option)}
 
 
+def _command(name: str) -> click.Command:
+    return cli.get_command(click.Context(cli), name)
+
+
+def test_the_command_list_is_the_commands_own_help_and_loads_nothing():
+    """``clipguard --help`` lists COMMANDS without importing a stage; each line is the command's own."""
+    code = ("import sys; from clipguard.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'open_clip', 'clipguard.detect') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert "detectors  List the registered detectors." in r.stdout
+    for name, (_, _, line) in COMMANDS.items():
+        command = _command(name)
+        assert command.name == name
+        assert command.get_short_help_str(limit=1000) == line, name
+    assert cli.get_command(click.Context(cli), "nope") is None
+
+
 def test_option_defaults_come_from_the_library():
     """One source of every default: the CLI repeats none of the library's values."""
-    scan = _defaults(cli.commands["scan"])
+    scan = _defaults(_command("scan"))
     cfg = dataclasses.asdict(ScanConfig())
     shared = set(scan) & set(cfg)
     assert {"k", "reference", "batch_size", "reference_size", "n_references", "index", "nlist", "nprobe",
             "target_recall", "backend", "suspect_share", "seed"} <= shared
     assert {name: scan[name] for name in shared - {"device"}} == {name: cfg[name] for name in shared - {"device"}}
-    train = _defaults(cli.commands["train"])
+    train = _defaults(_command("train"))
     tcfg = dataclasses.asdict(TrainConfig())
     tcfg["grad_clip"] = tcfg["grad_clip"] or 0.0  # the CLI's "0 = off"
     assert {name: train[name] for name in tcfg} == tcfg
-    demo = _defaults(cli.commands["demo"])
+    demo = _defaults(_command("demo"))
     dcfg = DemoConfig()
     assert (demo["n_train"], demo["n_test"], demo["rate"], demo["epochs"], demo["seed"], demo["device"]) == (
         dcfg.n_train, dcfg.n_test, dcfg.poison_rate, dcfg.epochs, dcfg.seed, dcfg.device)
     assert dcfg.device == "cpu"  # the README's figures
     for name in ("train", "embed", "scan", "eval", "badclip"):
-        assert _defaults(cli.commands[name])["device"] == DEFAULT_DEVICE, name
+        assert _defaults(_command(name))["device"] == DEFAULT_DEVICE, name
+
+
+def test_scan_detector_parameters_are_strict_and_reach_fused_components(tmp_path):
+    from detect_helpers import pair_folder
+
+    pair_folder(tmp_path / "emb")
+    r = run_cli("scan", tmp_path / "emb", "--out", tmp_path / "a", "--param", "fused.methd=rank")
+    assert_one_line_error(r, "unknown parameter of detector 'fused' 'methd'", "method", "two_sided")
+    r = run_cli("scan", tmp_path / "emb", "--out", tmp_path / "a", "--param", "method=rank")
+    assert_one_line_error(r, "DETECTOR.PARAMETER=VALUE")
+    r = run_cli("scan", tmp_path / "emb", "--out", tmp_path / "a", "--param", "fussed.method=rank")
+    assert_one_line_error(r, "unknown detector 'fussed'")
+    runs = {}
+    for name, params in {"plain": [], "rank": ["--param", "fused.method=rank"],
+                         "component": ["--param", "caption_dup.source=text",
+                                       "--param", "caption_dup.threshold=0.5"]}.items():
+        r = run_cli("scan", tmp_path / "emb", "--out", tmp_path / name, "--detector", "fused", *params)
+        assert r.returncode == 0, r.stderr
+        runs[name] = (json.loads((tmp_path / name / "run.json").read_text()),
+                      pd.read_parquet(tmp_path / name / "scores" / "scores_0.parquet")["fused_score"])
+    assert runs["rank"][0]["config"]["detector_params"] == {"fused": {"method": "rank"}}
+    assert runs["component"][0]["config"]["detector_params"] == {
+        "caption_dup": {"source": "text", "threshold": 0.5}}
+    assert not runs["rank"][1].equals(runs["plain"][1])
+    assert not runs["component"][1].equals(runs["plain"][1])  # honoured although only a component

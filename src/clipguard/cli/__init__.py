@@ -21,25 +21,68 @@ Examples::
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 import click
 
-from clipguard.cli.data import attacks, badclip, poison, synth
-from clipguard.cli.defend import filter_
-from clipguard.cli.demo import demo, models
-from clipguard.cli.embed import embed
-from clipguard.cli.evaluate import eval_
-from clipguard.cli.scan import detectors, scan
-from clipguard.cli.train import train
 from clipguard.errors import ClipguardError
 from clipguard.utils.progress import progress_enabled
 
-__all__ = ["cli", "main"]
+__all__ = ["COMMANDS", "cli", "main"]
+
+#: Every command: name -> (module of clipguard.cli, attribute, the one line ``clipguard --help`` shows).
+#: A command's module is imported when that command runs (or its own --help is asked for), not
+#: before: the stage modules pull in torch and open_clip (about 7 s on a 2-core machine), and
+#: ``clipguard --help`` should not wait for them. tests/cli/test_cli.py checks that every line
+#: equals the command's own short help, and tests/test_architecture.py checks the modules like imports.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("clipguard.cli.data", "synth",
+              "Generate the embedded shapes world (PNG images + manifests + classes.json)."),
+    "poison": ("clipguard.cli.data", "poison",
+               "Write a poisoned copy of MANIFEST with a JSON attack spec and a ground-truth column."),
+    "train": ("clipguard.cli.train", "train",
+              "Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."),
+    "embed": ("clipguard.cli.embed", "embed", "Embed MANIFEST with the model in MODEL_DIR (resumable, sharded)."),
+    "scan": ("clipguard.cli.scan", "scan",
+             "Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a "
+             "model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."),
+    "filter": ("clipguard.cli.defend", "filter_",
+               "Write MANIFEST without the suspects that `clipguard scan` (output SCAN_DIR) ranked highest."),
+    "eval": ("clipguard.cli.evaluate", "eval_",
+             "Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."),
+    "demo": ("clipguard.cli.demo", "demo",
+             "The whole pipeline on the embedded world: synth -> poison -> train -> embed -> scan -> eval."),
+    "models": ("clipguard.cli.demo", "models", "List model architectures (clipguard's tiny configs, then open_clip's)."),
+    "attacks": ("clipguard.cli.data", "attacks", "List the registered attacks and their parameters."),
+    "badclip": ("clipguard.cli.data", "badclip",
+                "Optimise a BadCLIP patch against the (clean) model in MODEL_DIR on images of MANIFEST."),
+    "detectors": ("clipguard.cli.scan", "detectors", "List the registered detectors."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _StageGroup(click.Group):
+    """A click group whose commands are the entries of :data:`COMMANDS`, each loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``clipguard --help``, from :data:`COMMANDS` (no stage is imported)."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.utils.make_default_short_help(help_, limit)) for name, (_, _, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=_StageGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="clipguard")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
@@ -48,10 +91,6 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     ctx.obj = {"progress": not quiet}
     ctx.with_resource(progress_enabled(not quiet))  # the library's bars follow -q for the whole command
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-for _command in (synth, poison, train, embed, scan, filter_, eval_, demo, models, attacks, badclip, detectors):
-    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,8 +18,6 @@ from clipguard.utils.device import DEFAULT_DEVICE, PRECISIONS
 __all__ = ["PRECISIONS", "default_of", "device_option", "echo_json", "out_option", "param_option",
            "parse_params", "precision_option", "seed_option"]
 
-"""The numeric precisions of ``train`` and ``embed`` (bf16: autocast on a GPU)."""
-
 _DEVICE_HELP = "Where the model runs: auto (the GPU if torch sees one, else the CPU), cpu, cuda, cuda:N."
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from clipguard.cli.options import device_option, out_option, seed_option
+from clipguard.cli.options import device_option, out_option, param_option, seed_option
 from clipguard.detect import (
     BACKENDS,
     DETECTORS,
@@ -24,7 +24,7 @@ from clipguard.detect import (
 from clipguard.errors import ConfigError
 from clipguard.pipeline import scan_dataset
 
-__all__ = ["detectors", "scan"]
+__all__ = ["detector_params", "detectors", "scan"]
 
 _SCAN = ScanConfig()
 
@@ -75,6 +75,24 @@ def _check_inputs(emb_dir: str | None, model_dir: str | None, manifest: str | No
     return from_data
 
 
+def detector_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"fused.method": "rank"}`` (from ``--param fused.method=rank``) -> ``{"fused": {"method": "rank"}}``.
+
+    Unknown detectors and parameters are refused by :class:`ScanConfig` (strict parameters).
+
+    Raises:
+        ConfigError: a name without ``DETECTOR.`` in front.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in params.items():
+        det, sep, name = key.partition(".")
+        if not sep or not det or not name:
+            raise ConfigError(f"--param {key}=...: name the detector, DETECTOR.PARAMETER=VALUE, e.g. "
+                              "--param fused.method=rank or --param caption_dup.source=text")
+        out.setdefault(det, {})[name] = value
+    return out
+
+
 def _echo_result(res: ScanResult) -> None:
     """Where the scores went, the reference plan, skipped detectors and (with ground truth) metrics."""
     plan = res.info.get("reference_plan", {})
@@ -108,16 +126,19 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
               help="Detector name (repeatable; default: every detector whose inputs the folder has; "
                    "`clipguard detectors` lists them).")
 @_scan_options
+@param_option("Detector parameter DETECTOR.NAME=VALUE (repeatable), e.g. fused.method=rank, "
+              "caption_dup.source=text, fused.caption_dup__source=text (a component of fused).")
 @click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
 @click.option("--rank-by", default=None,
               help="Detector whose suspects --top prints [default: the first --detector, else fused].")
 @click.pass_obj
 def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
-         detectors: tuple[str, ...], top: int, rank_by: str | None, **options: Any) -> None:
+         detectors: tuple[str, ...], params: dict[str, Any], top: int, rank_by: str | None,
+         **options: Any) -> None:
     """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
     from_data = _check_inputs(emb_dir, model_dir, manifest, out)
-    config = ScanConfig(**options)
+    config = ScanConfig(**options, detector_params=detector_params(params))
     names = list(detectors) or None
     if from_data:
         dres = scan_dataset(model_dir, manifest, out, detectors=names, config=config, progress=obj["progress"])
