@@ -21,10 +21,11 @@ from clipguard.detect import (
     run_scan,
     top_suspects,
 )
+from clipguard.detect.detectors import nest_params
 from clipguard.errors import ConfigError
 from clipguard.pipeline import scan_dataset
 
-__all__ = ["detector_params", "detectors", "scan"]
+__all__ = ["detectors", "scan"]
 
 _SCAN = ScanConfig()
 
@@ -75,24 +76,6 @@ def _check_inputs(emb_dir: str | None, model_dir: str | None, manifest: str | No
     return from_data
 
 
-def detector_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"fused.method": "rank"}`` (from ``--param fused.method=rank``) -> ``{"fused": {"method": "rank"}}``.
-
-    Unknown detectors and parameters are refused by :class:`ScanConfig` (strict parameters).
-
-    Raises:
-        ConfigError: a name without ``DETECTOR.`` in front.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in params.items():
-        det, sep, name = key.partition(".")
-        if not sep or not det or not name:
-            raise ConfigError(f"--param {key}=...: name the detector, DETECTOR.PARAMETER=VALUE, e.g. "
-                              "--param fused.method=rank or --param caption_dup.source=text")
-        out.setdefault(det, {})[name] = value
-    return out
-
-
 def _echo_result(res: ScanResult) -> None:
     """Where the scores went, the reference plan, skipped detectors and (with ground truth) metrics."""
     plan = res.info.get("reference_plan", {})
@@ -138,7 +121,7 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
     """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
     from_data = _check_inputs(emb_dir, model_dir, manifest, out)
-    config = ScanConfig(**options, detector_params=detector_params(params))
+    config = ScanConfig(**options, detector_params=nest_params(params))
     names = list(detectors) or None
     if from_data:
         dres = scan_dataset(model_dir, manifest, out, detectors=names, config=config, progress=obj["progress"])

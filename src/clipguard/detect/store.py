@@ -18,7 +18,6 @@ has its score shard. The ``run.json`` keys written here are the ones :func:`read
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from clipguard.detect.results import score_columns
 from clipguard.errors import ConfigError
 from clipguard.io.layout import list_shards, shard_path
 from clipguard.io.writer import write_scores_shard
+from clipguard.utils.io import read_json_object
 from clipguard.utils.runrecord import RunRecord
 
 __all__ = ["SavedScan", "new_scan_record", "record_data", "record_scoring", "write_scan", "read_scan"]
@@ -122,11 +122,8 @@ def _read_run(root: Path) -> dict[str, Any]:
     path = root / "run.json"
     if not path.is_file():
         raise ConfigError(f"{root}: no run.json beside scores/; pass the --out folder of `clipguard scan`")
-    try:
-        run = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read it ({e}); rerun `clipguard scan`") from None
-    if not isinstance(run, dict) or run.get("command") != "scan":
+    run = read_json_object(path, "the run record of a scan", "rerun `clipguard scan`")
+    if run.get("command") != "scan":
         raise ConfigError(f"{path} is not the run record of a scan; pass the --out folder of `clipguard scan`")
     missing = [key for key in ("config", "detectors") if not isinstance(run.get(key), (dict, list))]
     if missing:

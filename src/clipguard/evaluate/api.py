@@ -1,10 +1,9 @@
 """``clipguard eval`` as a function: a model folder, a labelled test split, optionally an attack spec."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,21 +18,9 @@ from clipguard.errors import ConfigError
 from clipguard.evaluate.zeroshot import build_classifier, evaluate_zero_shot, image_embeddings
 from clipguard.models.factory import ClipBundle, load_model
 from clipguard.utils.device import DEFAULT_DEVICE
+from clipguard.utils.io import read_json_object
 
 __all__ = ["evaluate_model", "evaluate_targeted", "read_classes"]
-
-
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """The JSON object in ``path``; ConfigError naming ``what`` the file should be when it is not one."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); expected {what}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected {what} (a JSON object)")
-    return data
 
 
 def read_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
@@ -46,7 +33,7 @@ def read_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
             or a template lacks the ``{}`` where the class name goes.
     """
     path = Path(path)
-    info = _read_json_object(path, "a class list (a JSON file with 'classes' and optional 'templates')")
+    info = read_json_object(path, "a class list (a JSON file with 'classes' and optional 'templates')")
     classes = info.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ConfigError(f"{path}: needs a non-empty 'classes' list of class names")
@@ -95,7 +82,7 @@ def evaluate_model(model: ClipBundle | str | os.PathLike, test_manifest: str | o
     """
     bundle = model if isinstance(model, ClipBundle) else load_model(model, device=device)
     classnames, templates = read_classes(classes)
-    spec = None if attack_spec is None else _read_json_object(Path(attack_spec), "an attack spec (attack.json)")
+    spec = None if attack_spec is None else read_json_object(Path(attack_spec), "an attack spec (attack.json)")
     test = read_manifest(test_manifest)
     if spec is None:
         return evaluate_zero_shot(bundle, test, classnames, templates, progress=progress)

@@ -20,7 +20,6 @@ pass :data:`~clipguard.utils.device.DEFAULT_DEVICE`.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from clipguard.errors import ConfigError
 from clipguard.utils.device import resolve_device
-from clipguard.utils.io import atomic_path, write_json
+from clipguard.utils.io import atomic_path, read_json_object, write_json
 from clipguard.utils.seeding import seeded_torch_rng
 
 __all__ = ["ClipBundle", "create_model", "get_model_config", "list_models", "load_model", "load_state_dict",
@@ -199,10 +198,7 @@ def _read_model_json(folder: Path) -> dict[str, Any]:
     meta_path = folder / "model.json"
     if not meta_path.is_file():
         raise ConfigError(f"{folder}: no model.json; pass a folder written by `clipguard train`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{meta_path}: not valid JSON ({exc}); pass a folder written by `clipguard train`") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "model_name" not in meta:
+    meta = read_json_object(meta_path, "a model record", "pass a folder written by `clipguard train`")
+    if not isinstance(meta.get("config"), dict) or "model_name" not in meta:
         raise ConfigError(f"{meta_path}: needs 'model_name' and 'config'; pass a folder written by `clipguard train`")
     return meta

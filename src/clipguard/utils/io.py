@@ -10,6 +10,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from clipguard.errors import ConfigError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -45,7 +47,29 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in ``path`` (for files this package wrote; see :func:`read_json_object` for input)."""
     return json.loads(Path(path).read_text())
+
+
+def read_json_object(path: str | os.PathLike, what: str, fix: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``, or a one-line ConfigError: missing, unreadable, not JSON, not an object.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the messages (``"an attack spec (attack.json)"``).
+        fix: what the user should do, appended to the messages (``"pass a folder written by ..."``).
+    """
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found{tail}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); expected {what}{tail}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected {what} (a JSON object){tail}")
+    return data
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

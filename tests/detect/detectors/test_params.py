@@ -78,13 +78,13 @@ def test_strict_detector_params_in_the_scan_config():
 
 
 def test_flat_names_nest_into_detector_params():
-    nested = nest_params({"fused__method": "rank", "fused__dao__k": 8, "caption_dup__threshold": 0.9})
+    nested = nest_params({"fused.method": "rank", "fused.dao__k": 8, "caption_dup.threshold": 0.9})
     assert nested == {"fused": {"method": "rank", "dao__k": 8}, "caption_dup": {"threshold": 0.9}}
     assert ScanConfig(detector_params=nested).detector_params == nested
-    with pytest.raises(ConfigError, match="<detector>__<parameter>"):
+    with pytest.raises(ConfigError, match="DETECTOR.PARAMETER"):
         nest_params({"method": "rank"})
     with pytest.raises(ConfigError, match="unknown parameter of detector 'fused' 'methd'"):
-        ScanConfig(detector_params=nest_params({"fused__methd": "rank"}))
+        ScanConfig(detector_params=nest_params({"fused.methd": "rank"}))
 
 
 def test_make_detector_passes_common_options_only_where_taken():

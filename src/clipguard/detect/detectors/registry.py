@@ -64,19 +64,20 @@ def check_detector_params(name: Any, params: Any) -> dict[str, Any]:
 
 
 def nest_params(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"fused__method": "rank", "fused__dao__k": 8}`` -> ``{"fused": {"method": "rank", "dao__k": 8}}``.
+    """``{"fused.method": "rank", "fused.dao__k": 8}`` -> ``{"fused": {"method": "rank", "dao__k": 8}}``.
 
-    The flat ``"<detector>__<param>"`` spelling (as in ``--param fused__method=rank``) turned into
-    ``ScanConfig.detector_params``; the names are checked there.
+    The flat ``"<detector>.<param>"`` spelling of ``clipguard scan --param fused.method=rank`` turned
+    into ``ScanConfig.detector_params`` (a component of ``fused`` is ``fused.<component>__<param>``,
+    or named directly: ``caption_dup.source``); the names themselves are checked by ScanConfig.
 
     Raises:
-        ConfigError: a name without ``"__"``.
+        ConfigError: a name without ``"<detector>."`` in front.
     """
     out: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
-        det, sep, param = key.partition("__")
+        det, sep, param = key.partition(".")
         if not sep or not det or not param:
-            raise ConfigError(f"detector parameter {key!r} must be spelt <detector>__<parameter>, e.g. "
-                              "fused__method")
+            raise ConfigError(f"detector parameter {key!r}: name the detector, DETECTOR.PARAMETER, e.g. "
+                              "fused.method or caption_dup.source")
         out.setdefault(det, {})[param] = value
     return out
