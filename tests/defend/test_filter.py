@@ -70,7 +70,7 @@ def test_bad_requests_are_clear_errors(scanned, tmp_path, tiny_world):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share=0.1, top=3)
     with pytest.raises(ConfigError, match="choose one of: kdist"):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="dao")
-    with pytest.raises(ConfigError, match=r"share must lie in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"share must be a number in \(0, 1\]"):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share=1.5)
     with pytest.raises(ConfigError, match="no scores"):
         filter_manifest(path, tmp_path, tmp_path / "x", detector="kdist")

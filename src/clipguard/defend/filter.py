@@ -38,6 +38,7 @@ from clipguard.detect.facade import Scan
 from clipguard.errors import ConfigError
 from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
+from clipguard.utils.validate import check_int, check_real
 
 __all__ = ["FilterResult", "filter_manifest"]
 
@@ -62,10 +63,10 @@ class FilterResult:
 def _check_rule(share: float | None, top: int | None) -> None:
     if share is not None and top is not None:
         raise ConfigError("give --share or --top, not both")
-    if share is not None and not 0 < share <= 1:
-        raise ConfigError(f"share must lie in (0, 1], got {share!r}")
-    if top is not None and (isinstance(top, bool) or int(top) != top or top < 0):
-        raise ConfigError(f"top must be an integer >= 0, got {top!r}")
+    if share is not None:
+        check_real("share", share, low=0, high=1, low_open=True)
+    if top is not None:
+        check_int("top", top, minimum=0)
 
 
 def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, manifest_path: Path) -> pd.DataFrame:

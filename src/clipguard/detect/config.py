@@ -46,7 +46,7 @@ from clipguard.detect.options import (  # noqa: F401  (BACKENDS, INDEXES: also r
 from clipguard.detect.reference.plan import check_batch_size
 from clipguard.errors import ConfigError
 from clipguard.utils.device import DEFAULT_DEVICE, resolve_device
-from clipguard.utils.validate import check_choice, check_int, check_optional_int, is_real
+from clipguard.utils.validate import check_choice, check_int, check_optional_int, check_real
 
 __all__ = ["ScanConfig"]
 
@@ -61,9 +61,7 @@ def _json_ready(value: Any) -> Any:
 
 
 def _check_share(name: str, value: Any) -> float:
-    if not is_real(value) or not 0 < value <= 1:
-        raise ConfigError(f"{name} must lie in (0, 1], got {value!r}")
-    return float(value)
+    return check_real(name, value, low=0, high=1, low_open=True)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from clipguard.detect.metrics import detection_metrics_many
 from clipguard.detect.options import DEFAULT_SUSPECT_SHARE
 from clipguard.errors import ClipguardError, ConfigError
 from clipguard.utils.runrecord import RunRecord
-from clipguard.utils.validate import is_int
+from clipguard.utils.validate import check_optional_int
 
 __all__ = ["rank_desc", "n_suspects", "build_score_table", "score_columns", "detection_table",
            "suspects_of"]
@@ -105,8 +105,7 @@ def suspects_of(table: pd.DataFrame, detectors: list[str], detector: str, n: Any
         raise ConfigError(
             f"detector {detector!r} was not part of this scan; choose one of: " + ", ".join(detectors)
         )
-    if n is not None and (not is_int(n) or n < 0):
-        raise ConfigError(f"n must be an integer >= 0 or None, got {n!r}")
+    check_optional_int("n", n, minimum=0)
     cols = ["id", f"{detector}_score", f"{detector}_rank", f"is_{detector}_suspect"]
     if "poisoned" in table.columns:
         cols.append("poisoned")

@@ -35,7 +35,7 @@ from clipguard.detect.options import DEFAULT_BLOCK_SIZE
 from clipguard.errors import ConfigError
 from clipguard.registry import Registry
 from clipguard.utils.device import resolve_device
-from clipguard.utils.validate import check_int, is_int
+from clipguard.utils.validate import check_int
 
 __all__ = ["NeighbourBackend", "NEIGHBOUR_BACKENDS", "knn_search", "sort_rows"]
 
@@ -87,8 +87,7 @@ def _check_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert to C-contiguous float32; return ``(xq, xb)`` (``xb is xq`` when the
     caller passed the same array twice)."""
-    if not is_int(k):
-        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+    check_int("k", k)
     same = xq is xb
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     xb = xq if same else np.ascontiguousarray(xb, dtype=np.float32)

@@ -22,7 +22,7 @@ import torch
 from clipguard.errors import ConfigError
 from clipguard.utils.device import resolve_device
 from clipguard.utils.progress import progress_bar
-from clipguard.utils.validate import is_int
+from clipguard.utils.validate import check_int
 
 __all__ = ["knn_self_groups"]
 
@@ -180,9 +180,7 @@ def knn_self_groups(
         ConfigError: bad ``k``, a group with ``<= k`` rows, groups that do not partition the
             rows, or a device that is not available.
     """
-    if not is_int(k) or k < 1:
-        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-    k = int(k)
+    k = check_int("k", k, minimum=1)
     dev = resolve_device(device)
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
