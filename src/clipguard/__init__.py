@@ -1,14 +1,20 @@
 """clipguard: find, simulate and remove backdoors in CLIP models and their image-text data.
 
-The library is organised as the pipeline it implements::
+The library is organised as the pipeline it implements, in layers (docs/architecture.md; a
+package imports only its own modules and the layers below it)::
 
-    data/      manifests, the torch Dataset, the synthetic "shapes" world
-    attacks/   triggers (registered by name), the poisoner, BadCLIP
+    errors, utils, registry   one-line user errors, device / progress / seeding / validation helpers
+    data/      manifests, the torch Dataset, the synthetic "shapes" world, caption templates
     models/    the open_clip factory, tiny JSON configs, safetensors checkpoints
+    io/        the clip-retrieval embedding-folder layout: shard names, reader, writer
+    attacks/   triggers (registered by name), the poisoner, BadCLIP
     train/     the one training loop and its losses (CLIP's, the adaptive attacker's density evasion)
-    embed/     batched embedding extraction in the clip-retrieval layout
-    detect/    kNN backends and reference modes, detectors (density, pair, text, fused), Scan
+    embed/     batched, sharded, resumable embedding extraction
+    detect/    kNN backends, reference modes, detectors, the scoring engine, the Scan facade
+    defend/    filtering a manifest by a scan
     evaluate/  zero-shot clean accuracy / attack success rate, detection metrics
+    pipeline/  what crosses stages: scan a dataset (embed, then scan), the demo
+    cli/       one command per stage
 
 Every command of the CLI (``clipguard --help``) is a thin layer over a public function here.
 
