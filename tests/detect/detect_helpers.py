@@ -8,7 +8,11 @@ from clipguard.detect import score_embeddings
 
 DENSITY_NAMES = ("kdist", "lid", "slof", "dao")
 ALL = ["kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "clipscore", "caption_dup",
-       "caption_disagreement", "fused"]
+       "caption_disagreement", "spectral", "activation_cluster", "fused"]
+"""Every registered detector, in registration order."""
+
+DEFAULT = [name for name in ALL if name not in ("spectral", "activation_cluster")]
+"""The detectors of a default scan (the concept detectors are opt-in)."""
 
 
 def engine_scores(x, detectors=DENSITY_NAMES, **options):

@@ -8,7 +8,7 @@ import pytest
 
 from clipguard.detect import Scan, run_scan
 from clipguard.errors import ConfigError, EmbeddingError
-from detect_helpers import ALL
+from detect_helpers import DEFAULT
 from detect_helpers import pair_folder as _folder
 
 
@@ -19,7 +19,7 @@ def test_scan_facade_end_to_end(tmp_path):
     with pytest.raises(ConfigError, match="find_suspects"):
         scan.report()
     assert scan.find_suspects(k=8, suspect_share=0.05) is scan
-    assert scan.detectors == ALL and scan.skipped_detectors == {}
+    assert scan.detectors == DEFAULT and scan.skipped_detectors == {}
     assert scan.info["reference_plan"]["mode"] == "global"
     assert scan.info["detector_info"]["fused"]["components"] == [
         "dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement"]
@@ -82,7 +82,7 @@ def test_text_detectors_without_text_emb(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="clipguard"):
         res = run_scan(tmp_path / "emb", tmp_path / "out", k=8)
     assert "skipped 2 detector(s)" in caplog.text
-    assert res.detectors == [n for n in ALL if n not in ("clipscore", "caption_disagreement")]
+    assert res.detectors == [n for n in DEFAULT if n not in ("clipscore", "caption_disagreement")]
     run = json.loads(res.run_json.read_text())
     assert run["n_skipped_detectors"] == 2
     assert set(run["skipped_detectors"]) == {"clipscore", "caption_disagreement"}

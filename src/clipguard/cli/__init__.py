@@ -10,6 +10,7 @@ detectors), :mod:`~clipguard.cli.defend` (filter), :mod:`~clipguard.cli.evaluate
 Examples::
 
     clipguard synth --out world                       # the embedded shapes world
+    clipguard synth --world longtail --out lt         # 100,000 pairs, 256 concepts, Zipf frequencies
     clipguard poison world/train/manifest.parquet --out poisoned --attack badnets \\
         --param size=8 --param cell=2 --rate 0.05 --target star --classes world/classes.json
     clipguard train poisoned/manifest.parquet --out model --model tiny-rn --epochs 10
@@ -39,7 +40,7 @@ __all__ = ["COMMANDS", "cli", "main"]
 #: equals the command's own short help, and tests/test_architecture.py checks the modules like imports.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("clipguard.cli.data", "synth",
-              "Generate the embedded shapes world (PNG images + manifests + classes.json)."),
+              "Generate an embedded world, shapes or longtail (PNG images + manifests + classes.json)."),
     "poison": ("clipguard.cli.data", "poison",
                "Write a poisoned copy of MANIFEST with a JSON attack spec and a ground-truth column."),
     "train": ("clipguard.cli.train", "train",

@@ -10,9 +10,11 @@ from clipguard.attacks import ATTACKS, get_trigger, poison_dataset
 from clipguard.attacks.badclip import BadCLIPConfig, optimize_badclip_patch
 from clipguard.attacks.gallery import write_gallery
 from clipguard.cli.options import default_of, device_option, out_option, param_option, seed_option
+from clipguard.data.longtail import MAX_CONCEPTS, generate_longtail_world
 from clipguard.data.manifest import read_manifest
 from clipguard.data.synth import generate_world
 from clipguard.data.templates import DEFAULT_TEMPLATES
+from clipguard.errors import ConfigError
 from clipguard.evaluate.api import read_classes
 from clipguard.models import load_model
 
@@ -26,18 +28,43 @@ def _templates(classes: str | None) -> list[str]:
     return read_classes(classes)[1] if classes else list(DEFAULT_TEMPLATES)
 
 
+_WORLDS = ("shapes", "longtail")
+_GENERATORS = {"shapes": generate_world, "longtail": generate_longtail_world}
+
+
+def _world_default(name: str) -> str:
+    """``"[default: A for shapes, B for longtail]"``, read from the two generators' signatures."""
+    return "[default: " + ", ".join(f"{default_of(f, name)} for {w}" for w, f in _GENERATORS.items()) + "]"
+
+
 @click.command()
 @out_option("Output folder.")
-@click.option("--n-train", default=default_of(generate_world, "n_train"), show_default=True,
-              help="Training pairs.")
-@click.option("--n-test", default=default_of(generate_world, "n_test"), show_default=True,
-              help="Labelled test images.")
+@click.option("--world", type=click.Choice(_WORLDS), default=_WORLDS[0], show_default=True,
+              help="shapes: 8 shape classes; longtail: hundreds of compositional concepts with Zipf frequencies.")
+@click.option("--n-train", type=int, default=None, help=f"Training pairs. {_world_default('n_train')}")
+@click.option("--n-test", type=int, default=None, help=f"Labelled test images. {_world_default('n_test')}")
+@click.option("--n-concepts", type=int, default=None,
+              help=f"Concepts of the longtail world (at most {MAX_CONCEPTS}). "
+                   f"[default: {default_of(generate_longtail_world, 'n_concepts')}]")
+@click.option("--zipf", type=float, default=None,
+              help="Zipf exponent of the longtail world's concept frequencies (0: all equal). "
+                   f"[default: {default_of(generate_longtail_world, 'zipf')}]")
 @seed_option(default_of(generate_world, "seed"))
 @click.pass_obj
-def synth(obj: dict, out: str, n_train: int, n_test: int, seed: int) -> None:
-    """Generate the embedded shapes world (PNG images + manifests + classes.json)."""
-    info = generate_world(out, n_train=n_train, n_test=n_test, seed=seed, progress=obj["progress"])
-    click.echo(f"wrote {n_train} train and {n_test} test pairs to {out} (classes: {', '.join(info['classes'])})")
+def synth(obj: dict, out: str, world: str, n_train: int | None, n_test: int | None, n_concepts: int | None,
+          zipf: float | None, seed: int) -> None:
+    """Generate an embedded world, shapes or longtail (PNG images + manifests + classes.json)."""
+    sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
+    extra = {k: v for k, v in (("n_concepts", n_concepts), ("zipf", zipf)) if v is not None}
+    if world == "shapes":
+        if extra:
+            raise ConfigError("--n-concepts and --zipf shape the longtail world; add --world longtail or drop them")
+        info = generate_world(out, seed=seed, progress=obj["progress"], **sizes)
+        what = f"classes: {', '.join(info['classes'])}"
+    else:
+        info = generate_longtail_world(out, seed=seed, progress=obj["progress"], **sizes, **extra)
+        what = f"{info['n_concepts']} concepts, Zipf exponent {info['zipf']:g}; ranks in concepts.json"
+    click.echo(f"wrote {info['n_train']} train and {info['n_test']} test pairs to {out} ({what})")
 
 
 @click.command()

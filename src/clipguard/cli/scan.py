@@ -139,5 +139,7 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
 def detectors() -> None:
     """List the registered detectors."""
     for name in DETECTORS.names():
-        doc = (DETECTORS.get(name).__doc__ or "").strip().splitlines()
-        click.echo(f"{name}: {doc[0] if doc else ''}")
+        cls = DETECTORS.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        opt_in = "" if cls.in_default_scan else f" [opt-in: --detector {name}]"
+        click.echo(f"{name}: {doc[0] if doc else ''}{opt_in}")

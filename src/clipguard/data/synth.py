@@ -35,7 +35,7 @@ from clipguard.utils.seeding import derive_seed
 from clipguard.utils.validate import check_choice, check_int
 
 __all__ = ["SHAPES", "COLOURS", "TEMPLATES", "WorldConfig", "generate_world", "render_sample", "draw_shape_mask",
-           "fix_articles"]
+           "draw_background", "fix_articles"]
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "crescent")
 
@@ -142,8 +142,12 @@ def draw_shape_mask(shape: str, size: int, cx: float, cy: float, r: float, rot: 
     return mask
 
 
-def _background(rng: np.random.Generator, size: int, avoid: list[np.ndarray]) -> tuple[np.ndarray, str]:
-    """A (size, size, 3) float background (solid, gradient or textured) far from the object colours."""
+def draw_background(rng: np.random.Generator, size: int, avoid: list[np.ndarray]) -> tuple[np.ndarray, str]:
+    """A (size, size, 3) float background (solid, gradient or textured) far from the object colours.
+
+    ``avoid`` holds the (3,) RGB colours of the objects; returns the image and the background's
+    colour name. Draws from ``rng`` only.
+    """
     for _ in range(20):
         base, name = _BACKGROUNDS[rng.integers(len(_BACKGROUNDS))]
         base = np.array(base, dtype=np.float32) + rng.normal(0, 12, 3)
@@ -214,7 +218,7 @@ def render_sample(seed: int, split: str, index: int, cfg: WorldConfig = WorldCon
         objs.append({"shape": shape, "colour": colour, "r": float(r), "cx": cx, "cy": cy,
                      "rot": float(rng.uniform(-0.18, 0.18))})
     avoid = [np.array(COLOURS[o["colour"]][0], dtype=np.float32) for o in objs]
-    bg, bg_name = _background(rng, S, avoid)
+    bg, bg_name = draw_background(rng, S, avoid)
     img = Image.fromarray(bg.astype(np.uint8))
     for o in objs:
         mask = draw_shape_mask(o["shape"], S, o["cx"] * S, o["cy"] * S, o["r"] * S, o["rot"])

@@ -81,8 +81,9 @@ def select_detectors(
     """The detectors a scan runs on data with the ``available`` inputs.
 
     Args:
-        detectors: registered names, or None for every registered detector whose inputs the
-            data has (the others are skipped, with a warning).
+        detectors: registered names, or None for every registered detector that is part of a
+            default scan (``in_default_scan``) and whose inputs the data has (the others are
+            skipped, with a warning).
         available: input names present (see :data:`INPUT_NAMES`).
 
     Returns:
@@ -94,7 +95,8 @@ def select_detectors(
             of the default detectors can run.
     """
     explicit = detectors is not None
-    names = list(dict.fromkeys(detectors)) if explicit else DETECTORS.names()
+    names = (list(dict.fromkeys(detectors)) if explicit
+             else [n for n in DETECTORS.names() if DETECTORS.get(n).in_default_scan])
     if not names:
         raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
     for name in names:

@@ -74,12 +74,15 @@ class Detector(ABC):
             metadata column ``caption``); an entry ``"a|b"`` needs either of them.
         uses_neighbours: whether :meth:`score_draw` reads the kNN graph.
         fit_hint: how to fit it, for the "not fitted" error.
+        in_default_scan: whether a scan that names no detectors runs it (False: opt-in, run only
+            when named, e.g. ``--detector spectral``).
     """
 
     name: ClassVar[str] = "base"
     requires: ClassVar[frozenset[str]] = frozenset({"image"})
     uses_neighbours: ClassVar[bool] = False
     fit_hint: ClassVar[str] = "fit(X_ref)"
+    in_default_scan: ClassVar[bool] = True
 
     @classmethod
     def missing_inputs(cls, available: Iterable[str]) -> list[str]:
