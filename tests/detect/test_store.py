@@ -95,3 +95,11 @@ def test_load_errors_name_the_folder_and_the_fix(tmp_path):
     (tmp_path / "s" / "run.json").write_text(json.dumps({**run, "shard_ids": [0, 1]}))
     with pytest.raises(ConfigError, match=r"scores_1\.parquet of this scan are missing"):
         Scan.load(tmp_path / "s")
+
+
+def test_run_json_names_the_default_ranking(tmp_path):
+    pair_folder(tmp_path / "emb")
+    run_scan(tmp_path / "emb", tmp_path / "all", k=5)
+    assert json.loads((tmp_path / "all" / "run.json").read_text())["default_detector"] == "fused"
+    run_scan(tmp_path / "emb", tmp_path / "two", detectors=["dao", "kdist"], k=5)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["default_detector"] == "dao"

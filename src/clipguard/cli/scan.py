@@ -22,6 +22,7 @@ from clipguard.detect import (
     top_suspects,
 )
 from clipguard.detect.detectors import nest_params
+from clipguard.detect.store import default_detector
 from clipguard.errors import ConfigError
 from clipguard.pipeline import scan_dataset
 
@@ -131,8 +132,7 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
         res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config)
     _echo_result(res)
     if top:
-        default = "fused" if "fused" in res.detectors else res.detectors[0]
-        _echo_top(res, rank_by or (list(detectors) or [default])[0], top)
+        _echo_top(res, rank_by or (list(detectors) or [default_detector(res.detectors)])[0], top)
 
 
 @click.command()

@@ -35,6 +35,7 @@ import pandas as pd
 
 from clipguard.data.manifest import read_manifest, write_manifest
 from clipguard.detect.facade import Scan
+from clipguard.detect.options import DEFAULT_DETECTOR
 from clipguard.errors import ConfigError
 from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
@@ -97,7 +98,7 @@ def _to_remove(scores: pd.DataFrame, detector: str, share: float | None, top: in
 
 
 def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                    detector: str = "fused", share: float | None = None, top: int | None = None) -> FilterResult:
+                    detector: str = DEFAULT_DETECTOR, share: float | None = None, top: int | None = None) -> FilterResult:
     """Write ``manifest`` without the suspects of ``detector`` in ``scan_dir`` to ``out_dir``.
 
     The scan is read with :meth:`clipguard.detect.Scan.load`.

@@ -7,7 +7,7 @@ Why ``"auto"`` picks what it picks is explained in :mod:`clipguard.detect.refere
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_K", "DEFAULT_BATCH_SIZE", "DEFAULT_BLOCK_SIZE", "DEFAULT_SUSPECT_SHARE", "DEFAULT_SEED",
+    "DEFAULT_K", "DEFAULT_DETECTOR", "DEFAULT_BATCH_SIZE", "DEFAULT_BLOCK_SIZE", "DEFAULT_SUSPECT_SHARE", "DEFAULT_SEED",
     "DEFAULT_REFERENCE", "DEFAULT_INDEX", "DEFAULT_BACKEND", "DEFAULT_TARGET_RECALL", "DEFAULT_N_RECALL",
     "DEFAULT_CHUNK_SIZE", "DEFAULT_REFERENCE_SIZE", "DEFAULT_MULTI_REFERENCE_SIZE",
     "DEFAULT_N_REFERENCES", "AUTO_GLOBAL_MAX_N", "AUTO_FLAT_MAX_PAIRS", "REFERENCE_MODES", "INDEXES",
@@ -39,6 +39,10 @@ DEFAULT_BLOCK_SIZE = 2048
 DEFAULT_SUSPECT_SHARE = 0.01
 """``is_<det>_suspect`` marks the top 1% of the dataset by default (the DAO paper's filter share for
 patch triggers)."""
+
+DEFAULT_DETECTOR = "fused"
+"""The default ranking: what ``clipguard filter`` cuts by, what ``scan --top`` prints, and what
+``run.json`` names under ``default_detector`` (when the scan ran it; else its first detector)."""
 
 DEFAULT_SEED = 0
 """Seed of batches, random references, IVF and Isolation Forest."""

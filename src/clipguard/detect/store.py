@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from clipguard.detect.config import ScanConfig
+from clipguard.detect.options import DEFAULT_DETECTOR
 from clipguard.detect.results import score_columns
 from clipguard.errors import ConfigError
 from clipguard.io.layout import list_shards, shard_path
@@ -34,7 +35,8 @@ from clipguard.io.writer import write_scores_shard
 from clipguard.utils.io import read_json_object
 from clipguard.utils.runrecord import RunRecord
 
-__all__ = ["SavedScan", "new_scan_record", "record_data", "record_scoring", "write_scan", "read_scan"]
+__all__ = ["SavedScan", "default_detector", "new_scan_record", "record_data", "record_scoring", "write_scan",
+           "read_scan"]
 
 log = logging.getLogger("clipguard")
 
@@ -49,12 +51,19 @@ def new_scan_record(source: str | None, requested: list[str] | None, cfg: ScanCo
     return rec
 
 
+def default_detector(detectors: list[str]) -> str:
+    """The scan's default ranking column: :data:`~clipguard.detect.options.DEFAULT_DETECTOR` when it
+    ran, else the first detector that ran."""
+    return DEFAULT_DETECTOR if DEFAULT_DETECTOR in detectors else detectors[0]
+
+
 def record_data(rec: RunRecord, *, n: int, d: int, inputs: set[str], detectors: list[str],
                 shard_ids: list[int], shard_sizes: list[int], skipped_shards: list[int]) -> None:
     """Put the sizes, inputs, detectors and shards of the scanned data into the run record."""
     rec["n"], rec["d"] = int(n), int(d)
     rec["inputs"] = sorted(inputs)
     rec["detectors"] = detectors
+    rec["default_detector"] = default_detector(detectors)
     rec["shard_ids"] = shard_ids
     rec["shard_sizes"] = shard_sizes
     rec["skipped_shards"] = skipped_shards
