@@ -25,6 +25,9 @@ _CONFIG = TrainConfig()
 @click.option("--grad-clip", default=float(_CONFIG.grad_clip or 0.0), show_default=True,
               help="Max gradient norm (0 = off).")
 @seed_option(_CONFIG.seed)
+@click.option("--record-epochs", default=_CONFIG.record_epochs, show_default=True,
+              help="Record every pair's image-caption cosine after each of the first N epochs to "
+                   "OUT/dynamics.parquet (0 = off; training is unchanged).")
 @click.option("--no-resume", is_flag=True, help="Ignore an existing checkpoint in --out.")
 @click.option("--adaptive-density", default=default_of(train_from_manifest, "adaptive_density"), show_default=True,
               help="Adaptive attacker: weight of the poisoned samples' batch SLOF added to the loss.")
@@ -34,12 +37,13 @@ _CONFIG = TrainConfig()
 @device_option()
 @click.pass_obj
 def train(obj: dict, manifest: str, out: str, model: str, weights: str | None, epochs: int, batch_size: int,
-          lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, seed: int, no_resume: bool,
+          lr: float, weight_decay: float, warmup_steps: int, grad_clip: float, seed: int, record_epochs: int,
+          no_resume: bool,
           adaptive_density: float, adaptive_k: int, precision: str, device: str) -> None:
     """Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."""
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       warmup_steps=warmup_steps, grad_clip=grad_clip or None, seed=seed,
-                      precision=precision)
+                      precision=precision, record_epochs=record_epochs)
     _, res = train_from_manifest(manifest, out, model=model, config=cfg, weights=weights, resume=not no_resume,
                                  progress=obj["progress"], adaptive_density=adaptive_density, adaptive_k=adaptive_k,
                                  device=device)

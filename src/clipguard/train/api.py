@@ -38,7 +38,9 @@ def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.Path
     """Train architecture ``model`` (random init, or ``weights``) on a manifest; save it to ``out_dir``.
 
     Writes ``model.safetensors``, ``model.json``, ``checkpoints/state.pt``, ``skipped.csv`` (rows
-    left out, with reasons) and ``run.json`` (config, versions, timings, data fingerprint, history).
+    left out, with reasons) and ``run.json`` (config, versions, timings, data fingerprint, history);
+    with ``config.record_epochs > 0`` also ``dynamics.parquet``, every pair's image-caption cosine
+    at the end of each of the first ``record_epochs`` epochs (:func:`clipguard.train.read_dynamics`).
 
     ``adaptive_density > 0`` trains as the density-evading attacker: the mean batch SLOF of the
     manifest's ``poisoned`` rows (``adaptive_k`` neighbours), times this weight, is added to the loss

@@ -6,6 +6,10 @@ with the same weights as an uninterrupted run: the data order of epoch e is draw
 seeded with ``(seed, e)``, and whatever the forward pass draws from torch's global generator (e.g.
 dropout) is drawn inside :func:`~clipguard.utils.seeding.seeded_torch_rng` seeded with
 ``(seed, "epoch-rng", e)``, so the caller's global generator state is left as it was.
+
+With ``record_epochs = E > 0`` the image-caption cosine of every pair is recorded at the end of
+each of the first ``E`` epochs to ``out_dir/dynamics.parquet`` (:mod:`clipguard.train.dynamics`);
+recording draws no random number and changes no weight, so the trained weights are the same.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from torch.utils.data import DataLoader
 from clipguard.data.dataset import ImageCaptionDataset, collate_skipping, record_errors
 from clipguard.errors import ConfigError, ManifestError
 from clipguard.models.factory import ClipBundle
+from clipguard.train.dynamics import DYNAMICS_FILE, pair_cosines, write_epoch
 from clipguard.train.losses.clip import MAX_LOGIT_SCALE, ExtraLoss, clip_loss
 from clipguard.utils.device import PRECISIONS, autocast
 from clipguard.utils.io import atomic_path
@@ -48,6 +53,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max gradient norm; None or 0: no clipping
     seed: int = 0
     precision: str = "fp32"  # or "bf16": autocast on a GPU (weights and optimiser stay fp32)
+    record_epochs: int = 0  # record every pair's image-caption cosine after each of the first N epochs; 0: off
 
     def check(self) -> "TrainConfig":
         """Return self, or raise ConfigError naming the first setting out of range."""
@@ -60,6 +66,7 @@ class TrainConfig:
             check_real("grad_clip", self.grad_clip, low=0)
         check_int("seed", self.seed)
         check_choice("precision", self.precision, PRECISIONS)
+        check_int("record_epochs", self.record_epochs, minimum=0)
         return self
 
 
@@ -76,11 +83,16 @@ class TrainResult:
 
 @dataclass
 class Pairs:
-    """Image-caption pairs decoded in memory: images (N,3,H,W) float32, tokens (N,L) int64, rows (N,)."""
+    """Image-caption pairs decoded in memory: images (N,3,H,W) float32, tokens (N,L) int64, rows (N,).
+
+    ``rows`` are the pairs' manifest rows; ``ids`` (N,) their manifest ids (None for pairs built by
+    hand: the training-dynamics record then uses the row numbers as ids).
+    """
 
     images: torch.Tensor
     tokens: torch.Tensor
     rows: torch.Tensor
+    ids: list[str] | None = None
 
 
 def load_pairs(dataset: ImageCaptionDataset, *, batch_size: int = 512, num_workers: int = 0,
@@ -111,7 +123,9 @@ def load_pairs(dataset: ImageCaptionDataset, *, batch_size: int = 512, num_worke
         where = dataset.manifest.path or "the manifest"
         raise ManifestError(f"{where}: no usable image-caption pair, all {len(dataset.manifest)} rows skipped "
                             f"({counts}); fix the image paths and captions (skipped.csv lists each row)")
-    return Pairs(torch.cat(imgs), torch.cat(toks), torch.cat(rows))
+    rows_t = torch.cat(rows)
+    ids = dataset.manifest.df["id"].astype(str).to_numpy()[rows_t.numpy()].tolist()
+    return Pairs(torch.cat(imgs), torch.cat(toks), rows_t, ids)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -154,7 +168,8 @@ class _Run:
 def _resume(ckpt: Path, run: _Run, result: TrainResult) -> int:
     """Load ``ckpt`` into the run if it was written with the same config and data; returns the start epoch."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if state["config"] != asdict(run.config) or state["n_pairs"] != len(run.pairs.rows):
+    if _weight_settings(state["config"]) != _weight_settings(asdict(run.config)) \
+            or state["n_pairs"] != len(run.pairs.rows):
         log.warning("%s was written with another config or data; starting afresh", ckpt)
         return 0
     run.model.load_state_dict(state["model"])
@@ -162,6 +177,22 @@ def _resume(ckpt: Path, run: _Run, result: TrainResult) -> int:
     result.history = list(state["history"])
     log.info("resuming from %s at epoch %d", ckpt, int(state["epoch"]))
     return int(state["epoch"])
+
+
+def _weight_settings(config: dict) -> dict:
+    """The settings that decide the weights: all but ``record_epochs`` (which only adds a record)."""
+    return {k: v for k, v in config.items() if k != "record_epochs"}
+
+
+def _record(run: _Run, epoch: int, out_dir: Path, progress: bool) -> None:
+    """Append epoch ``epoch`` (0-based)'s image-caption cosine of every pair to ``dynamics.parquet``."""
+    pairs = run.pairs
+    cos = pair_cosines(run.model, pairs.images, pairs.tokens, run.device, batch_size=run.batch,
+                       bf16=run.config.precision == "bf16", progress=progress,
+                       desc=f"record {epoch + 1}/{run.config.record_epochs}")
+    rows = pairs.rows.tolist()
+    ids = pairs.ids if pairs.ids is not None else [str(r) for r in rows]
+    write_epoch(out_dir / DYNAMICS_FILE, epoch + 1, ids, rows, cos)
 
 
 def _step(run: _Run, idx: torch.Tensor, step: int) -> float:
@@ -243,8 +274,10 @@ def train_clip(bundle: ClipBundle, pairs: Pairs, config: TrainConfig, out_dir: s
         pairs: decoded pairs from :func:`load_pairs`.
         config: hyper-parameters; the run is deterministic in ``config.seed``.
         out_dir: folder for ``checkpoints/state.pt`` (weights-only torch file, written atomically
-            after every epoch).
-        resume: continue from ``checkpoints/state.pt`` if present and written with the same config.
+            after every epoch) and, with ``config.record_epochs > 0``, ``dynamics.parquet`` (rows
+            ``id, row, epoch, cosine``: see :mod:`clipguard.train.dynamics`).
+        resume: continue from ``checkpoints/state.pt`` if present and written with the same config
+            (``record_epochs`` aside); the epochs already in ``dynamics.parquet`` are kept.
         extra_loss: optional term added to the loss (see :data:`clipguard.train.losses.ExtraLoss`).
         on_epoch_end: optional ``f(epoch, record)`` called after each epoch's checkpoint, with the
             model in train mode (e.g. to log zero-shot accuracy per epoch).
@@ -262,11 +295,15 @@ def train_clip(bundle: ClipBundle, pairs: Pairs, config: TrainConfig, out_dir: s
     ckpt = Path(out_dir) / "checkpoints" / "state.pt"
     result = TrainResult(epochs_run=0, n_pairs=len(pairs.rows))
     start_epoch = _resume(ckpt, run, result) if resume and ckpt.is_file() else 0
+    if start_epoch == 0:  # a fresh run: a record left in the folder belongs to another run
+        (Path(out_dir) / DYNAMICS_FILE).unlink(missing_ok=True)
     t0 = time.perf_counter()
     run.model.train()
     for epoch in range(start_epoch, config.epochs):
         rec = _epoch(run, epoch, progress)
         result.history.append(rec)
+        if epoch < config.record_epochs:  # before the checkpoint: a kill in between re-records this epoch
+            _record(run, epoch, Path(out_dir), progress)
         progress_write(f"epoch {epoch + 1}/{config.epochs}: loss {rec['loss']:.4f}  {rec['pairs_per_s']:.0f} pairs/s",
                        enabled=progress)
         _save_checkpoint(ckpt, run, epoch + 1, result.history)
