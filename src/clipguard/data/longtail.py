@@ -42,7 +42,6 @@ spreads its images evenly over the concepts, so every concept, rare or frequent,
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +51,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from clipguard.data.manifest import write_manifest
-from clipguard.data.synth import COLOURS, SHAPES, draw_background, draw_shape_mask
+from clipguard.data.synth import COLOURS, SHAPES, draw_background, draw_shape_mask, write_split
 from clipguard.data.templates import DEFAULT_TEMPLATES
 from clipguard.errors import ConfigError
 from clipguard.utils.io import write_json
-from clipguard.utils.progress import progress_bar
 from clipguard.utils.seeding import rng as seeded_rng
 from clipguard.utils.validate import check_int, check_real
 
@@ -255,28 +252,11 @@ def _split_concepts(split: str, counts: np.ndarray, seed: int) -> np.ndarray:
 
 def _write_split(out: Path, split: str, ids: np.ndarray, concepts: Sequence[Concept], seed: int, labelled: bool,
                  progress: bool, workers: int) -> pd.DataFrame:
-    img_dir = out / split / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    n = len(ids)
-    width = max(6, len(str(n - 1)))
-    chunk = 500
-    tasks = [(str(img_dir), split, lo, min(n, lo + chunk), width, seed,
-              [concepts[j] for j in ids[lo:lo + chunk]], labelled) for lo in range(0, n, chunk)]
-    rows: list[dict] = []
-    with progress_bar(n, f"longtail {split}", unit="img", enabled=progress) as bar:
-        if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for part in pool.imap(_render_chunk, tasks):  # imap keeps the order
-                    rows.extend(part)
-                    bar.update(len(part))
-        else:
-            for t in tasks:
-                part = _render_chunk(t)
-                rows.extend(part)
-                bar.update(len(part))
-    df = pd.DataFrame(rows)
-    write_manifest(df, out / split / "manifest.parquet")
-    return df
+    return write_split(
+        out, split, len(ids), _render_chunk,
+        lambda img_dir, lo, hi, width: (img_dir, split, lo, hi, width, seed, [concepts[j] for j in ids[lo:hi]],
+                                        labelled),
+        desc=f"longtail {split}", progress=progress, workers=workers)
 
 
 def _concepts_json(concepts: Sequence[Concept], zipf: float, n_train: np.ndarray, n_test: np.ndarray,

@@ -22,6 +22,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from clipguard.utils.seeding import derive_seed
 from clipguard.utils.validate import check_choice, check_int
 
 __all__ = ["SHAPES", "COLOURS", "TEMPLATES", "WorldConfig", "generate_world", "render_sample", "draw_shape_mask",
-           "draw_background", "fix_articles"]
+           "draw_background", "fix_articles", "write_split"]
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "crescent")
 
@@ -247,28 +248,49 @@ def _render_chunk(args: tuple) -> list[dict]:
     return rows
 
 
-def _write_split(out: Path, split: str, n: int, seed: int, cfg: WorldConfig, labelled: bool,
-                 progress: bool, workers: int) -> pd.DataFrame:
+RENDER_CHUNK = 500
+"""Images per rendering task (one task per worker call)."""
+
+
+def write_split(out: Path, split: str, n: int, render_chunk: Callable[[tuple], list[dict]],
+                task: Callable[[str, int, int, int], tuple], *, desc: str, progress: bool,
+                workers: int) -> pd.DataFrame:
+    """Render ``n`` images of ``split`` in chunks and write ``out/split/manifest.parquet``.
+
+    Shared by every embedded world. ``task(img_dir, lo, hi, width)`` builds the argument of the
+    module-level ``render_chunk`` (it must be picklable) for rows ``lo..hi``; ``width`` is the digits of
+    the image file names. With ``workers > 1`` chunks are rendered in forked processes, in order, so
+    the output does not depend on ``workers``.
+
+    Returns:
+        The manifest rows (one dict per image from ``render_chunk``) as a DataFrame.
+    """
     img_dir = out / split / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(n - 1)))
-    chunk = 500
-    tasks = [(str(img_dir), split, lo, min(n, lo + chunk), width, seed, cfg, labelled) for lo in range(0, n, chunk)]
+    tasks = [task(str(img_dir), lo, min(n, lo + RENDER_CHUNK), width) for lo in range(0, n, RENDER_CHUNK)]
     rows: list[dict] = []
-    with progress_bar(n, f"synth {split}", unit="img", enabled=progress) as bar:
+    with progress_bar(n, desc, unit="img", enabled=progress) as bar:
         if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for part in pool.imap(_render_chunk, tasks):  # imap keeps the order
+                for part in pool.imap(render_chunk, tasks):  # imap keeps the order
                     rows.extend(part)
                     bar.update(len(part))
         else:
             for t in tasks:
-                part = _render_chunk(t)
+                part = render_chunk(t)
                 rows.extend(part)
                 bar.update(len(part))
     df = pd.DataFrame(rows)
     write_manifest(df, out / split / "manifest.parquet")
     return df
+
+
+def _write_split(out: Path, split: str, n: int, seed: int, cfg: WorldConfig, labelled: bool,
+                 progress: bool, workers: int) -> pd.DataFrame:
+    return write_split(out, split, n, _render_chunk,
+                       lambda img_dir, lo, hi, width: (img_dir, split, lo, hi, width, seed, cfg, labelled),
+                       desc=f"synth {split}", progress=progress, workers=workers)
 
 
 def generate_world(out_dir: str | os.PathLike, *, n_train: int = 20000, n_test: int = 2000, seed: int = 0,
