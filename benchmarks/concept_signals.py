@@ -36,8 +36,9 @@ SEEDS = [0, 1, 2]
 FIELDS = ["world", "rate", "seed", "n", "n_poisoned", "detector", "auroc", "auprc", "n_concepts"]
 
 
-def synthetic_world(n=4000, rate=0.05, seed=0, d=64, dt=64, n_concepts=10, trigger=2.0):
-    """(image, text, poisoned) of the synthetic world (module docstring)."""
+def synthetic_world(n=4000, rate=0.05, seed=0, d=64, dt=64, n_concepts=10, trigger=2.0, shuffle=True):
+    """(image, text, poisoned) of the synthetic world (module docstring); the tests of the concept
+    detectors use it too (``shuffle=False``: the poisoned rows last)."""
     rng = np.random.default_rng(seed)
     ic, tc = rng.normal(size=(n_concepts, d)), rng.normal(size=(n_concepts, dt))
     w = 1.0 / np.arange(1, n_concepts + 1)
@@ -48,7 +49,7 @@ def synthetic_world(n=4000, rate=0.05, seed=0, d=64, dt=64, n_concepts=10, trigg
     u = rng.normal(size=d)
     image[n - n_p:] += trigger * u / np.linalg.norm(u)
     y = np.r_[np.zeros(n - n_p, bool), np.ones(n_p, bool)]
-    perm = rng.permutation(n)
+    perm = rng.permutation(n) if shuffle else np.arange(n)
     return image[perm].astype(np.float32), text[perm].astype(np.float32), y[perm]
 
 

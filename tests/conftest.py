@@ -11,6 +11,8 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "detect"))
+# benchmarks/: the synthetic worlds the benchmarks measure on are the ones some tests use
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -67,3 +67,21 @@ def assert_one_line_error(result: CliResult, *texts: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for text in texts:
         assert text in lines[0], lines[0]
+
+
+class Killed(Exception):
+    """Raised by :func:`kill_after_steps`: stands for a training job killed mid-run."""
+
+
+def kill_after_steps(n_steps: int):
+    """An ``extra_loss`` for ``train_clip`` that adds nothing for ``n_steps`` steps, then raises
+    :class:`Killed` (a kill between checkpoints, for resume tests)."""
+    calls = {"n": 0}
+
+    def extra_loss(img_f, txt_f, rows):
+        calls["n"] += 1
+        if calls["n"] > n_steps:
+            raise Killed
+        return img_f.sum() * 0
+
+    return extra_loss

@@ -7,6 +7,7 @@ from clipguard.data import ImageCaptionDataset, read_manifest
 from clipguard.errors import ConfigError
 from clipguard.models import create_model
 from clipguard.train import TrainConfig, learning_speed, load_pairs, read_dynamics, train_clip, train_from_manifest
+from tests_helpers import Killed, kill_after_steps
 
 
 def _pairs(world):
@@ -43,18 +44,9 @@ def test_recording_leaves_the_weights_identical_and_resume_keeps_recorded_epochs
     assert sorted(set(full["epoch"])) == [1, 2] and len(full) == 2 * 600
 
     # "kill" in epoch 2 (after epoch 1's record and checkpoint), then rerun: epoch 1 is kept, epoch 2 added
-    class Kill(Exception):
-        pass
+    stop_in_epoch_two = kill_after_steps(6)  # 6 steps per epoch at 600 pairs / 100
 
-    calls = {"n": 0}
-
-    def stop_in_epoch_two(img_f, txt_f, rows):
-        calls["n"] += 1
-        if calls["n"] > 6:  # 6 steps per epoch at 600 pairs / 100
-            raise Kill
-        return img_f.sum() * 0
-
-    with pytest.raises(Kill):
+    with pytest.raises(Killed):
         train_clip(create_model("tiny-rn", seed=0), pairs, cfg, tmp_path / "part", progress=False,
                    extra_loss=stop_in_epoch_two)
     assert set(read_dynamics(tmp_path / "part")["epoch"]) == {1}

@@ -9,7 +9,7 @@ from clipguard.train import TrainConfig, clip_loss, load_pairs, train_clip
 from clipguard.train.losses import MAX_LOGIT_SCALE
 from clipguard.errors import ConfigError
 from clipguard.train.trainer import lr_at
-from tests_helpers import no_gpu
+from tests_helpers import Killed, kill_after_steps, no_gpu
 
 
 def test_clip_loss_value():
@@ -41,20 +41,11 @@ def test_resume_after_kill_gives_identical_weights(tiny_world, tmp_path):
     # "kill" after epoch 1: run a 2-epoch job but stop it after the first epoch's checkpoint
     part = create_model("tiny-rn", seed=0)
 
-    class Kill(Exception):
-        pass
-
-    calls = {"n": 0}
-
-    def stop_in_epoch_two(img_f, txt_f, rows):
-        calls["n"] += 1
-        if calls["n"] > 6:  # 6 steps per epoch at 600 pairs / 100
-            raise Kill
-        return img_f.sum() * 0
+    stop_in_epoch_two = kill_after_steps(6)  # 6 steps per epoch at 600 pairs / 100
 
     try:
         train_clip(part, pairs, cfg, tmp_path / "part", progress=False, extra_loss=stop_in_epoch_two)
-    except Kill:
+    except Killed:
         pass
     resumed = create_model("tiny-rn", seed=0)
     res2 = train_clip(resumed, pairs, cfg, tmp_path / "part", progress=False)

@@ -1,7 +1,4 @@
 """``activation_cluster``: a planted small cluster gets the top scores, a single blob scores ~0."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -9,11 +6,8 @@ from clipguard.detect.detectors import DETECTORS
 from clipguard.detect.detectors.activation_cluster import ActivationCluster, activation_cluster_scores
 from clipguard.detect.metrics import detection_metrics
 from clipguard.errors import ConfigError
+from concept_signals import synthetic_world
 
-_spec = importlib.util.spec_from_file_location("_spectral_tests", Path(__file__).with_name("test_spectral.py"))
-_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mod)
-concept_world = _mod.concept_world  # the synthetic world of test_spectral.py
 
 
 def test_planted_small_cluster_gets_the_top_scores():
@@ -35,7 +29,7 @@ def test_single_blob_scores_near_zero():
 
 
 def test_detector_params_and_errors():
-    x, t, y = concept_world(n=1500, rate=0.05, seed=2)
+    x, t, y = synthetic_world(n=1500, rate=0.05, seed=2, dt=32, shuffle=False)
     det = ActivationCluster(n_components=5, seed=0)
     s = det.fit_score(x, text=t)
     assert s.shape == (1500,) and s.dtype == np.float64 and np.all((s >= 0) & (s < 1))

@@ -11,24 +11,14 @@ from clipguard.detect.detectors.spectral import Spectral, spectral_signature
 from clipguard.detect.engine import select_detectors
 from clipguard.detect.metrics import detection_metrics
 from clipguard.errors import ConfigError
+from concept_signals import synthetic_world
 
 
-def concept_world(n=3000, rate=0.05, seed=0, d=64, dt=32, n_concepts=10, trigger=2.0):
-    """10 caption concepts with Zipf-like frequencies (images = concept centre + noise) and
-    ``rate * n`` poisoned samples inside the most frequent concept: its captions, its images
-    plus a shared trigger direction of length ``trigger`` (4 noise standard deviations along it,
-    small against the 64-D spread, so density detectors do not find them trivially)."""
-    rng = np.random.default_rng(seed)
-    ic, tc = rng.normal(size=(n_concepts, d)), rng.normal(size=(n_concepts, dt))
-    w = 1.0 / np.arange(1, n_concepts + 1)
-    n_p = int(round(rate * n))
-    lab = np.r_[rng.choice(n_concepts, n - n_p, p=w / w.sum()), np.zeros(n_p, dtype=int)]
-    image = ic[lab] + 0.5 * rng.normal(size=(n, d))
-    text = tc[lab] + 0.3 * rng.normal(size=(n, dt))
-    u = rng.normal(size=d)
-    image[n - n_p:] += trigger * u / np.linalg.norm(u)
-    y = np.r_[np.zeros(n - n_p, bool), np.ones(n_p, bool)]
-    return image.astype(np.float32), text.astype(np.float32), y
+def concept_world(n=3000, rate=0.05, seed=0):
+    """10 caption concepts with Zipf-like frequencies and ``rate * n`` poisoned samples inside the
+    most frequent one, sharing a trigger direction of length 2 (4 noise standard deviations along
+    it, small against the 64-D spread): benchmarks/concept_signals.py's world, 32-D captions."""
+    return synthetic_world(n=n, rate=rate, seed=seed, dt=32, shuffle=False)
 
 
 def test_hand_computed_signature():
