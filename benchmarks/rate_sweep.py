@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _results import write_csv  # benchmarks/ is on sys.path when a script runs
+# benchmarks/ is on sys.path when a script runs
+from _results import (add_cell_options, limit_threads, share_of, spawn_workers, train_until_learned,
+                      write_csv)
 
 #: attack name -> (registered trigger, parameters scaled to the 32-px world)
 ATTACKS = {
@@ -85,8 +85,6 @@ def run_cell(attack: str, rate: float, a: argparse.Namespace) -> dict:
     from clipguard.data.manifest import read_manifest
     from clipguard.detect import Scan
     from clipguard.embed import embed_dataset
-    from clipguard.evaluate.api import evaluate_model
-    from clipguard.train import TrainConfig, train_from_manifest
     from clipguard.utils.device import resolve_device
     from clipguard.utils.io import read_json
 
@@ -99,21 +97,8 @@ def run_cell(attack: str, rate: float, a: argparse.Namespace) -> dict:
     res = poison_dataset(read_manifest(world / "train" / "manifest.parquet"), cell / "data",
                          get_trigger(name, **params), target=a.target, rate=rate, templates=templates,
                          seed=a.seed, progress=False)
-    attempts = []
-    for epochs in a.epochs:
-        model_dir = cell / f"model_e{epochs}"
-        t = time.perf_counter()
-        bundle, _ = train_from_manifest(res.manifest_path, model_dir, config=TrainConfig(epochs=epochs, seed=a.seed),
-                                        progress=False, device=a.device)
-        ev = evaluate_model(bundle, world / "test" / "manifest.parquet", world / "classes.json",
-                            attack_spec=res.spec_path, seed=a.seed, progress=False)
-        attempts.append({"epochs": epochs, "clean_accuracy": ev["clean_accuracy"],
-                         "attack_success_rate": ev["attack_success_rate"],
-                         "train_eval_seconds": round(time.perf_counter() - t, 1)})
-        print(f"[{cell.name}] {epochs} epochs: CA {ev['clean_accuracy']:.4f} ASR {ev['attack_success_rate']:.4f}",
-              flush=True)
-        if ev["attack_success_rate"] >= a.learned:
-            break
+    bundle, attempts, _ = train_until_learned(res.manifest_path, cell, world, res.spec_path, epochs_ladder=a.epochs,
+                                              learned=a.learned, seed=a.seed, device=a.device)
     embed_dataset(bundle, read_manifest(res.manifest_path), cell / "emb", progress=False, device=a.device)
     scan = Scan.from_folder(cell / "emb")
     rows = []
@@ -150,20 +135,10 @@ def cells(a: argparse.Namespace) -> list[tuple[str, float]]:
 
 
 def worker(a: argparse.Namespace) -> None:
-    import torch
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-        import faiss
-
-        faiss.omp_set_num_threads(a.threads)
-    w, n = (int(x) for x in a.part.split("/"))
-    for i, (att, rate) in enumerate(cells(a)):
-        if i % n != w:
-            continue
-        if (Path(a.work) / "cells" / cell_name(att, rate) / "result.json").is_file():
-            continue
-        run_cell(att, rate, a)
+    limit_threads(a.threads)
+    for att, rate in share_of(a.part, cells(a)):
+        if not (Path(a.work) / "cells" / cell_name(att, rate) / "result.json").is_file():
+            run_cell(att, rate, a)
 
 
 def report(a: argparse.Namespace) -> Path:
@@ -242,14 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--target", default="star")
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="None/cpu, auto, cuda")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (cells run in parallel)")
-    p.add_argument("--threads", type=int, default=0, help="torch/FAISS threads per worker (0 = default)")
-    p.add_argument("--part", default=None, help=argparse.SUPPRESS)  # "w/n": the worker's share
-    p.add_argument("--work", default="runs/rate_sweep", help="scratch folder (world, cells)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    add_cell_options(p, "runs/rate_sweep")
     p.add_argument("--keep-data", action="store_true", help="keep the poisoned images of each cell")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)
@@ -262,12 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         world = Path(a.work) / "world"
         if not (world / "classes.json").is_file():
             generate_world(world, n_train=a.n_train, n_test=a.n_test, seed=a.seed, progress=False)
-        base = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
-        procs = [subprocess.Popen([*base, "--part", f"{w}/{a.jobs}"], env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
-                 for w in range(a.jobs)]
-        codes = [pr.wait() for pr in procs]
-        if any(codes):
-            print(f"worker exit codes {codes}; finished cells are kept, rerun to continue", file=sys.stderr)
+        spawn_workers(__file__, argv if argv is not None else sys.argv[1:], a.jobs)
     print(f"-> {report(a)}")
 
 

@@ -8,11 +8,12 @@ from clipguard.detect import score_embeddings
 
 DENSITY_NAMES = ("kdist", "lid", "slof", "dao")
 ALL = ["kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "clipscore", "caption_dup",
-       "caption_disagreement", "spectral", "activation_cluster", "fused"]
+       "caption_disagreement", "spectral", "activation_cluster", "learning_speed", "fused"]
 """Every registered detector, in registration order."""
 
-DEFAULT = [name for name in ALL if name not in ("spectral", "activation_cluster")]
-"""The detectors of a default scan (the concept detectors are opt-in)."""
+DEFAULT = [name for name in ALL if name not in ("spectral", "activation_cluster", "learning_speed")]
+"""The detectors of a default scan without a training-dynamics record (the concept detectors are
+opt-in; learning_speed runs only with a record)."""
 
 
 def engine_scores(x, detectors=DENSITY_NAMES, **options):

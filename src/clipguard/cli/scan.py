@@ -2,7 +2,8 @@
 :func:`clipguard.pipeline.scan_dataset` with ``--model/--data``) and ``detectors``.
 
 Every scan option is a :class:`~clipguard.detect.ScanConfig` field of the same name, with the
-field's default and, for the named choices, the library's list of them.
+field's default and, for the named choices, the library's list of them; ``--dynamics`` is
+``run_scan(dynamics=...)``.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 import click
 
-from clipguard.cli.options import device_option, out_option, param_option, seed_option
+from clipguard.cli.options import default_of, device_option, out_option, param_option, seed_option
 from clipguard.detect import (
     BACKENDS,
     DETECTORS,
@@ -78,11 +79,17 @@ def _check_inputs(emb_dir: str | None, model_dir: str | None, manifest: str | No
 
 
 def _echo_result(res: ScanResult) -> None:
-    """Where the scores went, the reference plan, skipped detectors and (with ground truth) metrics."""
+    """Where the scores went, the reference plan, the dynamics record's join, skipped detectors and
+    (with ground truth) metrics."""
     plan = res.info.get("reference_plan", {})
     click.echo(f"scored {len(res.scores)} samples -> {res.out_dir / 'scores'}")
     click.echo(f"reference: {plan.get('mode')} ({plan.get('reason')})"
                + (f"; kNN recall@k {res.info['recall_at_k']:.4f}" if "recall_at_k" in res.info else ""))
+    if res.dynamics_info:
+        d = res.dynamics_info
+        click.echo(f"dynamics: {d['n_rows'] - d['n_rows_without_record']} of {d['n_rows']} samples have a record "
+                   f"in {d['source']} ({d['n_rows_without_record']} without: learning_speed NaN, least "
+                   f"suspicious; {d['n_record_ids_unmatched']} record ids match no sample)")
     for det, why in res.skipped_detectors.items():
         click.echo(f"skipped {det}: {why}")
     if res.metrics:
@@ -109,6 +116,9 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
 @click.option("--detector", "detectors", multiple=True,
               help="Detector name (repeatable; default: every detector whose inputs the folder has; "
                    "`clipguard detectors` lists them).")
+@click.option("--dynamics", "dynamics", type=click.Path(), default=default_of(run_scan, "dynamics"),
+              help="Model folder trained on these pairs with --record-epochs N: its training-dynamics record, "
+                   "joined by id, adds the detector learning_speed (with EMB_DIR).")
 @_scan_options
 @param_option("Detector parameter DETECTOR.NAME=VALUE (repeatable), e.g. fused.method=rank, "
               "caption_dup.source=text, fused.caption_dup__source=text (a component of fused).")
@@ -117,11 +127,14 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
               help="Detector whose suspects --top prints [default: the first --detector, else fused].")
 @click.pass_obj
 def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
-         detectors: tuple[str, ...], params: dict[str, Any], top: int, rank_by: str | None,
-         **options: Any) -> None:
+         detectors: tuple[str, ...], dynamics: str | None, params: dict[str, Any], top: int,
+         rank_by: str | None, **options: Any) -> None:
     """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
     from_data = _check_inputs(emb_dir, model_dir, manifest, out)
+    if from_data and dynamics is not None:
+        raise ConfigError("--dynamics scans an EMB_DIR: embed first (`clipguard embed MODEL_DIR MANIFEST --out EMB`), "
+                          "then `clipguard scan EMB --dynamics MODEL_DIR`")
     config = ScanConfig(**options, detector_params=nest_params(params))
     names = list(detectors) or None
     if from_data:
@@ -129,7 +142,7 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
         click.echo(f"embedded {dres.embed.n_embedded} pairs, skipped {dres.embed.n_skipped} -> {dres.emb_dir}")
         res = dres.scan
     else:
-        res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config)
+        res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config, dynamics=dynamics)
     _echo_result(res)
     if top:
         _echo_top(res, rank_by or (list(detectors) or [default_detector(res.detectors)])[0], top)

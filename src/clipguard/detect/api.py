@@ -4,13 +4,17 @@ folder, :mod:`clipguard.detect.store`) and :func:`top_suspects`.
 Detectors that need caption embeddings (``text_emb/``) or caption strings (metadata column
 ``caption``) are skipped, with a warning and a ``skipped_detectors`` entry in ``run.json``,
 when they run by default and the folder lacks that input; asking for one explicitly raises a
-:class:`~clipguard.errors.ConfigError` instead.
+:class:`~clipguard.errors.ConfigError` instead. ``dynamics=MODEL_DIR`` adds the model's
+training-dynamics record (``learning_speed``, see :meth:`Scan.with_dynamics
+<clipguard.detect.facade.Scan.with_dynamics>`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import os
 
 import pandas as pd
 
@@ -36,6 +40,9 @@ class ScanResult:
         run_json: path of ``run.json``.
         info: the reference plan, per-draw kNN info (IVF recall) and detector info.
         skipped_detectors: ``{name: reason}`` of default detectors skipped for missing inputs.
+        dynamics_info: with a training-dynamics record, what was joined (``source``,
+            ``n_record_ids``, ``n_record_ids_unmatched``, ``n_rows``, ``n_rows_without_record``),
+            else None.
     """
 
     scores: pd.DataFrame
@@ -46,6 +53,7 @@ class ScanResult:
     run_json: Path
     info: dict[str, Any] = field(default_factory=dict)
     skipped_detectors: dict[str, str] = field(default_factory=dict)
+    dynamics_info: dict[str, Any] | None = None
 
 
 def run_scan(
@@ -54,6 +62,7 @@ def run_scan(
     *,
     detectors: list[str] | tuple[str, ...] | None = None,
     config: ScanConfig | None = None,
+    dynamics: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> ScanResult:
     """Score every sample of a clip-retrieval embedding folder.
@@ -67,6 +76,10 @@ def run_scan(
         config: the scan options, a :class:`~clipguard.detect.config.ScanConfig` (default
             ``ScanConfig()``: k=16, reference ``"auto"`` -- its choice and reason are recorded
             in ``run.json`` as ``reference_plan`` --, suspect_share 0.01, device ``"auto"``, ...).
+        dynamics: a model folder trained on these pairs with ``--record-epochs N`` (or its
+            ``dynamics.parquet``): its training-dynamics record is joined to the rows by id
+            (:meth:`Scan.with_dynamics <clipguard.detect.facade.Scan.with_dynamics>`) and
+            ``learning_speed`` joins the default detectors; None = no record.
         **overrides: ScanConfig field names applied on top of ``config``, e.g.
             ``run_scan(emb, out, k=8, reference="batch", batch_size=512)``, or
             ``device="cuda"`` to run the kNN search on a GPU.
@@ -78,15 +91,20 @@ def run_scan(
     Raises:
         EmbeddingError: the folder is malformed or holds NaN/inf/zero embeddings.
         ConfigError: an unknown option or detector, an invalid option value, k too large for
-            the data or the reference, a device that is not available, or an explicitly
-            requested detector whose input the folder lacks.
+            the data or the reference, a device that is not available, an explicitly
+            requested detector whose input the folder lacks, or a ``dynamics`` record that is
+            missing or whose ids match no row.
     """
     cfg = ScanConfig.resolve(config, **overrides)
-    scan = Scan.from_folder(emb_dir).find_suspects(detectors, config=cfg)
+    scan = Scan.from_folder(emb_dir)
+    if dynamics is not None:
+        scan.with_dynamics(dynamics)
+    scan.find_suspects(detectors, config=cfg)
     run_json = scan.save(out_dir)
     return ScanResult(scores=scan.scores, metrics=scan.metrics, detectors=scan.detectors,
                       out_dir=Path(out_dir), score_paths=scan.score_paths, run_json=run_json,
-                      info=scan.info, skipped_detectors=scan.skipped_detectors)
+                      info=scan.info, skipped_detectors=scan.skipped_detectors,
+                      dynamics_info=scan.dynamics_info)
 
 
 def top_suspects(result: ScanResult, detector: str, n: int = 20) -> pd.DataFrame:

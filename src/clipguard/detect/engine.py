@@ -8,6 +8,7 @@ Example::
     cfg = ScanConfig(reference="multi_reference", reference_size=4096, n_references=8)
     scores, info = score_embeddings(image, ["dao", "clipscore", "fused"], cfg, text=text)
     info["reference_plan"]["mode"], info["recall_at_k"]
+    scores, _ = score_embeddings(image, ["learning_speed"], dynamics=speed)   # speed: (N,), NaN = no record
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 from clipguard.detect.config import ScanConfig
 from clipguard.detect.detectors.base import Detector, ScoreInputs
 from clipguard.detect.detectors.caption_dup import caption_keys
+from clipguard.detect.detectors.learning_speed import as_speeds
 from clipguard.detect.detectors.registry import DETECTORS, make_detector
 from clipguard.detect.neighbours.normalize import normalize
 from clipguard.detect.reference.graph import build_graph
@@ -26,15 +28,23 @@ from clipguard.detect.reference.plan import ReferencePlan, plan_reference
 from clipguard.errors import ConfigError
 from clipguard.utils.progress import progress_bar
 
-__all__ = ["score_embeddings", "select_detectors", "split_by_inputs", "describe_requirement", "INPUT_NAMES"]
+__all__ = ["score_embeddings", "select_detectors", "split_by_inputs", "describe_requirement", "INPUT_NAMES",
+           "ON_REQUEST_INPUTS"]
 
 log = logging.getLogger("clipguard")
 
-INPUT_NAMES = ("image", "text", "captions")
+INPUT_NAMES = ("image", "text", "captions", "dynamics")
+ON_REQUEST_INPUTS = frozenset({"dynamics"})
+"""Inputs that no embedding folder holds: a scan has them only when the user supplies them (the
+training-dynamics record, ``--dynamics MODEL_DIR``). A default detector that needs one runs when it
+is given and is left out of a default scan, without a warning or a ``skipped_detectors`` entry,
+when it is not."""
 _INPUT_TEXT = {
     "image": "image embeddings",
     "text": "caption embeddings (text_emb/ in an embedding folder, text= in Python)",
     "captions": "caption strings (the metadata column 'caption', captions= in Python)",
+    "dynamics": "a training-dynamics record (clipguard scan --dynamics MODEL_DIR, Scan.with_dynamics(...) in "
+                "Python; train with --record-epochs N)",
 }
 
 
@@ -75,6 +85,19 @@ def split_by_inputs(
     return runnable, skipped
 
 
+def _default_names(available: set[str]) -> list[str]:
+    """The registered detectors of a default scan: ``in_default_scan``, and not waiting for an
+    :data:`ON_REQUEST_INPUTS` input that was not given."""
+    out = []
+    for name in DETECTORS.names():
+        cls = DETECTORS.get(name)
+        alternatives = [set(r.split("|")) for r in cls.requires]
+        waiting = any(alt <= ON_REQUEST_INPUTS and not alt & available for alt in alternatives)
+        if cls.in_default_scan and not waiting:
+            out.append(name)
+    return out
+
+
 def select_detectors(
     detectors: Iterable[str] | None, available: Iterable[str]
 ) -> tuple[list[str] | None, list[str], dict[str, str]]:
@@ -83,7 +106,8 @@ def select_detectors(
     Args:
         detectors: registered names, or None for every registered detector that is part of a
             default scan (``in_default_scan``) and whose inputs the data has (the others are
-            skipped, with a warning).
+            skipped, with a warning; a detector of an input the user did not supply, see
+            :data:`ON_REQUEST_INPUTS`, is left out without one).
         available: input names present (see :data:`INPUT_NAMES`).
 
     Returns:
@@ -95,8 +119,7 @@ def select_detectors(
             of the default detectors can run.
     """
     explicit = detectors is not None
-    names = (list(dict.fromkeys(detectors)) if explicit
-             else [n for n in DETECTORS.names() if DETECTORS.get(n).in_default_scan])
+    names = list(dict.fromkeys(detectors)) if explicit else _default_names(set(available))
     if not names:
         raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
     for name in names:
@@ -148,7 +171,8 @@ def _factory(cfg: ScanConfig) -> Callable[[str, Mapping[str, Any]], Detector]:
 
 
 def _score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: ScanConfig,
-                 dets: dict[str, Detector], make: Callable) -> tuple[dict[str, np.ndarray], list[dict]]:
+                 dets: dict[str, Detector], make: Callable, dynamics: np.ndarray | None = None
+                 ) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Every detector's (N,) scores averaged over the draws of ``plan``, and each draw's info."""
     n, names = x.shape[0], list(dets)
     need_knn = any(d.uses_neighbours for d in dets.values())
@@ -165,7 +189,7 @@ def _score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: Sca
                             nprobe=cfg.nprobe, target_recall=cfg.target_recall,
                             n_recall=cfg.n_recall, need_knn=need_knn, device=cfg.device)
         inputs = ScoreInputs(x, graph, cfg.k, text=t, captions=keys, seed=cfg.seed, make=make,
-                             detectors=dets)
+                             detectors=dets, dynamics=dynamics)
         for name in names:
             if r > 0 and name in fixed:
                 continue
@@ -201,6 +225,7 @@ def score_embeddings(
     *,
     text: np.ndarray | None = None,
     captions: Any = None,
+    dynamics: np.ndarray | None = None,
     describe_row: Any = None,
     **overrides: Any,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -225,6 +250,9 @@ def score_embeddings(
             component of ``fused``).
         text: (N, d_t) caption embeddings, or None.
         captions: (N,) caption strings, or None.
+        dynamics: (N,) learning speed of each sample from a training-dynamics record
+            (:func:`~clipguard.detect.detectors.learning_speed.speeds_of_rows`; NaN = no record,
+            scored NaN = least suspicious by ``learning_speed``), or None.
         describe_row: ``row -> text`` for error messages about bad embedding rows.
         **overrides: ScanConfig field names, applied on top of ``config``
             (``score_embeddings(x, ["dao"], k=8, reference="global")``).
@@ -249,8 +277,9 @@ def score_embeddings(
         DETECTORS.get(name)
     x, t, keys = _inputs(image, text, captions, describe_row)
     n = x.shape[0]
+    speeds = None if dynamics is None else as_speeds(dynamics, n)
     available = {"image"} | ({"text"} if t is not None else set()) | (
-        {"captions"} if keys is not None else set())
+        {"captions"} if keys is not None else set()) | ({"dynamics"} if speeds is not None else set())
     split_by_inputs(names, available, explicit=True)
     plan = plan_reference(n, cfg.reference, k=k, batch_size=cfg.batch_size,
                           reference_size=cfg.reference_size, n_references=cfg.n_references,
@@ -260,6 +289,6 @@ def score_embeddings(
                           f"use k <= {max(n - 1, 0)}")
     make = _factory(cfg)
     dets = {name: make(name, {}) for name in names}
-    out, ref_infos = _score_draws(x, t, keys, plan, cfg, dets, make)
+    out, ref_infos = _score_draws(x, t, keys, plan, cfg, dets, make, speeds)
     log.info("scored %d samples with %s (reference %s)", n, ", ".join(names), plan.mode)
     return out, _info(plan, ref_infos, dets)

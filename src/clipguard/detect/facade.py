@@ -18,9 +18,15 @@ Example:
     >>> sorted(scan.get_suspects("kdist").index)   # the top 1% by default
     [0, 1, 2, 3, 4]
     >>> print(scan.report())                       # doctest: +SKIP
+
+A training-dynamics record (``clipguard train --record-epochs N``) adds the per-sample input
+``"dynamics"`` and with it the detector ``learning_speed``::
+
+    scan = Scan.from_folder("emb").with_dynamics("model").find_suspects()   # + learning_speed
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from clipguard.detect.config import ScanConfig
+from clipguard.detect.detectors.learning_speed import speeds_of_rows
 from clipguard.detect.engine import score_embeddings, select_detectors
 from clipguard.detect.report import format_report
 from clipguard.detect.results import build_score_table, detection_table, n_suspects, suspects_of
@@ -69,6 +76,11 @@ class Scan:
         detectors: the detectors that ran.
         skipped_detectors: ``{name: reason}`` of default detectors skipped for missing inputs.
         info: reference plan (mode chosen and why), per-draw kNN info (IVF recall), detector info.
+        dynamics: (N,) float64 learning speed per sample after :meth:`with_dynamics` (NaN = no
+            record), else None.
+        dynamics_info: what :meth:`with_dynamics` joined (``source``, ``n_record_ids``,
+            ``n_record_ids_unmatched``, ``n_rows``, ``n_rows_without_record``; also in
+            ``run.json`` under ``dynamics``), else None.
         metrics: ``{det: {"auroc", "auprc", "tpr_at_1pct_fpr"}}`` or None.
         config: the :class:`~clipguard.detect.config.ScanConfig` of the last run.
 
@@ -105,6 +117,8 @@ class Scan:
                 raise ConfigError(f"{what} has {len(arr)} entries but image_emb has {n} rows; "
                                   "they must be row-aligned")
         self._inputs = _inputs_of(self.text, self.captions)
+        self.dynamics: np.ndarray | None = None
+        self.dynamics_info: dict[str, Any] | None = None
         self._shard = np.zeros(n, dtype=np.int64)
         self._row_in_shard = np.arange(n, dtype=np.int64)
         self._shard_ids, self._skipped_shards, self._sizes = [0], [], [int(n)]
@@ -158,6 +172,7 @@ class Scan:
         scan.ids = table["id"].to_numpy()
         scan.ground_truth = table["poisoned"].to_numpy() if "poisoned" in table.columns else None
         scan._inputs = set(run.get("inputs") or ["image"])
+        scan.dynamics, scan.dynamics_info = None, run.get("dynamics")
         scan._shard = table["shard"].to_numpy(np.int64)
         scan._row_in_shard = table["row_in_shard"].to_numpy(np.int64)
         scan._shard_ids = list(run.get("shard_ids") or sorted(set(scan._shard.tolist())))
@@ -173,9 +188,37 @@ class Scan:
         scan.score_paths = saved.score_paths
         return scan
 
+    def with_dynamics(self, record: str | os.PathLike | pd.DataFrame) -> "Scan":
+        """Add the training-dynamics record of the model trained on these pairs as the input
+        ``"dynamics"`` (which ``learning_speed`` scores; a default scan then runs it too).
+
+        The record (``clipguard train --record-epochs N``) becomes one learning speed per pair
+        (:func:`~clipguard.train.learning_speed`, higher = fitted earlier) and is joined to the
+        scan's rows BY ID: rows whose id is not in the record get NaN (scored least suspicious),
+        and both that count and the record ids that match no row are logged and kept in
+        ``dynamics_info`` and ``run.json``.
+
+        Args:
+            record: the model folder, its ``dynamics.parquet``, or the record as a DataFrame
+                (:func:`~clipguard.train.read_dynamics`).
+
+        Returns:
+            self, for chaining.
+
+        Raises:
+            ConfigError: no (or a malformed) record, no id of the record among the scan's ids (was
+                the model trained on this dataset?), or a scan made by :meth:`load`.
+        """
+        if self.image is None:
+            raise ConfigError(f"this scan was loaded from {self._source or 'a scan folder'} and holds scores, "
+                              "not embeddings; add the record to Scan.from_folder(<embedding folder>)")
+        self.dynamics, self.dynamics_info = speeds_of_rows(record, self.ids)
+        self._inputs.add("dynamics")
+        return self
+
     @property
     def available_inputs(self) -> set[str]:
-        """``{"image"}`` plus ``"text"`` / ``"captions"`` when present."""
+        """``{"image"}`` plus ``"text"`` / ``"captions"`` / ``"dynamics"`` when present."""
         return set(self._inputs)
 
     def __len__(self) -> int:
@@ -193,8 +236,9 @@ class Scan:
 
         Args:
             detectors: registered names; None = every registered detector whose inputs this
-                data has (the others are skipped, see ``skipped_detectors``). Naming a detector
-                whose input is missing raises ConfigError.
+                data has (the others are skipped, see ``skipped_detectors``; ``learning_speed``
+                runs when :meth:`with_dynamics` gave a record). Naming a detector whose input is
+                missing raises ConfigError.
             config: the scan options (:class:`~clipguard.detect.config.ScanConfig`; default
                 ``ScanConfig()``).
             **overrides: ScanConfig field names applied on top of ``config``: ``k``,
@@ -223,9 +267,11 @@ class Scan:
         record_data(rec, n=n, d=d, inputs=self.available_inputs, detectors=names, shard_ids=self._shard_ids,
                     shard_sizes=self._sizes, skipped_shards=self._skipped_shards)
         with rec.stage("score"):
-            raw, info = score_embeddings(self.image, names, cfg, text=self.text,
-                                         captions=self.captions, describe_row=self._locate)
+            raw, info = score_embeddings(self.image, names, cfg, text=self.text, captions=self.captions,
+                                         dynamics=self.dynamics, describe_row=self._locate)
         record_scoring(rec, info, skipped)
+        if self.dynamics_info is not None:
+            rec["dynamics"] = self.dynamics_info
         table = build_score_table(self._base_table(), raw, cfg.suspect_share)
         rec["n_suspects"] = n_suspects(n, cfg.suspect_share)
         with rec.stage("metrics"):

@@ -14,7 +14,9 @@ The contract of :class:`Detector`:
 * :func:`check_is_fitted` is the one fitted check.
 
 Detectors that also use the captions take them as keyword arguments (``text=`` caption
-embeddings, ``captions=`` strings) and say so in their ``requires`` class attribute.
+embeddings, ``captions=`` strings) and say so in their ``requires`` class attribute; the one
+detector of the training-dynamics record, ``learning_speed``, takes ``dynamics=`` (one learning
+speed per sample) the same way.
 
 In a scan the engine (:func:`clipguard.detect.engine.score_embeddings`) does not call ``fit``: it
 builds one neighbour graph per reference draw and calls each detector's hook
@@ -70,8 +72,9 @@ class Detector(ABC):
     Class attributes:
         name: the registry name (set by ``DETECTORS.register``).
         requires: inputs the detector needs, from ``"image"`` (image embeddings), ``"text"``
-            (caption embeddings, ``text_emb/``) and ``"captions"`` (caption strings, the
-            metadata column ``caption``); an entry ``"a|b"`` needs either of them.
+            (caption embeddings, ``text_emb/``), ``"captions"`` (caption strings, the
+            metadata column ``caption``) and ``"dynamics"`` (the learning speed of each sample,
+            from a training-dynamics record); an entry ``"a|b"`` needs either of them.
         uses_neighbours: whether :meth:`score_draw` reads the kNN graph.
         fit_hint: how to fit it, for the "not fitted" error.
         in_default_scan: whether a scan that names no detectors runs it (False: opt-in, run only
@@ -186,6 +189,9 @@ class ScoreInputs:
             ``detectors`` (a component of ``fused``) with the scan's options and ``params``.
         detectors: the scan's own detectors, by name (reused when a component is one of them).
         cache: scores already computed on these inputs (fused reuses its components' scores).
+        dynamics: (N,) float64 learning speed of each sample from a training-dynamics record
+            (:func:`~clipguard.train.learning_speed`, in (0, 1], higher = fitted earlier), NaN
+            where a sample has no record; or None.
     """
 
     image: np.ndarray
@@ -197,15 +203,18 @@ class ScoreInputs:
     make: Callable[[str, Mapping[str, Any]], Detector] | None = None
     detectors: dict[str, Detector] = field(default_factory=dict)
     cache: dict[str, np.ndarray] = field(default_factory=dict)
+    dynamics: np.ndarray | None = None
 
     @property
     def available(self) -> set[str]:
-        """Input names present: ``"image"`` and maybe ``"text"``, ``"captions"``."""
+        """Input names present: ``"image"`` and maybe ``"text"``, ``"captions"``, ``"dynamics"``."""
         out = {"image"}
         if self.text is not None:
             out.add("text")
         if self.captions is not None:
             out.add("captions")
+        if self.dynamics is not None:
+            out.add("dynamics")
         return out
 
     def score(self, name: str, params: Mapping[str, Any] | None = None) -> np.ndarray:

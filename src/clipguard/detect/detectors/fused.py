@@ -86,15 +86,24 @@ import numpy as np
 
 from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted
 from clipguard.detect.detectors.registry import DETECTORS, make_detector
-from clipguard.detect.neighbours.stats import EPS
+from clipguard.detect.neighbours.stats import EPS, robust_z
 from clipguard.detect.options import DEFAULT_BACKEND, DEFAULT_BLOCK_SIZE, DEFAULT_K, DEFAULT_SEED
 from clipguard.errors import ConfigError
 from clipguard.utils.validate import check_choice
 
-__all__ = ["Fused", "FUSE_METHODS", "fuse_scores", "fold_two_sided", "percentile_rank", "robust_z",
+__all__ = ["Fused", "FUSE_METHODS", "FUSION_RULES", "combine", "combine_components", "consensus_weights", "fuse_components", "fuse_scores", "fold_two_sided", "percentile_rank", "robust_z",
            "upper_tail_log_p"]
 
-FUSE_METHODS = ("rank", "fisher", "zsum", "folded")
+FUSE_METHODS = ("rank", "fisher", "zsum", "folded", "consensus")
+FUSION_RULES = {
+    "fisher": "Fisher: mean -ln p of the rank p-values, components one-sided (caption_disagreement folded)",
+    "rank": "mean percentile rank of the components",
+    "zsum": "mean robust z-score of the components",
+    "folded": "every component two-sided (|robust z|, or already two-sided), equal-weight Fisher",
+    "consensus": ("every component two-sided, Fisher weighted by w_j = max(0, Spearman of its -ln p with the "
+                  "mean -ln p of the others), normalised"),
+}
+"""The rule of each ``method``, in words (recorded in ``run.json``, ``detector_info.fused.rule``)."""
 DEFAULT_IMAGE = ("dao", "density_anomaly")
 DEFAULT_SIGNALS = ("clipscore", "caption_dup", "caption_disagreement")
 DEFAULT_TWO_SIDED = ("caption_disagreement",)
@@ -121,24 +130,6 @@ def upper_tail_log_p(scores: np.ndarray) -> np.ndarray:
     return -np.log((n - r + 1) / n)
 
 
-def robust_z(scores: np.ndarray) -> np.ndarray:
-    """``(s - median) / (1.4826 * MAD)``; falls back to the standard deviation when MAD is 0
-    and gives zeros for a constant score. Non-finite values are clipped to the finite range."""
-    s = np.asarray(scores, dtype=np.float64)
-    finite = s[np.isfinite(s)]
-    if finite.size == 0:
-        return np.zeros_like(s)
-    s = np.clip(np.nan_to_num(s, nan=finite.min(), posinf=finite.max(), neginf=finite.min()),
-                finite.min(), finite.max())
-    med = np.median(s)
-    scale = 1.4826 * np.median(np.abs(s - med))
-    if scale == 0 or not np.isfinite(scale):
-        scale = np.std(s)
-    if scale == 0 or not np.isfinite(scale):
-        return np.zeros_like(s)
-    return (s - med) / scale
-
-
 def fold_two_sided(scores: np.ndarray) -> np.ndarray:
     """``|robust_z(ln max(s, EPS))|``: distance of each (non-negative) score from the typical
     one, in robust standard deviations of its log; both tails become "high" (module
@@ -159,26 +150,72 @@ def _fold_robust(scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def fuse_scores(components: dict[str, np.ndarray], method: str = "fisher",
+def consensus_weights(log_p: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Weights of the ``"consensus"`` combination: ``w_j = max(0, rho_j)`` normalised to sum 1,
+    with ``rho_j`` the Spearman correlation of component j's (n,) ``-ln p`` with the mean ``-ln p``
+    of the OTHER components (equal weights with one component, or when every ``rho_j <= 0``)."""
+    names = list(log_p)
+    if len(names) == 1:
+        return {names[0]: 1.0}
+    ranks = np.column_stack([percentile_rank(log_p[n]) for n in names])
+    total = np.column_stack([log_p[n] for n in names]).sum(axis=1)
+    rho = []
+    for j, name in enumerate(names):
+        others = percentile_rank((total - log_p[name]) / (len(names) - 1))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a constant column: rho undefined -> 0
+            c = np.corrcoef(ranks[:, j], others)[0, 1]
+        rho.append(max(0.0, float(c)) if np.isfinite(c) else 0.0)
+    w = np.asarray(rho)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(names), 1.0 / len(names))
+    return dict(zip(names, w.tolist()))
+
+
+def combine(components: Mapping[str, np.ndarray], method: str = "fisher",
+            two_sided: Iterable[str] = ()) -> tuple[np.ndarray, dict[str, float]]:
+    """:func:`fuse_scores` and the weight each component got: ``(fused (n,), {name: weight})``."""
+    check_choice("fuse method", method, FUSE_METHODS)
+    if not components:
+        raise ConfigError("fuse_scores needs at least one component score")
+    if method in ("folded", "consensus"):
+        keep = set(two_sided)
+        components = {name: s if name in keep else _fold_robust(s) for name, s in components.items()}
+    f = {"rank": percentile_rank, "zsum": robust_z}.get(method, upper_tail_log_p)
+    parts = {name: f(s) for name, s in components.items()}
+    if method != "consensus":  # equal weights: the plain mean (bit-identical to the scores before weights)
+        return np.mean(list(parts.values()), axis=0), {name: 1.0 / len(parts) for name in parts}
+    weights = consensus_weights(parts)
+    return np.sum([weights[name] * v for name, v in parts.items()], axis=0), weights
+
+
+def fuse_scores(components: Mapping[str, np.ndarray], method: str = "fisher",
                 two_sided: Iterable[str] = ()) -> np.ndarray:
     """Combine several (n,) scores (higher = more suspicious) into one (n,) float64 score.
 
     Args:
         components: ``{name: (n,) scores}``, at least one.
         method: ``"fisher"`` (mean ``-ln`` empirical p-value), ``"rank"`` (mean percentile
-            rank), ``"zsum"`` (mean robust z-score) or ``"folded"`` (``"fisher"`` of
-            ``|robust_z(s)|`` of every component not named in ``two_sided``).
-        two_sided: components that are already two-sided (used by ``"folded"`` only).
+            rank), ``"zsum"`` (mean robust z-score), ``"folded"`` (``"fisher"`` of
+            ``|robust_z(s)|`` of every component not named in ``two_sided``) or ``"consensus"``
+            (``"folded"`` with the weights of :func:`consensus_weights` instead of equal ones).
+        two_sided: components that are already two-sided (used by ``"folded"`` and ``"consensus"``).
     """
-    check_choice("fuse method", method, FUSE_METHODS)
-    if not components:
-        raise ConfigError("fuse_scores needs at least one component score")
-    if method == "folded":
-        keep = set(two_sided)
-        components = {name: s if name in keep else _fold_robust(s) for name, s in components.items()}
-        method = "fisher"
-    f = {"rank": percentile_rank, "fisher": upper_tail_log_p, "zsum": robust_z}[method]
-    return np.mean([f(s) for s in components.values()], axis=0)
+    return combine(components, method, two_sided)[0]
+
+
+def combine_components(parts: Mapping[str, np.ndarray], method: str = "fisher",
+                       two_sided: Iterable[str] = DEFAULT_TWO_SIDED) -> tuple[np.ndarray, dict[str, float]]:
+    """What ``fused`` computes from its components' (n,) scores, and each component's weight: the
+    components named in ``two_sided`` folded by :func:`fold_two_sided`, then :func:`combine` with
+    ``method``. Lets a benchmark evaluate a combination on stored component scores."""
+    folded = [name for name in parts if name in set(two_sided)]
+    return combine({name: fold_two_sided(s) if name in folded else np.asarray(s, dtype=np.float64)
+                    for name, s in parts.items()}, method, two_sided=(*folded, *ALREADY_TWO_SIDED))
+
+
+def fuse_components(parts: Mapping[str, np.ndarray], method: str = "fisher",
+                    two_sided: Iterable[str] = DEFAULT_TWO_SIDED) -> np.ndarray:
+    """(n,) the fused score of :func:`combine_components` alone."""
+    return combine_components(parts, method, two_sided)[0]
 
 
 @DETECTORS.register("fused")
@@ -285,18 +322,16 @@ class Fused(Detector):
         return make_detector(name, common, self._params_of(name))
 
     def _fuse(self, parts: dict[str, np.ndarray]) -> np.ndarray:
-        return fuse_scores({name: fold_two_sided(s) if name in self.two_sided_ else s
-                            for name, s in parts.items()}, self.method,
-                           two_sided=(*self.two_sided_, *ALREADY_TWO_SIDED))
+        fused, self.weights_ = combine_components(parts, self.method, self.two_sided_)
+        return fused
 
-    def _orientation_info(self) -> dict[str, Any]:
-        """Per-component orientation and weight of the ``"folded"`` combination."""
-        if self.method != "folded":
-            return {}
-        m = len(self.components_)
-        return {"orientation": {name: "two-sided" for name in self.components_},
-                "weights": {name: 1.0 / m for name in self.components_},
-                "rule": "every component two-sided (|robust z|, or already two-sided), equal-weight Fisher"}
+    def _rule_info(self) -> dict[str, Any]:
+        """The combination rule, each component's orientation and its weight (for ``run.json``)."""
+        two = set(self.two_sided_) | set(ALREADY_TWO_SIDED)
+        every = self.method in ("folded", "consensus")
+        return {"rule": FUSION_RULES[self.method],
+                "orientation": {name: "two-sided" if every or name in two else "high" for name in self.components_},
+                "weights": {name: round(w, 6) for name, w in self.weights_.items()}}
 
     @staticmethod
     def _available(text: Any, captions: Any) -> set[str]:
@@ -330,6 +365,7 @@ class Fused(Detector):
 
     def score_draw(self, inputs: ScoreInputs) -> np.ndarray:  # noqa: D102
         self.components_ = self._components(inputs.available)
+        fused = self._fuse({name: inputs.score(name, self._params_of(name)) for name in self.components_})
         self.info_ = {"components": self.components_, "method": self.method,
-                      "two_sided": self.two_sided_, **self._orientation_info()}
-        return self._fuse({name: inputs.score(name, self._params_of(name)) for name in self.components_})
+                      "two_sided": self.two_sided_, **self._rule_info()}
+        return fused

@@ -1,0 +1,215 @@
+"""``learning_speed``: how early training fitted each pair, from the training-dynamics record.
+
+``clipguard train --record-epochs N`` writes ``MODEL/dynamics.parquet``; :func:`speeds_of_rows`
+reads it (:func:`~clipguard.train.read_dynamics`), turns it into one learning speed per pair
+(:func:`~clipguard.train.learning_speed`: the mean within-epoch percentile rank of the pair's
+image-caption cosine, in (0, 1], higher = fitted earlier) and joins it BY ID to the scanned rows.
+The detector then scores that speed. Rows without a record get NaN: ranked least suspicious, and
+counted (``info_``, ``run.json``), never dropped.
+
+Which direction is suspicious depends on the attack: poison that is easy to fit (a trigger tied to
+a consistent caption) is learned faster, but measured on the shapes world, dirty-label poison (an
+image whose content contradicts its caption) is fitted LATER (AUROC of the raw speed 0.11-0.45).
+Hence the default ``direction="two-sided"``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted, require_input
+from clipguard.detect.detectors.registry import DETECTORS
+from clipguard.detect.neighbours.stats import robust_z
+from clipguard.errors import ConfigError
+from clipguard.train.dynamics import DYNAMICS_FILE, learning_speed, read_dynamics
+from clipguard.utils.validate import check_choice
+
+__all__ = ["DIRECTIONS", "LearningSpeed", "as_speeds", "speed_scores", "speeds_of_rows"]
+
+log = logging.getLogger("clipguard")
+
+DIRECTIONS = ("two-sided", "fast", "slow")
+"""``direction`` of :class:`LearningSpeed`: ``"two-sided"`` (|robust z| of the speed: fitted
+unusually early OR late), ``"fast"`` (the speed itself) or ``"slow"`` (``1 - speed``)."""
+
+_WHAT = "a learning speed per sample (dynamics=, see Scan.with_dynamics)"
+
+
+def as_speeds(dynamics: Any, n: int | None = None) -> np.ndarray:
+    """``dynamics`` as a (N,) float64 array of learning speeds, NaN where a row has no record.
+
+    Raises:
+        ConfigError: not 1-D, not ``n`` long (when given), or holding +-inf.
+    """
+    try:
+        s = np.asarray(dynamics, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError("the learning speeds (dynamics) must be numbers, one per sample (NaN: no record)") from None
+    if s.ndim != 1 or (n is not None and len(s) != n):
+        want = f"({n},)" if n is not None else "(N,)"
+        raise ConfigError(f"the learning speeds (dynamics) have shape {s.shape} but must be {want}: one per "
+                          "scanned row, NaN where a row has no record")
+    if np.isinf(s).any():
+        raise ConfigError(f"the learning speeds (dynamics) hold {int(np.isinf(s).sum())} infinite value(s); use NaN "
+                          "for a row without a record")
+    return s
+
+
+def speed_scores(speed: np.ndarray, direction: str = "two-sided") -> np.ndarray:
+    """Suspicion scores of learning speeds; NaN (no record) stays NaN.
+
+    Args:
+        speed: (N,) learning speeds (:func:`~clipguard.train.learning_speed`, in (0, 1]), NaN
+            where a row has no record.
+        direction: one of :data:`DIRECTIONS`. ``"two-sided"``: ``|robust_z(speed)|`` over the rows
+            that have a record (:func:`~clipguard.detect.neighbours.stats.robust_z`: median and
+            1.4826 * MAD); ``"fast"``: ``speed``; ``"slow"``: ``1 - speed``.
+
+    Returns:
+        (N,) float64, higher = more suspicious; NaN where ``speed`` is NaN.
+    """
+    check_choice("direction of learning_speed", direction, DIRECTIONS)
+    s = as_speeds(speed)
+    out = np.full_like(s, np.nan)
+    has = ~np.isnan(s)
+    if direction == "fast":
+        out[has] = s[has]
+    elif direction == "slow":
+        out[has] = 1.0 - s[has]
+    else:
+        out[has] = np.abs(robust_z(s[has]))
+    return out
+
+
+def _record_path(record: str | os.PathLike) -> Path:
+    """The parquet file that :func:`~clipguard.train.read_dynamics` reads for ``record``."""
+    p = Path(record)
+    return p if p.suffix == ".parquet" else p / DYNAMICS_FILE
+
+
+def speeds_of_rows(record: str | os.PathLike | pd.DataFrame, ids: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """The learning speed of every scanned row, joined to the training-dynamics record by id.
+
+    Args:
+        record: a model folder trained with ``--record-epochs``, its ``dynamics.parquet``, or a
+            record frame (columns ``id``, ``epoch``, ``cosine``: :func:`~clipguard.train.read_dynamics`).
+        ids: (N,) the scanned rows' sample ids; ids are compared as strings (the record stores the
+            manifest ids as strings).
+
+    Returns:
+        ``(speed, info)``: (N,) float64 learning speeds in (0, 1], NaN where a row's id is not in
+        the record; ``info`` = ``{"source", "n_record_ids", "n_record_ids_unmatched",
+        "n_rows", "n_rows_without_record"}`` (what is reported in ``run.json``).
+
+    Raises:
+        ConfigError: no record or a malformed one, or not one id of the record is among ``ids``.
+    """
+    if isinstance(record, pd.DataFrame):
+        frame, source = record, "the training-dynamics record"
+    else:
+        frame, source = read_dynamics(record), str(_record_path(record))
+    if "id" in frame.columns:
+        frame = frame.assign(id=frame["id"].astype(str))
+    speed = learning_speed(frame)
+    keys = pd.Index(pd.Series(np.asarray(ids, dtype=object)).astype(str))
+    matched = int(speed.index.isin(keys).sum())
+    if matched == 0:
+        raise ConfigError(f"{source}: none of its {len(speed)} ids matches an id of the scanned rows (record "
+                          f"{speed.index[0]!r}, data {keys[0] if len(keys) else None!r}); was the model trained on "
+                          "this dataset?")
+    aligned = speed.reindex(keys).to_numpy(dtype=np.float64)
+    info = {"source": source, "n_record_ids": int(len(speed)), "n_record_ids_unmatched": int(len(speed) - matched),
+            "n_rows": int(len(keys)), "n_rows_without_record": int(np.isnan(aligned).sum())}
+    if info["n_rows_without_record"] or info["n_record_ids_unmatched"]:
+        log.warning("%s: %d of %d scanned rows have no record (learning_speed scores them NaN, least "
+                    "suspicious); %d of its %d ids match no scanned row", source, info["n_rows_without_record"],
+                    info["n_rows"], info["n_record_ids_unmatched"], info["n_record_ids"])
+    return aligned, info
+
+
+def _center_scale(s: np.ndarray) -> tuple[float, float]:
+    """The median and scale of :func:`~clipguard.detect.neighbours.stats.robust_z` of finite ``s``
+    (1.4826 * MAD, else the standard deviation); scale ``inf`` where both are 0 (every z is 0)."""
+    if s.size == 0:
+        return 0.0, float("inf")
+    med = float(np.median(s))
+    scale = 1.4826 * float(np.median(np.abs(s - med)))
+    if scale == 0 or not np.isfinite(scale):
+        scale = float(np.std(s))
+    if scale == 0 or not np.isfinite(scale):
+        scale = float("inf")
+    return med, scale
+
+
+@DETECTORS.register("learning_speed")
+class LearningSpeed(Detector):
+    """How early training fitted the pair (two-sided by default). Needs a training-dynamics record (--dynamics).
+
+    Args:
+        direction: one of :data:`DIRECTIONS`: ``"two-sided"`` (default; |robust z| of the speed),
+            ``"fast"`` (higher = learned faster) or ``"slow"`` (``1 - speed``: higher = learned
+            later, what dirty-label poison showed on the shapes world).
+
+    The input is one learning speed per sample (``dynamics=``, (n,) float, NaN = no record),
+    not the embeddings: ``X`` is accepted for a uniform API and ignored. ``fit`` learns the
+    median and scale of the reference speeds (used by ``"two-sided"``); ``fit_score`` scores a set
+    against itself. NaN speeds score NaN (ranked least suspicious). In a scan it runs whenever a
+    record is given (``Scan.with_dynamics``, ``clipguard scan --dynamics MODEL_DIR``) and reports in
+    ``info_`` how many rows had none. Not a kNN detector: the reference mode does not change it.
+
+    Fitted attributes:
+        center_, scale_: median and robust scale of the reference speeds that have a record.
+        n_reference_: how many reference speeds had a record.
+
+    Example:
+        >>> import numpy as np
+        >>> LearningSpeed(direction="slow").fit_score(dynamics=np.array([0.25, 1.0, np.nan]))
+        array([0.75, 0.  ,  nan])
+    """
+
+    requires = frozenset({"dynamics"})
+    fit_hint = "fit(dynamics=...)"
+
+    def __init__(self, *, direction: str = "two-sided") -> None:
+        self.direction = direction
+
+    def fit(self, X: Any = None, *, text: Any = None, captions: Any = None,
+            dynamics: np.ndarray | None = None) -> "LearningSpeed":
+        """Learn the median and scale of the reference speeds ``dynamics`` (n_ref,); X is ignored."""
+        check_choice("direction of learning_speed", self.direction, DIRECTIONS)
+        s = as_speeds(require_input(dynamics, _WHAT, "learning_speed"))
+        finite = s[~np.isnan(s)]
+        self.center_, self.scale_ = _center_scale(finite)
+        self.n_reference_ = int(finite.size)
+        return self
+
+    def score_samples(self, X: Any = None, *, text: Any = None, captions: Any = None,
+                      dynamics: np.ndarray | None = None) -> np.ndarray:
+        """(n_q,) float64 scores of new speeds ``dynamics`` against the fitted reference's median and
+        scale (``"two-sided"``); NaN where a speed is NaN. Higher = more suspicious."""
+        check_is_fitted(self, "center_")
+        s = as_speeds(require_input(dynamics, _WHAT, "learning_speed"))
+        if self.direction != "two-sided":
+            return speed_scores(s, self.direction)
+        return np.abs(s - self.center_) / self.scale_ if np.isfinite(self.scale_) else np.where(np.isnan(s), s, 0.0)
+
+    def fit_score(self, X: Any = None, *, text: Any = None, captions: Any = None,
+                  dynamics: np.ndarray | None = None) -> np.ndarray:
+        """Fit on the speeds ``dynamics`` (n,) and score them: :func:`speed_scores`."""
+        self.fit(X, dynamics=dynamics)
+        return speed_scores(dynamics, self.direction)
+
+    def reference_free(self, inputs: ScoreInputs) -> bool:  # noqa: D102
+        return True
+
+    def score_draw(self, inputs: ScoreInputs) -> np.ndarray:  # noqa: D102
+        s = as_speeds(require_input(inputs.dynamics, _WHAT, "learning_speed"), len(inputs.image))
+        n_missing = int(np.isnan(s).sum())
+        self.info_ = {"direction": self.direction, "n_scored": int(len(s) - n_missing),
+                      "n_rows_without_record": n_missing}
+        return speed_scores(s, self.direction)
