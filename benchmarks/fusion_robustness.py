@@ -1,5 +1,5 @@
-"""Robust fusion (issue 9): ``fused`` with ``method="fisher"`` (the default) against
-``method="folded"`` (every component two-sided) and the best single component.
+"""Robust fusion (issue 9): ``fused`` with ``method="fisher"``, ``"folded"`` (every component two-sided) and
+``"consensus"`` (two-sided, weighted by agreement with the other components) against the best single component.
 
 Three kinds of sets, AUROC / AUPRC as worst and mean:
 
@@ -32,7 +32,7 @@ from clipguard.detect.metrics import detection_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
-METHODS = ["fisher", "folded"]
+METHODS = ["fisher", "folded", "consensus"]
 COMPONENTS = ["dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement"]
 RATES = [0.005, 0.01, 0.05, 0.1]
 SEEDS = [0, 1, 2]
@@ -78,7 +78,7 @@ def column_rows() -> list[dict]:
 
 
 def embedding_scores(x, text=None, captions=None, seed=0, **kw) -> dict[str, np.ndarray]:
-    """Component scores (caption_disagreement folded, as fused uses it) and both fusions."""
+    """Component scores (caption_disagreement folded, as fused uses it) and every fusion of METHODS."""
     out = {}
     for m in METHODS:
         s, _ = score_embeddings(x, COMPONENTS + ["fused"], text=text, captions=captions, reference="global",
@@ -110,11 +110,12 @@ def embedding_rows() -> list[dict]:
 
 
 def markdown(rows: list[dict], seconds: float) -> str:
-    lines = ["# Robust fusion: `fused` method `fisher` (default) vs `folded`", "",
+    lines = ["# Robust fusion: `fused` methods " + ", ".join(f"`{m}`" for m in METHODS), "",
              f"`python benchmarks/fusion_robustness.py` ({seconds:.0f} s on this machine). Worst / mean over "
              "the cells of each kind; `best_single` = the informative column (columns) or the best "
              "component of `fused` in that cell (embedding sets: chosen with the labels, an oracle). "
-             f"`folded` leaves {', '.join(ALREADY_TWO_SIDED + DEFAULT_TWO_SIDED)} as they are (already two-sided).", "",
+             f"`folded` and `consensus` leave {', '.join(ALREADY_TWO_SIDED + DEFAULT_TWO_SIDED)} as they are "
+             "(already two-sided).", "",
              "| kind | score | cells | AUROC worst | AUROC mean | AUPRC worst | AUPRC mean | worst AUROC gap to best_single |",
              "|---|---|---|---|---|---|---|---|"]
     for kind in dict.fromkeys(r["kind"] for r in rows):
@@ -127,11 +128,10 @@ def markdown(rows: list[dict], seconds: float) -> str:
             lines.append(f"| {kind} | {score} | {len(sel)} | {min(a):.3f} | {np.mean(a):.3f} | {min(p):.3f} | "
                          f"{np.mean(p):.3f} | {gap:+.3f} |")
     lines += ["", "Columns, by set (worst AUROC over rates and seeds):", "",
-              "| set | fisher | folded | informative |", "|---|---|---|---|"]
+              "| set | " + " | ".join(METHODS) + " | informative |", "|---|" + "---|" * (len(METHODS) + 1)]
     for name in dict.fromkeys(r["set"] for r in rows if r["kind"] == "columns"):
-        w = {s: min(r["auroc"] for r in rows if r["set"] == name and r["score"] == s)
-             for s in ("fisher", "folded", "informative")}
-        lines.append(f"| {name} | {w['fisher']:.3f} | {w['folded']:.3f} | {w['informative']:.3f} |")
+        w = [min(r["auroc"] for r in rows if r["set"] == name and r["score"] == s) for s in (*METHODS, "informative")]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in w) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,10 @@ PRESETS = {
             "clean_epochs": 8, "badclip_steps": 100},
     "gpu": {"n_shapes": 20000, "n_longtail": 100000, "n_concepts": 256, "n_test": 5000, "epochs": [10, 30],
             "clean_epochs": 10, "badclip_steps": 300},
+    # the DAO paper's setting on a CPU: rare target at 0.1 % of 30,000 pairs (30 poisoned), 10 epochs;
+    # run with --worlds longtail-rare --rates 0.001 --attacks badnets sig
+    "paper-cpu": {"n_shapes": 5000, "n_longtail": 30000, "n_concepts": 256, "n_test": 2000, "epochs": [10],
+                  "clean_epochs": 10, "badclip_steps": 100},
     "smoke": {"n_shapes": 900, "n_longtail": 900, "n_concepts": 32, "n_test": 200, "epochs": [1],
               "clean_epochs": 1, "badclip_steps": 5},
 }
@@ -102,7 +106,7 @@ def make_worlds(a: argparse.Namespace) -> None:
     from clipguard.train import TrainConfig, train_from_manifest
 
     pr = PRESETS[a.preset]
-    for world in WORLDS:
+    for world in a.worlds:
         out = world_dir(a, world)
         if not (out / "classes.json").is_file():
             t = time.perf_counter()

@@ -127,14 +127,23 @@ def fusion_table(df: pd.DataFrame) -> list[str]:
 
 
 def paper_table(df: pd.DataFrame) -> list[str]:
-    """The DAO paper's setting: DAO with the per-batch reference, rare target, rates <= 0.1 %."""
-    sub = df[(df["world"] == "longtail-rare") & (df["rate"] <= 0.001) & (df["detector"] == "dao")
-             & (df["mode"] == "batch")]
-    if sub.empty:
+    """The DAO paper's setting: DAO with the per-batch reference, rare target, rates <= 0.1 %; beside it the
+    default ``fused`` (auto) and the best detector of the cell (any mode)."""
+    cells = df[(df["world"] == "longtail-rare") & (df["rate"] <= 0.001)]
+    if cells.empty:
         return ["(no cell of the paper's setting)"]
-    return ["| attack | rate | poisoned | ASR | DAO per-batch AUROC | AUPRC |", "|---|---|---|---|---|---|"] + [
-        f"| {r.attack} | {r.rate:.2%} | {r.n_poisoned} | {r.attack_success_rate:.3f}"
-        f"{'' if r.learned else ' (not learned)'} | {r.auroc:.4f} | {r.auprc:.4f} |" for r in sub.itertuples()]
+    lines = ["| attack | rate | poisoned | CA | ASR | DAO per-batch AUROC / AUPRC | fused auto | best (mode) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (attack, rate), c in cells.groupby(["attack", "rate"], sort=False):
+        r = c.iloc[0]
+        dao = c[(c["detector"] == "dao") & (c["mode"] == "batch")].iloc[0]
+        fused = c[(c["detector"] == "fused") & (c["mode"] == "auto")].iloc[0]
+        best = c.loc[c["auroc"].idxmax()]
+        lines.append(f"| {attack} | {rate:.2%} | {r['n_poisoned']} | {r['clean_accuracy']:.3f} | "
+                     f"{r['attack_success_rate']:.3f}{'' if r['learned'] else ' (not learned)'} | "
+                     f"{dao['auroc']:.4f} / {dao['auprc']:.4f} | {fused['auroc']:.4f} | "
+                     f"{best['auroc']:.4f} ({best['detector']}, {best['mode']}) |")
+    return lines
 
 
 def report(a: argparse.Namespace) -> Path:
@@ -146,8 +155,9 @@ def report(a: argparse.Namespace) -> Path:
     n_learned = df.drop_duplicates(["world", "attack", "rate"])["learned"].sum()
     lines = [f"# Evaluation panel, preset {a.preset} ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"{df[['world', 'attack', 'rate']].drop_duplicates().shape[0]} cells, {n_learned} learned "
-             f"(ASR >= {a.learned}); seed {a.seed}, k = {a.k}. Modes: global exact kNN, the paper's per-batch "
-             "reference, auto (the default of `clipguard scan`).", "",
+             f"(ASR >= {a.learned}); seed {a.seed}, k = {a.k}. Reference modes: "
+             + ", ".join(sorted(df["mode"].unique())) + " (batch = the paper's per-batch reference; auto = what "
+             "`clipguard scan` uses by default, the global exact kNN at these sizes).", "",
              "## Worst case over the learned cells, with captions", "", *worst_table(df, True), "",
              "## Worst case over the learned cells, image-only", "", *worst_table(df, False), "",
              "## Fusion rules (mode auto, learned cells)", "", *fusion_table(df), "",

@@ -70,6 +70,35 @@ Combination (``method``):
     excess, and a wrong flip cost up to 0.97 AUROC on the columns and 0.56 on the concept
     sets. ``info_`` records the per-component orientation (``"two-sided"``) and weight.
 
+``"consensus"`` (opt-in, issue 9: agreement between signals)
+    ``"folded"`` with unequal weights: ``w_j = max(0, rho_j)``, normalised, where ``rho_j`` is the
+    Spearman correlation of component j's ``-ln p`` with the mean ``-ln p`` of the other
+    components (:func:`consensus_weights`; equal weights when there are two components, since
+    each has the same rho with the other, or when no rho is positive). A pure-noise component
+    agrees with nothing and drops out (weight 0.000 on the synthetic columns at every rate);
+    ``info_`` and ``run.json`` record the weights. Evidence: on the synthetic columns worst /
+    mean 0.833 / 0.935 (Fisher 0.730 / 0.887); on the evaluation panel
+    (``benchmarks/results/panel_cpu.md``, 17 learned cells, reference auto) worst / mean 0.168 /
+    0.722 against Fisher's 0.152 / 0.699: better in every shapes cell (AUPRC 0.64 vs 0.40 on
+    average) and in the long-tailed rare-target BadCLIP cells (0.361 / 0.541 vs 0.152 / 0.200),
+    worse by 0.009-0.045 on the frequent target at 0.5-1 % and where every signal is at or
+    below chance (rare target at 5 %: 0.17-0.38 vs 0.30-0.47) -- it amplifies whatever the
+    components agree on, also when they agree that the poison is *typical*. On the 5 % BadNets
+    demo 0.976 vs 0.992: the correlation is taken over all samples, so two caption signals that
+    agree on the clean bulk (clipscore, caption_dup) outweigh a perfect but bulk-uncorrelated
+    one (caption_disagreement, weight 0.10).
+
+Why ``"fisher"`` stays the default (issue 9)
+    The rule, fixed when only the panel's first 5 % cells were in: the default is the combination with the best
+    worst-case AUROC over the panel's learned cells, ties within 0.01 broken by the mean, and
+    it must not lose more than 0.01 on the demo. With captions, ``"consensus"`` has the best worst
+    case (0.168 against Fisher's 0.152 and ``"folded"``'s 0.162) but loses 0.016 on the demo, so
+    Fisher stays. Image-only, ``"folded"`` / ``"consensus"`` (equal with two components) reach
+    0.208 against Fisher's 0.183: the rule would switch there, but every worst case is below 0.25
+    -- worse than random -- and a second default per input kind was not worth a difference
+    between failures. No rule measured keeps the default within 0.03 of its best part in every
+    cell (``benchmarks/results/panel_notes.md`` lists the rules tried and what each cost).
+
 Components are built with the scan's options and their own parameters: ``detector_params`` of
 the scan for that detector, then those given to ``fused`` as ``"<component>__<param>"``
 (``Fused(component_params={"caption_dup": {"threshold": 0.95}})``, or
@@ -226,8 +255,9 @@ class Fused(Detector):
         image: the image-density component(s): registered kNN detector name(s), default
             ``("dao", "density_anomaly")``.
         signals: pair/text components used when their inputs are available.
-        method: ``"fisher"`` (default), ``"rank"``, ``"zsum"`` or ``"folded"`` (every
-            component two-sided; module docstring).
+        method: ``"fisher"`` (default), ``"rank"``, ``"zsum"``, ``"folded"`` (every
+            component two-sided) or ``"consensus"`` (two-sided, weighted by agreement with
+            the other components); module docstring.
         two_sided: components folded by :func:`fold_two_sided` before combining (default
             ``("caption_disagreement",)``, whose direction flips with the poison rate; see
             the module docstring). ``()`` fuses every component one-sided.
@@ -239,6 +269,8 @@ class Fused(Detector):
         components_: names of the components used.
         two_sided_: the components of ``components_`` that were folded.
         detectors_: the fitted component detectors.
+        weights_: ``{component: weight}`` of the last combination (equal but for
+            ``"consensus"``).
     """
 
     uses_neighbours = True
