@@ -10,11 +10,10 @@ training-dynamics record (``learning_speed``, see :meth:`Scan.with_dynamics
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import os
 
 import pandas as pd
 

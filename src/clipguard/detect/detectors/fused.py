@@ -120,8 +120,8 @@ from clipguard.detect.options import DEFAULT_BACKEND, DEFAULT_BLOCK_SIZE, DEFAUL
 from clipguard.errors import ConfigError
 from clipguard.utils.validate import check_choice
 
-__all__ = ["Fused", "FUSE_METHODS", "FUSION_RULES", "combine", "combine_components", "consensus_weights", "fuse_components", "fuse_scores", "fold_two_sided", "percentile_rank", "robust_z",
-           "upper_tail_log_p"]
+__all__ = ["Fused", "FUSE_METHODS", "FUSION_RULES", "combine", "consensus_weights", "fuse_components", "fuse_scores",
+           "fold_two_sided", "percentile_rank", "robust_z", "upper_tail_log_p"]
 
 FUSE_METHODS = ("rank", "fisher", "zsum", "folded", "consensus")
 FUSION_RULES = {
@@ -231,11 +231,9 @@ def fuse_scores(components: Mapping[str, np.ndarray], method: str = "fisher",
     return combine(components, method, two_sided)[0]
 
 
-def combine_components(parts: Mapping[str, np.ndarray], method: str = "fisher",
-                       two_sided: Iterable[str] = DEFAULT_TWO_SIDED) -> tuple[np.ndarray, dict[str, float]]:
-    """What ``fused`` computes from its components' (n,) scores, and each component's weight: the
-    components named in ``two_sided`` folded by :func:`fold_two_sided`, then :func:`combine` with
-    ``method``. Lets a benchmark evaluate a combination on stored component scores."""
+def _fold_and_combine(parts: Mapping[str, np.ndarray], method: str,
+                      two_sided: Iterable[str]) -> tuple[np.ndarray, dict[str, float]]:
+    """The components named in ``two_sided`` folded by :func:`fold_two_sided`, then :func:`combine`."""
     folded = [name for name in parts if name in set(two_sided)]
     return combine({name: fold_two_sided(s) if name in folded else np.asarray(s, dtype=np.float64)
                     for name, s in parts.items()}, method, two_sided=(*folded, *ALREADY_TWO_SIDED))
@@ -243,8 +241,10 @@ def combine_components(parts: Mapping[str, np.ndarray], method: str = "fisher",
 
 def fuse_components(parts: Mapping[str, np.ndarray], method: str = "fisher",
                     two_sided: Iterable[str] = DEFAULT_TWO_SIDED) -> np.ndarray:
-    """(n,) the fused score of :func:`combine_components` alone."""
-    return combine_components(parts, method, two_sided)[0]
+    """(n,) what ``fused`` computes from its components' (n,) scores ``parts``: the components named
+    in ``two_sided`` folded by :func:`fold_two_sided`, then :func:`fuse_scores` with ``method``.
+    Lets a benchmark evaluate a combination on stored component scores."""
+    return _fold_and_combine(parts, method, two_sided)[0]
 
 
 @DETECTORS.register("fused")
@@ -354,7 +354,7 @@ class Fused(Detector):
         return make_detector(name, common, self._params_of(name))
 
     def _fuse(self, parts: dict[str, np.ndarray]) -> np.ndarray:
-        fused, self.weights_ = combine_components(parts, self.method, self.two_sided_)
+        fused, self.weights_ = _fold_and_combine(parts, self.method, self.two_sided_)
         return fused
 
     def _rule_info(self) -> dict[str, Any]:

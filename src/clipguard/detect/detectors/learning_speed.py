@@ -24,7 +24,7 @@ import pandas as pd
 
 from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted, require_input
 from clipguard.detect.detectors.registry import DETECTORS
-from clipguard.detect.neighbours.stats import robust_z
+from clipguard.detect.neighbours.stats import robust_center_scale, robust_z
 from clipguard.errors import ConfigError
 from clipguard.train.dynamics import DYNAMICS_FILE, learning_speed, read_dynamics
 from clipguard.utils.validate import check_choice
@@ -132,20 +132,6 @@ def speeds_of_rows(record: str | os.PathLike | pd.DataFrame, ids: Any) -> tuple[
     return aligned, info
 
 
-def _center_scale(s: np.ndarray) -> tuple[float, float]:
-    """The median and scale of :func:`~clipguard.detect.neighbours.stats.robust_z` of finite ``s``
-    (1.4826 * MAD, else the standard deviation); scale ``inf`` where both are 0 (every z is 0)."""
-    if s.size == 0:
-        return 0.0, float("inf")
-    med = float(np.median(s))
-    scale = 1.4826 * float(np.median(np.abs(s - med)))
-    if scale == 0 or not np.isfinite(scale):
-        scale = float(np.std(s))
-    if scale == 0 or not np.isfinite(scale):
-        scale = float("inf")
-    return med, scale
-
-
 @DETECTORS.register("learning_speed")
 class LearningSpeed(Detector):
     """How early training fitted the pair (two-sided by default). Needs a training-dynamics record (--dynamics).
@@ -184,7 +170,7 @@ class LearningSpeed(Detector):
         check_choice("direction of learning_speed", self.direction, DIRECTIONS)
         s = as_speeds(require_input(dynamics, _WHAT, "learning_speed"))
         finite = s[~np.isnan(s)]
-        self.center_, self.scale_ = _center_scale(finite)
+        self.center_, self.scale_ = robust_center_scale(finite)
         self.n_reference_ = int(finite.size)
         return self
 
@@ -196,7 +182,7 @@ class LearningSpeed(Detector):
         s = as_speeds(require_input(dynamics, _WHAT, "learning_speed"))
         if self.direction != "two-sided":
             return speed_scores(s, self.direction)
-        return np.abs(s - self.center_) / self.scale_ if np.isfinite(self.scale_) else np.where(np.isnan(s), s, 0.0)
+        return np.abs(s - self.center_) / self.scale_ if self.scale_ > 0 else np.where(np.isnan(s), s, 0.0)
 
     def fit_score(self, X: Any = None, *, text: Any = None, captions: Any = None,
                   dynamics: np.ndarray | None = None) -> np.ndarray:

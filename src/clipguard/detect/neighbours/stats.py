@@ -24,7 +24,7 @@ import numpy as np
 
 from clipguard.errors import ConfigError
 
-__all__ = ["EPS", "LID_MAX", "NeighbourStats", "robust_z", "kdistance", "lid_mle", "neighbour_stats", "as_distances",
+__all__ = ["EPS", "LID_MAX", "NeighbourStats", "robust_center_scale", "robust_z", "kdistance", "lid_mle", "neighbour_stats", "as_distances",
            "check_neighbour_indices"]
 
 EPS = 1e-12
@@ -118,19 +118,29 @@ def neighbour_stats(D: np.ndarray) -> NeighbourStats:
     return NeighbourStats(kdistance(D), lid_mle(D))
 
 
+def robust_center_scale(values: np.ndarray) -> tuple[float, float]:
+    """The median and robust scale (``1.4826 * MAD``, the standard deviation when MAD is 0) of
+    finite (n,) ``values``; the scale is 0.0 for a constant (or empty) set."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return 0.0, 0.0
+    med = float(np.median(v))
+    scale = 1.4826 * float(np.median(np.abs(v - med)))
+    if scale == 0 or not np.isfinite(scale):
+        scale = float(np.std(v))
+    return med, (scale if np.isfinite(scale) else 0.0)
+
+
 def robust_z(scores: np.ndarray) -> np.ndarray:
-    """``(s - median) / (1.4826 * MAD)``; falls back to the standard deviation when MAD is 0
-    and gives zeros for a constant score. Non-finite values are clipped to the finite range."""
+    """``(s - median) / (1.4826 * MAD)`` (:func:`robust_center_scale`); zeros for a constant score.
+    Non-finite values are clipped to the finite range."""
     s = np.asarray(scores, dtype=np.float64)
     finite = s[np.isfinite(s)]
     if finite.size == 0:
         return np.zeros_like(s)
     s = np.clip(np.nan_to_num(s, nan=finite.min(), posinf=finite.max(), neginf=finite.min()),
                 finite.min(), finite.max())
-    med = np.median(s)
-    scale = 1.4826 * np.median(np.abs(s - med))
-    if scale == 0 or not np.isfinite(scale):
-        scale = np.std(s)
-    if scale == 0 or not np.isfinite(scale):
+    med, scale = robust_center_scale(s)
+    if scale == 0:
         return np.zeros_like(s)
     return (s - med) / scale
