@@ -38,6 +38,7 @@ SIZES = {
     "train": {"--epochs": "1"},
     "demo": {"--n-train": "300", "--n-test": "100", "--epochs": "1"},
     "badclip": {"--steps": "2"},
+    "defend": {"--epochs": "1"},
 }
 
 _PLACEHOLDER_LIKE = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
@@ -109,6 +110,7 @@ def _expected_outputs(args: list[str]) -> list[str]:
         "filter": ["manifest.parquet", "removed.csv", "run.json"],
         "demo": ["summary.json"],
         "badclip": ["trigger.png"],
+        "defend": ["model.safetensors", "model.json", "run.json"],
     }.get(cmd, [])
     paths = [f"{out}/{p}" for p in expected]
     if cmd == "eval" and out:

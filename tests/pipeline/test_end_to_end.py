@@ -7,12 +7,12 @@ import time
 import pytest
 
 from clipguard.attacks import get_trigger, poison_dataset
-from clipguard.data import ImageCaptionDataset, read_manifest
+from clipguard.data import read_manifest
 from clipguard.data.synth import SHAPES, generate_world
 from clipguard.data.templates import DEFAULT_TEMPLATES
 from clipguard.evaluate.zeroshot import evaluate_zero_shot
 from clipguard.models import create_model
-from clipguard.train import TrainConfig, load_pairs, train_clip
+from clipguard.train import PairData, TrainConfig, train_clip
 
 EPOCHS = 4
 
@@ -25,7 +25,7 @@ def test_backdoor_is_learned_on_3k_pairs(tmp_path):
                          target="star", rate=0.05, templates=DEFAULT_TEMPLATES, seed=1, progress=False)
     bundle = create_model("tiny-rn", seed=1)
     manifest = read_manifest(res.manifest_path)
-    pairs = load_pairs(ImageCaptionDataset(manifest, bundle.preprocess, bundle.tokenizer), progress=False)
+    pairs = PairData(manifest, bundle, progress=False)
     t0 = time.perf_counter()
     train_clip(bundle, pairs, TrainConfig(epochs=EPOCHS, batch_size=64, lr=1e-3, warmup_steps=20, seed=1),
                tmp_path / "m", progress=False)

@@ -3,17 +3,16 @@ import pandas as pd
 import pytest
 import torch
 
-from clipguard.data import ImageCaptionDataset, read_manifest
+from clipguard.data import read_manifest
 from clipguard.errors import ConfigError
 from clipguard.models import create_model
-from clipguard.train import TrainConfig, learning_speed, load_pairs, read_dynamics, train_clip, train_from_manifest
+from clipguard.train import PairData, TrainConfig, learning_speed, read_dynamics, train_clip, train_from_manifest
 from tests_helpers import Killed, kill_after_steps
 
 
 def _pairs(world):
     b = create_model("tiny-rn", seed=0)
-    ds = ImageCaptionDataset(read_manifest(world / "train" / "manifest.parquet"), b.preprocess, b.tokenizer)
-    return load_pairs(ds, progress=False)
+    return PairData(read_manifest(world / "train" / "manifest.parquet"), b, progress=False)
 
 
 def test_record_is_written_and_read_back(tiny_world, tmp_path):

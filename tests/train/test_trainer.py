@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from clipguard.data import ImageCaptionDataset, read_manifest
+from clipguard.data import read_manifest
 from clipguard.models import create_model
-from clipguard.train import TrainConfig, clip_loss, load_pairs, train_clip
+from clipguard.train import PairData, TrainConfig, clip_loss, train_clip
 from clipguard.train.losses import MAX_LOGIT_SCALE
 from clipguard.errors import ConfigError
 from clipguard.train.trainer import lr_at
@@ -28,8 +28,7 @@ def test_lr_schedule():
 
 def _pairs(world):
     b = create_model("tiny-rn", seed=0)
-    ds = ImageCaptionDataset(read_manifest(world / "train" / "manifest.parquet"), b.preprocess, b.tokenizer)
-    return load_pairs(ds, progress=False)
+    return PairData(read_manifest(world / "train" / "manifest.parquet"), b, progress=False)
 
 
 def test_resume_after_kill_gives_identical_weights(tiny_world, tmp_path):
@@ -113,4 +112,4 @@ def test_no_usable_pair_is_a_manifest_error(tmp_path):
     m = read_manifest(make_bad_manifest(tmp_path, n_good=0))
     with pytest.raises(ManifestError, match=r"no usable image-caption pair, all 3 rows skipped \(1 missing image, "
                                             r"1 empty caption, 1 unreadable image\)"):
-        load_pairs(ImageCaptionDataset(m, b.preprocess, b.tokenizer), progress=False)
+        PairData(m, b, progress=False)

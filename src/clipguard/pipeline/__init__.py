@@ -2,6 +2,8 @@
 
 * :func:`scan_dataset` -- embed a dataset with a model, then scan the embeddings
   (:class:`DatasetScanResult`); ``clipguard scan --model M --data D --out O``.
+* :func:`defend_model` -- a model defence with CA / ASR before and after and its ``run.json``;
+  ``clipguard defend METHOD MODEL --data D --out O``.
 * :func:`run_demo` -- the whole pipeline on the embedded world (:class:`DemoConfig`,
   :func:`format_summary`); ``clipguard demo``.
 
@@ -12,7 +14,8 @@ Example::
     res = scan_dataset("model", "data/manifest.parquet", "scan", k=16)
     print(res.scan.metrics)
 """
+from clipguard.pipeline.defend_model import defend_model
 from clipguard.pipeline.demo import DemoConfig, format_summary, run_demo
 from clipguard.pipeline.scan_dataset import DatasetScanResult, scan_dataset
 
-__all__ = ["DatasetScanResult", "DemoConfig", "format_summary", "run_demo", "scan_dataset"]
+__all__ = ["DatasetScanResult", "defend_model", "DemoConfig", "format_summary", "run_demo", "scan_dataset"]

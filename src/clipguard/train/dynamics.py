@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from clipguard.errors import ConfigError
+from clipguard.train.data import PairData, ordered_loader
 from clipguard.utils.device import autocast
 from clipguard.utils.io import atomic_path
 from clipguard.utils.progress import progress_bar
@@ -31,34 +32,44 @@ DYNAMICS_FILE = "dynamics.parquet"
 COLUMNS = ("id", "row", "epoch", "cosine")
 
 
-def pair_cosines(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, device: torch.device, *,
-                 batch_size: int, bf16: bool = False, progress: bool = True, desc: str = "record") -> torch.Tensor:
-    """Cosine between the image and caption embeddings of every pair: (N,) float32 on the CPU.
+def pair_cosines(model: torch.nn.Module, data: PairData, device: torch.device, *, batch_size: int,
+                 bf16: bool = False, workers: int = 0, progress: bool = True, desc: str = "record") -> torch.Tensor:
+    """Cosine between the image and caption embeddings of every pair of ``data``, without its views.
 
-    Runs ``model`` in eval mode without gradients, ``batch_size`` pairs at a time, and puts it back
-    in the mode it was in. Draws from no random generator and changes no weight or buffer, so the
-    training run it is called from stays bit-identical.
+    Runs ``model`` in eval mode without gradients, ``batch_size`` pairs at a time (through
+    :func:`~clipguard.train.data.ordered_loader` over ``data.plain()``, ``workers`` loader processes),
+    and puts it back in the mode it was in. Draws from no random generator and changes no weight or
+    buffer, so the training run it is called from stays bit-identical.
 
-    Args:
-        images: (N, 3, H, W) preprocessed images (host memory).
-        tokens: (N, L) caption tokens.
+    Returns:
+        (N,) float32 on the CPU, aligned with ``data.rows``; NaN for a streamed image that cannot be
+        read (logged in ``data.skip_log``).
     """
     was_training = model.training
     model.eval()
-    n, out = len(images), []
+    plain = data.plain()
+    where = {row: j for j, row in enumerate(plain.rows)}
+    out = torch.full((len(plain),), float("nan"))
+    loader = ordered_loader(plain, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
     try:
-        with torch.no_grad(), progress_bar(-(-n // batch_size), desc, unit="batch", enabled=progress) as bar:
-            for s in range(0, n, batch_size):
-                img = images[s:s + batch_size].to(device)
-                tok = tokens[s:s + batch_size].to(device)
-                with autocast(device, bf16):
-                    img_f = torch.nn.functional.normalize(model.encode_image(img).float(), dim=-1)
-                    txt_f = torch.nn.functional.normalize(model.encode_text(tok).float(), dim=-1)
-                out.append((img_f * txt_f).sum(-1).clamp(-1.0, 1.0).cpu())
+        with torch.no_grad(), progress_bar(len(loader), desc, unit="batch", enabled=progress) as bar:
+            for batch in loader:
+                plain.record_errors(batch)
+                if "image" in batch:
+                    out[[where[int(r)] for r in batch["index"]]] = _cosines(model, batch, device, bf16)
                 bar.update(1)
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return out
+
+
+def _cosines(model: torch.nn.Module, batch: dict, device: torch.device, bf16: bool) -> torch.Tensor:
+    """(B,) image-caption cosines of one batch, on the CPU."""
+    normalize = torch.nn.functional.normalize
+    with autocast(device, bf16):
+        img_f = normalize(model.encode_image(batch["image"].to(device)).float(), dim=-1)
+        txt_f = normalize(model.encode_text(batch["text"].to(device)).float(), dim=-1)
+    return (img_f * txt_f).sum(-1).clamp(-1.0, 1.0).cpu()
 
 
 def write_epoch(path: str | os.PathLike, epoch: int, ids: Sequence[str], rows: Sequence[int],

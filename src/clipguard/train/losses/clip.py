@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ExtraLoss", "MAX_LOGIT_SCALE", "clip_loss"]
+from clipguard.errors import ConfigError
+from clipguard.train.objective import StepInputs
+
+__all__ = ["ClipTerm", "ExtraLoss", "MAX_LOGIT_SCALE", "clip_loss"]
 
 #: open_clip's logit scale is log(1/T); CLIP caps exp(logit_scale) at 100.
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -31,3 +35,49 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     logits = logit_scale.exp() * image_features @ text_features.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+class ClipTerm:
+    """The CLIP loss as a :class:`~clipguard.train.objective.LossTerm` (``needs`` image and text):
+    :func:`clip_loss` of the batch's normalised image and caption embeddings under the model's
+    learned temperature.
+
+    Args:
+        exclude: optional (N,) bool mask by manifest row (``inputs.rows`` index it): the loss is then
+            :func:`clip_loss` over the batch rows NOT excluded only, and 0 (with a gradient path) when
+            fewer than 2 remain (ABL leaves its suspects out of the CLIP loss). ``None``: every row.
+    """
+
+    name = "clip"
+    needs = frozenset({"image", "text"})
+
+    def __init__(self, exclude: np.ndarray | torch.Tensor | None = None) -> None:
+        self.exclude = None if exclude is None else self._row_mask(exclude)
+
+    @staticmethod
+    def _row_mask(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``mask`` as a (N,) bool CPU tensor; ConfigError if it is not a 1-D bool array."""
+        m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+        if m.ndim != 1 or m.dtype != bool:
+            raise ConfigError(f"ClipTerm exclude must be a 1-D bool array (one flag per manifest row), "
+                              f"got shape {m.shape} of {m.dtype}")
+        return torch.from_numpy(m.copy())
+
+    def __call__(self, inputs: StepInputs) -> torch.Tensor:
+        if self.exclude is None:
+            return clip_loss(inputs["image"], inputs["text"], inputs.logit_scale)
+        rows = inputs.rows.cpu()
+        if rows.numel() and int(rows.max()) >= self.exclude.shape[0]:
+            raise ConfigError(f"ClipTerm exclude covers {self.exclude.shape[0]} manifest rows but the batch has "
+                              f"row {int(rows.max())}; build the mask over the training manifest")
+        image, text = inputs["image"], inputs["text"]
+        keep = (~self.exclude[rows]).to(image.device)
+        if int(keep.sum()) < 2:
+            return 0.0 * (image.sum() + text.sum())
+        return clip_loss(image[keep], text[keep], inputs.logit_scale)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return iter(())
+
+    def describe(self) -> dict[str, Any]:
+        return {} if self.exclude is None else {"excluded": int(self.exclude.sum())}
