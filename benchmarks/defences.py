@@ -1,9 +1,10 @@
 """Model defences on the embedded world: a table like CleanCLIP's Table 1 (issue 10).
 
 Rows: no defence, MMCL only, SSL only, CleanCLIP (lambda2 = 1, 2, 4), supervised finetuning, PAR,
-filter-and-retrain (1 % and 5 %), ABL. Columns: CA and ASR of tiny-rn models backdoored with BadNets,
+filter-and-retrain (1 % and 5 % of the default scan; 5 % of a ``multi_reference`` scan), ABL. Columns: CA and ASR of tiny-rn models backdoored with BadNets,
 Blended, SIG, WaNet (s = 4) and BadCLIP at 5 %, and BadNets and SIG at 0.5 %. Plus a sweep of the
-clean finetuning set's size and of the learning rate (CleanCLIP on BadNets 5 %), and the throughput of
+clean finetuning set's size (CleanCLIP) and of the learning rate (CleanCLIP, MMCL, PAR) on BadNets 5 %,
+and the throughput of
 a CleanCLIP step against a plain CLIP step on the same batches.
 
 Set-up (preset ``cpu``): the shapes world (seed 0, 5,000 training pairs, 1,000 test images), tiny-rn
@@ -11,7 +12,8 @@ trained 8 epochs on each poisoned copy (dirty-label, target ``star``); the clean
 second shapes world drawn with another seed (``clipguard synth --seed 1``), disjoint from the training
 set, of ``ft_size`` pairs; finetuning defences run ``ft_epochs`` epochs with their defaults; rows that
 train from scratch (filter-and-retrain, ABL) run ``retrain_epochs`` epochs (fewer than the 8 of the
-backdoored model, to fit the CPU; stated in the table). ABL's clean reference is a tiny-rn trained on
+backdoored model, to fit the CPU; stated in the table), and only on the models whose backdoor was
+learned (ASR >= 0.8). ABL's clean reference is a tiny-rn trained on
 the clean world; it unlearns the 5 % of pairs with the lowest cosine under it.
 
 Usage::
@@ -43,12 +45,21 @@ ATTACKS = {
 MODELS = [("badnets", 0.05), ("blended", 0.05), ("sig", 0.05), ("wanet", 0.05), ("badclip", 0.05),
           ("badnets", 0.005), ("sig", 0.005)]
 PRESETS = {
-    "cpu": {"n_train": 5000, "n_test": 1000, "epochs": 8, "ft_size": 1000, "ft_pool": 2000, "ft_epochs": 10,
-            "retrain_epochs": 4, "badclip_steps": 100, "sizes": [165, 500, 2000], "lrs": [5e-4, 5e-3]},
-    "smoke": {"n_train": 600, "n_test": 100, "epochs": 1, "ft_size": 128, "ft_pool": 256, "ft_epochs": 1,
+    "cpu": {"world": "shapes", "speed": True, "n_train": 5000, "n_test": 1000, "epochs": 8, "ft_size": 1000, "ft_pool": 2000, "ft_epochs": 10,
+            "retrain_epochs": 4, "badclip_steps": 100, "sizes": [165, 500, 2000], "lrs": [5e-4, 5e-3],
+            "par_lrs": [5e-4, 1e-4]},
+    # a second world, on a GPU: the long-tailed world (128 concepts, Zipf 1.1), the most frequent concept as target
+    "gpu-longtail": {"world": "longtail", "speed": False, "n_concepts": 128, "n_train": 5000, "n_test": 1000,
+                     "epochs": 8, "ft_size": 1000, "ft_pool": 1000, "ft_epochs": 10, "retrain_epochs": 8,
+                     "badclip_steps": 0, "sizes": [], "lrs": [], "models": [("badnets", 0.05), ("sig", 0.05)]},
+    "smoke": {"world": "shapes", "speed": True, "n_train": 600, "n_test": 100, "epochs": 1, "ft_size": 128, "ft_pool": 256, "ft_epochs": 1,
               "retrain_epochs": 1, "badclip_steps": 3, "sizes": [64], "lrs": [1e-4]},
+    "smoke-longtail": {"world": "longtail", "speed": False, "n_concepts": 16, "n_train": 600, "n_test": 100,
+                       "epochs": 1, "ft_size": 128, "ft_pool": 128, "ft_epochs": 1, "retrain_epochs": 1,
+                       "badclip_steps": 0, "sizes": [], "lrs": [], "models": [("badnets", 0.05)]},
 }
 TARGET = "star"
+LEARNED = 0.8  # ASR from which a backdoor counts as learned (retrain rows run on those only)
 
 
 def rows(a: argparse.Namespace) -> list[tuple[str, str, dict]]:
@@ -59,11 +70,23 @@ def rows(a: argparse.Namespace) -> list[tuple[str, str, dict]]:
             ("CleanCLIP l2=4", "cleanclip", {"lambda2": 4.0}), ("supervised", "supervised", {}),
             ("PAR", "par", {}), ("filter-retrain 1%", "filter-retrain", {"share": 0.01}),
             ("filter-retrain 5%", "filter-retrain", {"share": 0.05}),
+            ("filter-retrain 5% multi-ref", "filter-retrain", {"share": 0.05, "reference": "multi_reference"}),
             ("ABL", "abl", {"reference": clean, "share": 0.05})]
+
+
+def models_of(a: argparse.Namespace) -> list[tuple[str, float]]:
+    """The backdoored models of the preset (default: :data:`MODELS`)."""
+    return PRESETS[a.preset].get("models", MODELS)
 
 
 def model_name(attack: str, rate: float) -> str:
     return f"{attack}_{rate:g}"
+
+
+def learned(a: argparse.Namespace, model: str) -> bool:
+    """Whether the backdoored model's ASR reached ``LEARNED`` (False while it is not trained yet)."""
+    path = Path(a.work) / "models" / model / "result.json"
+    return path.is_file() and json.loads(path.read_text())["attack_success_rate"] >= LEARNED
 
 
 def slug(label: str) -> str:
@@ -71,19 +94,51 @@ def slug(label: str) -> str:
 
 
 # -- stage 1: worlds, the clean model, the BadCLIP patch --------------------------------------------------
+def _labels(df, world: Path) -> list[int]:
+    """Class index of each row: the first-named shape (shapes world; 26 % of its rows show two shapes) or
+    the concept's class (long-tailed world)."""
+    classes = json.loads((world / "classes.json").read_text())["classes"]
+    if "shapes" in df.columns:
+        return [classes.index(s.split(",")[0]) for s in df["shapes"]]
+    return [classes.index(c) for c in df["concept"]]
+
+
+def target_of(a: argparse.Namespace) -> str:
+    """The target class: ``star`` (shapes) or the most frequent concept (long-tailed world)."""
+    if PRESETS[a.preset]["world"] == "shapes":
+        return TARGET
+    return json.loads((Path(a.work) / "world" / "classes.json").read_text())["classes"][0]
+
+
+def templates_of(a: argparse.Namespace) -> list[str]:
+    from clipguard.data.longtail import poison_templates
+    from clipguard.data.templates import DEFAULT_TEMPLATES
+
+    return list(DEFAULT_TEMPLATES) if PRESETS[a.preset]["world"] == "shapes" else poison_templates(target_of(a))
+
+
+def _generate(a: argparse.Namespace, out: Path, n_train: int, n_test: int, seed: int) -> None:
+    from clipguard.data.longtail import generate_longtail_world
+    from clipguard.data.synth import generate_world
+
+    pr = PRESETS[a.preset]
+    if pr["world"] == "shapes":
+        generate_world(out, n_train=n_train, n_test=n_test, seed=seed, progress=False)
+    else:
+        generate_longtail_world(out, n_train=n_train, n_test=n_test, n_concepts=pr["n_concepts"], seed=seed,
+                                progress=False)
+
 def make_worlds(a: argparse.Namespace) -> None:
     from clipguard.attacks.badclip import BadCLIPConfig, optimize_badclip_patch
     from clipguard.data.manifest import read_manifest, write_manifest
-    from clipguard.data.synth import generate_world
-    from clipguard.data.templates import DEFAULT_TEMPLATES
     from clipguard.train import TrainConfig, train_from_manifest
 
     pr, work = PRESETS[a.preset], Path(a.work)
     if not (work / "world" / "classes.json").is_file():
-        generate_world(work / "world", n_train=pr["n_train"], n_test=pr["n_test"], seed=a.seed, progress=False)
+        _generate(a, work / "world", pr["n_train"], pr["n_test"], a.seed)
     ft = work / "finetune_world"
     if not (ft / "classes.json").is_file():
-        generate_world(ft, n_train=pr["ft_pool"], n_test=10, seed=a.seed + 1, progress=False)
+        _generate(a, ft, pr["ft_pool"], 10, a.seed + 1)
     pool = read_manifest(ft / "train" / "manifest.parquet")
     for n in {pr["ft_size"], *pr["sizes"]}:  # the first n pairs, labelled with the pool's class index
         path = ft / f"finetune_{n}.parquet"
@@ -91,15 +146,16 @@ def make_worlds(a: argparse.Namespace) -> None:
             df = pool.df.iloc[:n].copy()
             df["image"] = [str(pool.image_path(i).relative_to(ft)) for i in range(n)]
             df["id"] = "ft-" + df["id"].astype(str)  # a world of another seed reuses the ids train-000000...
+            df["label"] = _labels(df, ft)  # for the supervised control
             write_manifest(df, path)
     if not (work / "clean_model" / "model.json").is_file():
         train_from_manifest(work / "world" / "train" / "manifest.parquet", work / "clean_model",
                             config=TrainConfig(epochs=pr["epochs"], seed=a.seed), progress=False, device=a.device)
-    if not (work / "badclip" / "trigger.png").is_file():
+    if "badclip" in dict(models_of(a)) and not (work / "badclip" / "trigger.png").is_file():
         from clipguard.models import load_model
 
         optimize_badclip_patch(load_model(work / "clean_model"), read_manifest(work / "world" / "train" / "manifest.parquet"),
-                               work / "badclip", target=TARGET, templates=DEFAULT_TEMPLATES,
+                               work / "badclip", target=target_of(a), templates=templates_of(a),
                                config=BadCLIPConfig(steps=pr["badclip_steps"], seed=a.seed), progress=False)
 
 
@@ -118,7 +174,8 @@ def train_model(attack: str, rate: float, a: argparse.Namespace) -> None:
     if attack == "badclip":
         params = {"patch": str(work / "badclip" / "trigger.png")}
     res = poison_dataset(read_manifest(work / "world" / "train" / "manifest.parquet"), cell / "data",
-                         get_trigger(name, **params), target=TARGET, rate=rate, seed=a.seed, progress=False)
+                         get_trigger(name, **params), target=target_of(a), rate=rate, templates=templates_of(a),
+                         seed=a.seed, progress=False)
     bundle, _ = train_from_manifest(res.manifest_path, cell / "model", progress=False, device=a.device,
                                     config=TrainConfig(epochs=PRESETS[a.preset]["epochs"], seed=a.seed))
     ev = evaluate_model(bundle, work / "world" / "test" / "manifest.parquet", work / "world" / "classes.json",
@@ -137,9 +194,11 @@ def defence_jobs(a: argparse.Namespace) -> list[dict]:
     ft = lambda n: str(work / "finetune_world" / f"finetune_{n}.parquet")  # noqa: E731
     jobs = []
     for label, method, params in rows(a):
-        for attack, rate in MODELS:
+        for attack, rate in models_of(a):
             m = model_name(attack, rate)
             retrain = method in ("filter-retrain", "abl")
+            if retrain and not learned(a, m):  # retraining from scratch is the costly row: learned backdoors only
+                continue
             jobs.append({"out": str(work / "defended" / m / slug(label)), "label": label, "method": method,
                          "params": params, "model": m, "sweep": "table",
                          "data": str(work / "models" / m / "data" / "manifest.parquet") if retrain else ft(pr["ft_size"]),
@@ -148,11 +207,11 @@ def defence_jobs(a: argparse.Namespace) -> list[dict]:
         jobs.append({"out": str(work / "sweep" / f"size_{n}"), "label": f"CleanCLIP size {n}", "method": "cleanclip",
                      "params": {}, "model": "badnets_0.05", "sweep": "size", "data": ft(n),
                      "train": {"epochs": pr["ft_epochs"]}})
-    for lr in pr["lrs"]:
-        for method in ("cleanclip", "mmcl"):
-            jobs.append({"out": str(work / "sweep" / f"{method}_lr_{lr:g}"), "label": f"{method} lr {lr:g}",
-                         "method": method, "params": {}, "model": "badnets_0.05", "sweep": "lr",
-                         "data": ft(pr["ft_size"]), "train": {"epochs": pr["ft_epochs"], "lr": lr}})
+    lrs = [(lr, m) for lr in pr["lrs"] for m in ("cleanclip", "mmcl")] + [(lr, "par") for lr in pr.get("par_lrs", [])]
+    for lr, method in lrs:
+        jobs.append({"out": str(work / "sweep" / f"{method}_lr_{lr:g}"), "label": f"{method} lr {lr:g}",
+                     "method": method, "params": {}, "model": "badnets_0.05", "sweep": "lr",
+                     "data": ft(pr["ft_size"]), "train": {"epochs": pr["ft_epochs"], "lr": lr}})
     return jobs
 
 
@@ -198,7 +257,7 @@ def measure_speed(a: argparse.Namespace) -> dict:
 def worker(a: argparse.Namespace) -> None:
     limit_threads(a.threads)
     if a.stage == "models":
-        for attack, rate in share_of(a.part, MODELS):
+        for attack, rate in share_of(a.part, models_of(a)):
             train_model(attack, rate, a)
     else:
         for job in share_of(a.part, defence_jobs(a)):
@@ -228,10 +287,11 @@ def main(argv: list[str] | None = None) -> None:
         make_worlds(a)
         spawn_workers(__file__, [*argv, "--stage", "models"], a.jobs)
         spawn_workers(__file__, [*argv, "--stage", "defences"], a.jobs)
-        measure_speed(a)
+        if PRESETS[a.preset]["speed"]:
+            measure_speed(a)
     from defences_report import report  # benchmarks/defences_report.py: the tables
 
-    print(f"-> {report(a, rows(a), MODELS, defence_jobs(a))}")
+    print(f"-> {report(a, rows(a), models_of(a), defence_jobs(a), PRESETS[a.preset]['world'])}")
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def main_table(rows: list[tuple], models: list, base: dict, runs: list[dict]) ->
         if base.get(n) else "-" for n in names) + " |")
     by = {(r["label"], r["model"]): r for r in runs if r["sweep"] == "table"}
     for label, _, _ in rows:
-        cells = [_cell(by[(label, n)]["ca_after"], by[(label, n)]["asr_after"]) if (label, n) in by else "-"
-                 for n in names]
+        cells = [_cell(by[(label, n)]["ca_after"], by[(label, n)]["asr_after"]) if (label, n) in by
+                 else "not run (not learned)" if label.startswith(("filter-retrain", "ABL")) and base.get(n)
+                 and base[n]["attack_success_rate"] < LEARNED else "-" for n in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -77,7 +78,7 @@ def sweep_table(runs: list[dict], sweep: str) -> list[str]:
     return lines
 
 
-def report(a: argparse.Namespace, rows: list[tuple], models: list, jobs: list[dict]) -> Path:
+def report(a: argparse.Namespace, rows: list[tuple], models: list, jobs: list[dict], world: str = "shapes") -> Path:
     base, runs = collect(a, models, jobs)
     out = Path(a.out)
     fields = ["sweep", "label", "method", "model", "ca_before", "asr_before", "ca_after", "asr_after",
@@ -86,8 +87,8 @@ def report(a: argparse.Namespace, rows: list[tuple], models: list, jobs: list[di
     speed = _load(Path(a.work) / "speed.json")
     md = [f"# Model defences (`benchmarks/defences.py --preset {a.preset}`)", "",
           "CA / ASR in % (zero-shot; ASR = share of triggered test images whose true class is not the target "
-          "that are classified as the target). Models: tiny-rn backdoored on the shapes world; see the script's "
-          "docstring for the set-up.", "", *main_table(rows, models, base, runs), "",
+          f"that are classified as the target). Models: tiny-rn backdoored on the {world} world; see the script's "
+          "docstring for the set-up. `-`: not run (out of time).", "", *main_table(rows, models, base, runs), "",
           f"## The goal: relative ASR cut >= {GOAL_RELATIVE_CUT:.0%} at <= {GOAL_CA_POINTS:g} points of CA "
           f"(learned models, ASR >= {LEARNED})", "", *goal_table(runs), "",
           "## Size of the clean finetuning set (CleanCLIP, BadNets 5 %)", "", *sweep_table(runs, "size"), "",

@@ -53,6 +53,8 @@ def test_unknown_method_and_parameter_are_one_line_errors():
     with pytest.raises(ConfigError, match="lambda2 must be a number"):
         make_defence("cleanclip", {"lambda2": -1})
     assert make_defence("cleanclip", {"lambda2": 4}).params() == {"lambda1": 1.0, "lambda2": 4.0}
+    with pytest.raises(ConfigError, match="unknown reference mode 'nope'"):
+        make_defence("filter-retrain", {"reference": "nope"})
 
 
 def test_settings_finetune_defaults_retrain_from_the_model_and_overrides_win():

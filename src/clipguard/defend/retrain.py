@@ -51,24 +51,28 @@ def _fresh_train(job: DefenceJob, manifest: str | Path, folder: Path,
 
 @DEFENCES.register("filter-retrain")
 class FilterRetrain(Defence):
-    """Scan the training set with the model, drop the top ``share`` of ``detector``'s ranking,
-    retrain from scratch on the rest (``data`` = the poisoned training set)."""
+    """Scan the training set with the model (``detector``, ``k`` neighbours, reference mode ``reference``
+    as in ``clipguard scan``), drop the top ``share`` of the ranking, retrain from scratch on the rest
+    (``data`` = the poisoned training set). At poison rates of several % the ``multi_reference`` mode
+    puts more of the poison at the top than ``auto`` (``benchmarks/results/defences_cpu.md``)."""
 
     kind = "retrain"
     summary = "scan the training set, drop the top share of the ranking, retrain from scratch"
     TRAIN_DEFAULTS: dict = {}
 
-    def __init__(self, share: float = 0.05, detector: str = DEFAULT_DETECTOR, k: int = 16) -> None:
+    def __init__(self, share: float = 0.05, detector: str = DEFAULT_DETECTOR, k: int = 16,
+                 reference: str = "auto") -> None:
         self.share = check_real("filter-retrain share", share, low=0, high=1, low_open=True, high_open=True)
         self.detector = detector
         self.k = check_int("filter-retrain k", k, minimum=1)
+        self.reference = ScanConfig(reference=reference).reference  # checked here, before anything runs
 
     def run(self, job: DefenceJob) -> DefenceOutcome:
         scan_dir = job.out_dir / "scan"
         emb = embed_dataset(job.bundle, read_manifest(job.data), scan_dir / "embeddings", progress=job.progress,
                             device=job.device)
         run_scan(scan_dir / "embeddings", scan_dir, detectors=[self.detector],
-                 config=ScanConfig(k=self.k, device=str(job.device)))
+                 config=ScanConfig(k=self.k, reference=self.reference, device=str(job.device)))
         kept = filter_manifest(job.data, scan_dir, job.out_dir / "filtered", detector=self.detector, share=self.share)
         bundle, _, result = _fresh_train(job, kept.manifest_path, job.out_dir / "retrain")
         return DefenceOutcome(bundle, {
