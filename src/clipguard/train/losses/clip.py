@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from clipguard.errors import ConfigError
 from clipguard.train.objective import StepInputs
 
-__all__ = ["ClipTerm", "ExtraLoss", "MAX_LOGIT_SCALE", "clip_loss"]
+__all__ = ["ClipTerm", "ExtraLoss", "MAX_LOGIT_SCALE", "batch_rows", "clip_loss", "row_mask"]
 
 #: open_clip's logit scale is log(1/T); CLIP caps exp(logit_scale) at 100.
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -37,6 +37,24 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
+def row_mask(mask: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+    """``mask`` as a (N,) bool CPU tensor (one flag per manifest row); ConfigError naming ``what`` if it
+    is not a 1-D bool array. Terms that single out manifest rows (ABL) hold their masks this way."""
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if m.ndim != 1 or m.dtype != bool:
+        raise ConfigError(f"the {what} mask must be a 1-D bool array (one flag per manifest row), "
+                          f"got shape {m.shape} of {m.dtype}")
+    return torch.from_numpy(m.copy())
+
+
+def batch_rows(mask: torch.Tensor, rows: torch.Tensor, what: str) -> torch.Tensor:
+    """``mask[rows]``: (B,) bool flags of a batch's manifest rows; ConfigError if a row lies beyond the mask."""
+    if rows.numel() and int(rows.max()) >= mask.shape[0]:
+        raise ConfigError(f"the {what} mask covers {mask.shape[0]} manifest rows but the batch has row "
+                          f"{int(rows.max())}; build it over the training manifest")
+    return mask[rows.cpu()]
+
+
 class ClipTerm:
     """The CLIP loss as a :class:`~clipguard.train.objective.LossTerm` (``needs`` image and text):
     :func:`clip_loss` of the batch's normalised image and caption embeddings under the model's
@@ -52,26 +70,13 @@ class ClipTerm:
     needs = frozenset({"image", "text"})
 
     def __init__(self, exclude: np.ndarray | torch.Tensor | None = None) -> None:
-        self.exclude = None if exclude is None else self._row_mask(exclude)
-
-    @staticmethod
-    def _row_mask(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``mask`` as a (N,) bool CPU tensor; ConfigError if it is not a 1-D bool array."""
-        m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
-        if m.ndim != 1 or m.dtype != bool:
-            raise ConfigError(f"ClipTerm exclude must be a 1-D bool array (one flag per manifest row), "
-                              f"got shape {m.shape} of {m.dtype}")
-        return torch.from_numpy(m.copy())
+        self.exclude = None if exclude is None else row_mask(exclude, "ClipTerm exclude")
 
     def __call__(self, inputs: StepInputs) -> torch.Tensor:
         if self.exclude is None:
             return clip_loss(inputs["image"], inputs["text"], inputs.logit_scale)
-        rows = inputs.rows.cpu()
-        if rows.numel() and int(rows.max()) >= self.exclude.shape[0]:
-            raise ConfigError(f"ClipTerm exclude covers {self.exclude.shape[0]} manifest rows but the batch has "
-                              f"row {int(rows.max())}; build the mask over the training manifest")
         image, text = inputs["image"], inputs["text"]
-        keep = (~self.exclude[rows]).to(image.device)
+        keep = (~batch_rows(self.exclude, inputs.rows, "ClipTerm exclude")).to(image.device)
         if int(keep.sum()) < 2:
             return 0.0 * (image.sum() + text.sum())
         return clip_loss(image[keep], text[keep], inputs.logit_scale)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from clipguard.errors import ConfigError
+from clipguard.train.losses.clip import batch_rows, row_mask
 from clipguard.train.objective import StepInputs
 from clipguard.utils.validate import check_int, check_real
 
@@ -79,23 +80,6 @@ def unlearn_loss(image: torch.Tensor, text: torch.Tensor, suspect: torch.Tensor)
     return (cos2 * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def _as_row_mask(mask: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    """``mask`` as a (N,) bool CPU tensor; ConfigError if it is not a 1-D bool array."""
-    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
-    if m.ndim != 1 or m.dtype != bool:
-        raise ConfigError(f"the {what} mask must be a 1-D bool array (one flag per manifest row), "
-                          f"got shape {m.shape} of {m.dtype}")
-    return torch.from_numpy(m.copy())
-
-
-def _batch_rows(mask: torch.Tensor, rows: torch.Tensor, what: str) -> torch.Tensor:
-    """``mask[rows]`` (B,) bool; ConfigError if a batch row lies beyond the mask."""
-    if rows.numel() and int(rows.max()) >= mask.shape[0]:
-        raise ConfigError(f"the {what} mask covers {mask.shape[0]} manifest rows but the batch has row "
-                          f"{int(rows.max())}; build it over the training manifest")
-    return mask[rows.cpu()]
-
-
 class UnlearnTerm:
     """:func:`unlearn_loss` of the batch's suspect rows, as a
     :class:`~clipguard.train.objective.LossTerm` (``needs`` image, text).
@@ -108,11 +92,11 @@ class UnlearnTerm:
     needs = frozenset({"image", "text"})
 
     def __init__(self, suspect_mask: np.ndarray | torch.Tensor) -> None:
-        self.mask = _as_row_mask(suspect_mask, "ABL suspect")
+        self.mask = row_mask(suspect_mask, "ABL suspect")
 
     def __call__(self, inputs: StepInputs) -> torch.Tensor:
         image = inputs["image"]
-        suspect = _batch_rows(self.mask, inputs.rows, "ABL suspect").to(image.device, non_blocking=True)
+        suspect = batch_rows(self.mask, inputs.rows, "ABL suspect").to(image.device, non_blocking=True)
         return unlearn_loss(image, inputs["text"], suspect)
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
