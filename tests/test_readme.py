@@ -112,6 +112,10 @@ def _expected_outputs(args: list[str]) -> list[str]:
         "badclip": ["trigger.png"],
         "defend": ["model.safetensors", "model.json", "run.json"],
     }.get(cmd, [])
+    if cmd == "heads" and len(args) > 1:
+        expected = {"analyze": ["profile.json", "profile.safetensors", "heads.csv", "run.json"],
+                    "repair": ["model.safetensors", "repair.safetensors", "model.json", "run.json"],
+                    "filter": ["scores.parquet", "run.json"]}.get(args[1], [])
     paths = [f"{out}/{p}" for p in expected]
     if cmd == "eval" and out:
         paths.append(out)

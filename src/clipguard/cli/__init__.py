@@ -54,6 +54,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "defend": ("clipguard.cli.defend", "defend",
                "Repair the model in MODEL_DIR with a registered defence (CleanCLIP, PAR, ...); CA/ASR before and after."),
     "defences": ("clipguard.cli.defend", "defences", "List the registered model defences and their parameters."),
+    "heads": ("clipguard.cli.heads", "heads",
+              "ViT attention heads: infected-head analysis, inference-time repair and input filter (analyze|repair|filter)."),
     "eval": ("clipguard.cli.evaluate", "eval_",
              "Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."),
     "demo": ("clipguard.cli.demo", "demo",

@@ -73,13 +73,18 @@ class TestImages:
 
 
 def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger | None = None,
-                     seed: int = 0, progress: bool = True, desc: str = "test images") -> TestImages:
+                     seed: int = 0, progress: bool = True, desc: str = "test images",
+                     labelled: bool = True) -> TestImages:
     """Load the labelled test split (column ``label``), optionally with ``trigger`` applied (test variant).
 
+    ``labelled=False`` also reads a manifest without labels (e.g. clean image-caption pairs); the
+    labels are then -1.
+
     Raises:
-        ConfigError: no ``label`` column, or no test image can be read.
+        ConfigError: no ``label`` column (when ``labelled``), or no test image can be read.
     """
-    if "label" not in manifest.df.columns or not pd.api.types.is_integer_dtype(manifest.df["label"]):
+    has_labels = "label" in manifest.df.columns and pd.api.types.is_integer_dtype(manifest.df["label"])
+    if labelled and not has_labels:
         raise ConfigError(f"{manifest.path}: a labelled test manifest needs an integer 'label' column "
                           "(the index of each image's class in classes.json)")
     imgs, labels, skipped = [], [], SkipLog()
@@ -95,7 +100,7 @@ def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger
                 seed_i = derive_seed(seed, "test-trigger", manifest.df["id"].iat[i])
                 pil = Image.fromarray(trigger.apply(np.asarray(pil), seed=seed_i, test=True))
             imgs.append(bundle.preprocess(pil))
-            labels.append(int(manifest.df["label"].iat[i]))
+            labels.append(int(manifest.df["label"].iat[i]) if has_labels else -1)
     if not imgs:
         raise ConfigError(f"{manifest.path}: none of the {len(manifest)} test images can be read "
                           f"({', '.join(f'{n} {r}' for r, n in skipped.counts().items()) or 'no rows'}); "

@@ -7,7 +7,9 @@
 * Local weights from a ``.safetensors`` file, or a torch file loaded with ``weights_only=True``
   (untrusted pickles are never executed).
 * A trained model is saved as a folder: ``model.safetensors`` + ``model.json`` (architecture name
-  and full config), loadable without clipguard's config registry.
+  and full config), loadable without clipguard's config registry. A ViT repaired at inference
+  (:mod:`clipguard.models.head_repair`) keeps its original weights there, plus ``repair.safetensors``
+  and ``model.json["repair"]``; :func:`load_model` applies the repair again.
 
 Seeding: open_clip draws the initial weights from torch's global generator, which takes no generator
 argument; :func:`create_model` therefore builds the model inside
@@ -30,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipguard.errors import ConfigError
+from clipguard.models.head_repair import HeadRepair, attach_repair, split_state
 from clipguard.utils.device import resolve_device
 from clipguard.utils.io import atomic_path, read_json_object, write_json
 from clipguard.utils.seeding import seeded_torch_rng
@@ -161,10 +164,17 @@ def save_model(bundle: ClipBundle, out_dir: str | os.PathLike, *, extra: dict[st
     """Save as ``out_dir/model.safetensors`` + ``out_dir/model.json``; returns ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in bundle.model.state_dict().items()}
+    state, repair = split_state(bundle.model)
     with atomic_path(out / "model.safetensors") as tmp:
-        save_file(state, str(tmp))
-    write_json(out / "model.json", {"model_name": bundle.name, "config": bundle.config, **(extra or {})})
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    record = {"model_name": bundle.name, "config": bundle.config, **(extra or {})}
+    if repair is not None:
+        with atomic_path(out / "repair.safetensors") as tmp:
+            save_file(repair.tensors(), str(tmp))
+        record["repair"] = repair.record()
+    elif (out / "repair.safetensors").exists():
+        (out / "repair.safetensors").unlink()
+    write_json(out / "model.json", record)
     return out
 
 
@@ -189,8 +199,23 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise ConfigError(f"{weights}: cannot be loaded into architecture {meta['model_name']!r} "
                           f"({_first_reason(exc)}); "
                           "retrain or pass the matching folder") from None
+    if "repair" in meta:
+        _reattach_repair(bundle, folder, meta["repair"])
     bundle.model.eval()
     return bundle.to(device)
+
+
+def _reattach_repair(bundle: ClipBundle, folder: Path, record: Any) -> None:
+    """Apply the inference-time repair recorded in ``model.json["repair"]`` and ``repair.safetensors``."""
+    path = folder / "repair.safetensors"
+    if not isinstance(record, dict) or not path.is_file():
+        raise ConfigError(f"{folder}: model.json records a head repair but repair.safetensors is missing or "
+                          "the record is not an object; rerun `clipguard heads repair`")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot be read ({_first_reason(exc)}); rerun `clipguard heads repair`") from None
+    attach_repair(bundle.model, HeadRepair.from_parts(tensors, record))
 
 
 def _read_model_json(folder: Path) -> dict[str, Any]:

@@ -4,6 +4,8 @@
   (:class:`DatasetScanResult`); ``clipguard scan --model M --data D --out O``.
 * :func:`defend_model` -- a model defence with CA / ASR before and after and its ``run.json``;
   ``clipguard defend METHOD MODEL --data D --out O``.
+* :func:`heads_analyze`, :func:`heads_repair`, :func:`heads_filter` -- a ViT's infected heads, its
+  inference-time repair and the input filter; ``clipguard heads analyze|repair|filter``.
 * :func:`run_demo` -- the whole pipeline on the embedded world (:class:`DemoConfig`,
   :func:`format_summary`); ``clipguard demo``.
 
@@ -16,6 +18,8 @@ Example::
 """
 from clipguard.pipeline.defend_model import defend_model
 from clipguard.pipeline.demo import DemoConfig, format_summary, run_demo
+from clipguard.pipeline.heads import heads_analyze, heads_filter, heads_repair
 from clipguard.pipeline.scan_dataset import DatasetScanResult, scan_dataset
 
-__all__ = ["DatasetScanResult", "defend_model", "DemoConfig", "format_summary", "run_demo", "scan_dataset"]
+__all__ = ["DatasetScanResult", "defend_model", "DemoConfig", "format_summary", "heads_analyze", "heads_filter",
+           "heads_repair", "run_demo", "scan_dataset"]

@@ -34,6 +34,7 @@ import torch
 
 from clipguard.errors import ConfigError, ManifestError
 from clipguard.models.factory import ClipBundle
+from clipguard.models.head_repair import RepairedVisual
 from clipguard.train.data import PairData, epoch_loader
 from clipguard.train.dynamics import DYNAMICS_FILE, pair_cosines, write_epoch
 from clipguard.train.losses.clip import MAX_LOGIT_SCALE, ClipTerm, ExtraLoss
@@ -371,10 +372,13 @@ def train_clip(bundle: ClipBundle, data: PairData, config: TrainConfig, out_dir:
         pairs/s and logit scale.
 
     Raises:
-        ConfigError: a setting out of range, bf16 without a CUDA device, or a term needing an input
+        ConfigError: a repaired (inference-only) model, a setting out of range, bf16 without a CUDA device, or a term needing an input
             the data's views do not carry.
         ManifestError: a streamed epoch could read no image at all.
     """
+    if isinstance(bundle.model.visual, RepairedVisual):
+        raise ConfigError(f"{bundle.name}: this model is repaired at inference (`clipguard heads repair`), which is "
+                          "not trainable; train or defend the original model folder")
     run = _start(bundle, data, config, objective, extra_loss, workers, device)
     ckpt = Path(out_dir) / "checkpoints" / "state.pt"
     result = TrainResult(epochs_run=0, n_pairs=len(data))

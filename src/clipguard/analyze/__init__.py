@@ -1,0 +1,20 @@
+"""Model analysis (layer 5): the per-head / per-MLP decomposition of a ViT's image embeddings,
+infected-head detection with calibrated thresholds, the inference-time repair and input filter of
+"A Closer Look at Backdoor Attacks on CLIP", and infection heat maps.
+
+The decomposition itself and the repaired tower live in :mod:`clipguard.models` (a repaired model
+is a model); this package fits and applies them:
+
+* :func:`decompose_batched` -- terms of many images, batched, on the CPU;
+* :func:`fit_profile` -> :class:`HeadProfile` -- prototypes, eps per head, zeta of the filter;
+* :func:`infection` -> :class:`Infection` -- which heads / MLPs are infected per input, filter scores;
+* :func:`choose_mlp_layers` -- the late MLPs to mean-ablate under a clean-accuracy budget;
+* :func:`save_heatmap` -- layer x head PNG heat maps.
+"""
+from clipguard.analyze.heatmap import save_heatmap
+from clipguard.analyze.infection import Infection, infection
+from clipguard.analyze.profile import HeadProfile, decompose_batched, fit_profile
+from clipguard.analyze.repair import choose_mlp_layers, zero_shot_predict
+
+__all__ = ["HeadProfile", "Infection", "choose_mlp_layers", "decompose_batched", "fit_profile", "infection",
+           "save_heatmap", "zero_shot_predict"]
