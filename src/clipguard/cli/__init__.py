@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "Repair the model in MODEL_DIR with a registered defence (CleanCLIP, PAR, ...); CA/ASR before and after."),
     "defences": ("clipguard.cli.defend", "defences", "List the registered model defences and their parameters."),
     "heads": ("clipguard.cli.heads", "heads",
-              "ViT attention heads: infected-head analysis, inference-time repair and input filter (analyze|repair|filter)."),
+              "Attention heads and MLPs of a ViT CLIP: infected-head analysis, repair and input filter."),
     "eval": ("clipguard.cli.evaluate", "eval_",
              "Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."),
     "demo": ("clipguard.cli.demo", "demo",
