@@ -39,7 +39,8 @@ def _panel(draw: ImageDraw.ImageDraw, x0: int, title: str, rates: np.ndarray, co
            font: ImageFont.ImageFont) -> None:
     L, H = rates.shape
     draw.text((x0, 6), title, fill=(0, 0, 0), font=font)
-    draw.text((x0, 20), f"{col_label} ->  (rows: layer 0 at the top)", fill=(90, 90, 90), font=font)
+    sub = "rows: layer 0 at the top" if H == 1 else f"{col_label} ->  (rows: layer 0 at the top)"
+    draw.text((x0, 20), sub, fill=(90, 90, 90), font=font)
     for layer in range(L):
         y = TITLE + layer * CELL
         draw.text((x0 - 30, y + CELL // 2 - 5), f"L{layer}", fill=(0, 0, 0), font=font)
