@@ -9,12 +9,15 @@ is a model); this package fits and applies them:
 * :func:`fit_profile` -> :class:`HeadProfile` -- prototypes, eps per head, zeta of the filter;
 * :func:`infection` -> :class:`Infection` -- which heads / MLPs are infected per input, filter scores;
 * :func:`choose_mlp_layers` -- the late MLPs to mean-ablate under a clean-accuracy budget;
-* :func:`save_heatmap` -- layer x head PNG heat maps.
+* :func:`save_heatmap` -- layer x head PNG heat maps;
+* :func:`reverse_trigger` -- a mask and pattern that send clean images to a zero-shot target
+  (Neural Cleanse style, adaptive L1 weight); the core of trigger reverse-engineering.
 """
 from clipguard.analyze.heatmap import save_heatmap
 from clipguard.analyze.infection import Infection, infection
 from clipguard.analyze.profile import HeadProfile, decompose_batched, fit_profile
 from clipguard.analyze.repair import choose_mlp_layers, zero_shot_predict
+from clipguard.analyze.reverse import ReverseConfig, ReversedTrigger, reverse_trigger
 
-__all__ = ["HeadProfile", "Infection", "choose_mlp_layers", "decompose_batched", "fit_profile", "infection",
-           "save_heatmap", "zero_shot_predict"]
+__all__ = ["HeadProfile", "Infection", "ReverseConfig", "ReversedTrigger", "choose_mlp_layers", "decompose_batched",
+           "fit_profile", "infection", "reverse_trigger", "save_heatmap", "zero_shot_predict"]
