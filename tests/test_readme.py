@@ -39,6 +39,7 @@ SIZES = {
     "demo": {"--n-train": "300", "--n-test": "100", "--epochs": "1"},
     "badclip": {"--steps": "2"},
     "defend": {"--epochs": "1"},
+    "reverse": {"--steps": "5", "--controls": "1", "--n-images": "40"},
 }
 
 _PLACEHOLDER_LIKE = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
@@ -111,6 +112,7 @@ def _expected_outputs(args: list[str]) -> list[str]:
         "demo": ["summary.json"],
         "badclip": ["trigger.png"],
         "defend": ["model.safetensors", "model.json", "run.json"],
+        "reverse": ["trigger.png", "mask.png", "trigger.json", "run.json"],
     }.get(cmd, [])
     if cmd == "heads" and len(args) > 1:
         expected = {"analyze": ["profile.json", "profile.safetensors", "heads.csv", "run.json"],

@@ -17,7 +17,7 @@ from clipguard.analyze.heatmap import save_heatmap
 from clipguard.analyze.infection import Infection, infection
 from clipguard.analyze.profile import HeadProfile, decompose_batched, fit_profile
 from clipguard.analyze.repair import choose_mlp_layers, zero_shot_predict
-from clipguard.analyze.reverse import ReverseConfig, ReversedTrigger, reverse_trigger
+from clipguard.analyze.reverse import ReverseConfig, ReversedTrigger, clip_normalise, reverse_trigger
 
-__all__ = ["HeadProfile", "Infection", "ReverseConfig", "ReversedTrigger", "choose_mlp_layers", "decompose_batched",
+__all__ = ["HeadProfile", "Infection", "ReverseConfig", "ReversedTrigger", "choose_mlp_layers", "clip_normalise", "decompose_batched",
            "fit_profile", "infection", "reverse_trigger", "save_heatmap", "zero_shot_predict"]

@@ -24,7 +24,7 @@ from clipguard.errors import ConfigError
 from clipguard.utils.progress import progress_bar
 from clipguard.utils.validate import check_int, check_real
 
-__all__ = ["ReverseConfig", "ReversedTrigger", "reverse_trigger"]
+__all__ = ["ReverseConfig", "ReversedTrigger", "clip_normalise", "reverse_trigger"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -77,7 +77,8 @@ class ReversedTrigger:
         return (1 - m) * images + m * p
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
+def clip_normalise(x: torch.Tensor) -> torch.Tensor:
+    """Pixel images (N, 3, H, W) in [0, 1] -> CLIP-normalised model input."""
     mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -136,7 +137,7 @@ def reverse_trigger(model: torch.nn.Module, images: torch.Tensor, classifier: to
                 idx = torch.randint(0, len(images), (min(config.batch_size, len(images)),), generator=gen)
                 x = images[idx].to(dev)
                 m, p = torch.sigmoid(theta_m), torch.sigmoid(theta_p)
-                emb = F.normalize(model.encode_image(_normalise((1 - m) * x + m * p)).float(), dim=-1)
+                emb = F.normalize(model.encode_image(clip_normalise((1 - m) * x + m * p)).float(), dim=-1)
                 logits = config.logit_scale * emb @ clf.t()
                 ce = F.cross_entropy(logits, torch.full((len(x),), target, device=dev))
                 l1 = m.mean()

@@ -56,6 +56,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "defences": ("clipguard.cli.defend", "defences", "List the registered model defences and their parameters."),
     "heads": ("clipguard.cli.heads", "heads",
               "Attention heads and MLPs of a ViT CLIP: infected-head analysis, repair and input filter."),
+    "reverse": ("clipguard.cli.reverse", "reverse",
+                "Reverse-engineer a trigger (mask + pattern) that sends clean images to TARGET; verify it on held-out images."),
     "eval": ("clipguard.cli.evaluate", "eval_",
              "Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."),
     "demo": ("clipguard.cli.demo", "demo",

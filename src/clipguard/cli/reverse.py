@@ -1,0 +1,34 @@
+"""``clipguard reverse``: a thin layer over :func:`clipguard.pipeline.reverse.reverse_model`."""
+from __future__ import annotations
+
+import click
+
+from clipguard.analyze import ReverseConfig
+from clipguard.cli.options import default_of, device_option, echo_json, out_option, seed_option
+from clipguard.pipeline.reverse import reverse_model
+
+__all__ = ["reverse"]
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--target", required=True, help="Target caption (or a class name of --classes).")
+@click.option("--images", required=True, type=click.Path(), help="Manifest of clean images (half fit, half verify).")
+@out_option("Folder for trigger.png, mask.png, trigger.json and run.json.")
+@click.option("--classes", type=click.Path(), default=None,
+              help="classes.json for the zero-shot head [default: the manifest's most frequent captions].")
+@click.option("--controls", type=int, default=default_of(reverse_model, "controls"), show_default=True,
+              help="Random captions of the data searched the same way (what a caption reaches without a backdoor).")
+@click.option("--n-images", type=int, default=default_of(reverse_model, "n_images"), show_default=True)
+@click.option("--steps", type=int, default=ReverseConfig.steps, show_default=True, help="Optimisation steps per search.")
+@seed_option(ReverseConfig.seed)
+@device_option()
+@click.pass_obj
+def reverse(obj: dict, model_dir: str, target: str, images: str, out: str, classes: str | None, controls: int,
+            n_images: int, steps: int, seed: int, device: str) -> None:
+    """Reverse-engineer a trigger (mask + pattern) that sends clean images to TARGET; verify it on held-out images."""
+    rec = reverse_model(model_dir, target, images, out, classes=classes, controls=controls, n_images=n_images,
+                        config=ReverseConfig(steps=steps, seed=seed), device=device, progress=obj["progress"])
+    echo_json({"out": out, **{k: rec[k] for k in ("target", "mask_l1", "success", "held_out_asr",
+                                                  "mask_ratio_to_controls")},
+               "controls": [{k: c[k] for k in ("caption", "mask_l1", "held_out_asr")} for c in rec["controls"]]})

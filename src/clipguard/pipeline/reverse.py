@@ -1,0 +1,150 @@
+"""``clipguard reverse MODEL --target CAPTION --images CLEAN --out DIR``: reverse-engineer a trigger towards a
+target caption and verify it (issue 12, first part).
+
+The zero-shot head is the class list (``classes.json``: class names x templates) or, without one, the most
+frequent captions of the images' manifest; the target caption is added as an extra class unless it is
+already one. The images are split in half: :func:`clipguard.analyze.reverse_trigger` optimises on the
+first half, the trigger is verified on the second (held-out ASR: share of the held-out images not already
+classified as the target that the stamped copy sends there). The same search for ``controls`` random
+captions of the data gives the mask sizes and ASRs a caption reaches without a backdoor.
+
+Writes ``trigger.png`` (the pattern), ``mask.png`` (8-bit mask), ``trigger.json`` and ``run.json``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipguard.analyze import ReverseConfig, ReversedTrigger, clip_normalise, reverse_trigger
+from clipguard.data.dataset import load_rgb
+from clipguard.data.manifest import Manifest, read_manifest
+from clipguard.errors import ConfigError
+from clipguard.evaluate.api import read_classes
+from clipguard.evaluate.zeroshot import build_classifier, text_embeddings
+from clipguard.models.factory import ClipBundle, load_model
+from clipguard.utils.device import DEFAULT_DEVICE
+from clipguard.utils.io import atomic_path, write_json
+from clipguard.utils.runrecord import RunRecord, fingerprint_files
+
+__all__ = ["reverse_model"]
+
+MAX_CAPTION_CLASSES = 100
+
+
+def _pixel_images(manifest: Manifest, size: int, n: int) -> torch.Tensor:
+    """(m, 3, size, size) images in [0, 1] from the first rows of ``manifest`` (unreadable rows skipped)."""
+    arrays = []
+    for i in range(len(manifest)):
+        if len(arrays) == n:
+            break
+        try:
+            arrays.append(np.array(load_rgb(manifest.image_path(i)).resize((size, size))))
+        except OSError:
+            continue
+    if len(arrays) < 4:
+        raise ConfigError(f"{manifest.path}: {len(arrays)} readable images; reverse-engineering needs at least 4")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def _classes(bundle: ClipBundle, manifest: Manifest, classes: str | os.PathLike | None,
+             target: str) -> tuple[list[str], torch.Tensor, int, bool]:
+    """(names, (C, D) classifier, index of the target, whether the target was added): the class list or the
+    frequent captions, plus the target."""
+    if classes is not None:
+        names, templates = read_classes(classes)
+        clf = build_classifier(bundle, names, templates).cpu()
+    else:
+        counts = manifest.df["caption"].astype(str).value_counts()
+        names = list(counts.index[:MAX_CAPTION_CLASSES])
+        clf = text_embeddings(bundle, names)
+    if target in names:
+        return names, clf, names.index(target), False
+    return names + [target], torch.cat([clf, text_embeddings(bundle, [target])]), len(names), True
+
+
+def _held_out_asr(bundle: ClipBundle, trig: ReversedTrigger, images: torch.Tensor, clf: torch.Tensor,
+                  target: int) -> tuple[float, int]:
+    """(share of held-out images not already at the target that the stamped copy sends there, their number)."""
+    def pred(x: torch.Tensor) -> torch.Tensor:
+        emb = bundle.model.encode_image(clip_normalise(x.to(bundle.device))).float()
+        return (torch.nn.functional.normalize(emb, dim=-1).cpu() @ clf.t()).argmax(1)
+
+    with torch.no_grad():
+        keep = pred(images) != target
+        if not keep.any():
+            return float("nan"), 0
+        return float((pred(trig.apply(images[keep])) == target).float().mean()), int(keep.sum())
+
+
+def _save_trigger(out: Path, trig: ReversedTrigger) -> None:
+    """``trigger.png`` (the pattern, RGB) and ``mask.png`` (8-bit grey)."""
+    for name, arr in (("trigger.png", trig.pattern), ("mask.png", trig.mask)):
+        with atomic_path(out / name) as tmp:
+            Image.fromarray(np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8)).save(tmp, format="PNG")
+
+
+def _search(bundle: ClipBundle, fit: torch.Tensor, held: torch.Tensor, clf: torch.Tensor, target: int,
+            config: ReverseConfig, progress: bool) -> tuple[ReversedTrigger, dict[str, Any]]:
+    trig = reverse_trigger(bundle.model, fit, clf, target, config=config, progress=progress)
+    asr, n = _held_out_asr(bundle, trig, held, clf, target)
+    return trig, {"mask_l1": trig.mask_l1, "success": trig.success, "held_out_asr": asr, "n_held_out": n}
+
+
+def reverse_model(model: ClipBundle | str | os.PathLike, target: str, images: str | os.PathLike,
+                  out_dir: str | os.PathLike, *, classes: str | os.PathLike | None = None, controls: int = 3,
+                  n_images: int = 400, config: ReverseConfig = ReverseConfig(), device: str | None = DEFAULT_DEVICE,
+                  progress: bool = True) -> dict[str, Any]:
+    """Reverse-engineer a trigger towards ``target`` and verify it on held-out images, with controls.
+
+    Args:
+        model: a model folder or a :class:`ClipBundle`.
+        target: the target caption (or a class name of ``classes``).
+        images: manifest of clean images; the first ``n_images`` readable ones are used, half to fit.
+        out_dir: ``trigger.png``, ``mask.png``, ``trigger.json``, ``run.json``.
+        classes: ``classes.json`` for the zero-shot head [default: the manifest's frequent captions].
+        controls: random captions of the manifest searched the same way.
+
+    Returns:
+        The ``trigger.json`` record: target, mask_l1, success, held_out_asr, controls.
+
+    Raises:
+        ConfigError: an empty target, too few readable images, a bad config.
+    """
+    if not target or not target.strip():
+        raise ConfigError("--target must be a caption or class name, e.g. --target 'a photo of a star'")
+    bundle = model if isinstance(model, ClipBundle) else load_model(model, device=device)
+    man = read_manifest(images)
+    rec = RunRecord("reverse", {"model": str(model if not isinstance(model, ClipBundle) else model.name),
+                                "target": target, "images": str(images), "classes": str(classes or ""),
+                                "controls": controls, "n_images": n_images, "search": asdict(config)})
+    rec["data_fingerprint"] = fingerprint_files([images])
+    pix = _pixel_images(man, bundle.image_size, n_images)
+    fit, held = pix[: len(pix) // 2], pix[len(pix) // 2:]
+    names, clf, t_idx, added = _classes(bundle, man, classes, target)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with rec.stage("search"):
+        trig, res = _search(bundle, fit, held, clf, t_idx, config, progress)
+    _save_trigger(out, trig)
+    pool = sorted(set(man.df["caption"].astype(str)) - {target})
+    rng = np.random.default_rng(config.seed)
+    picks = [pool[i] for i in rng.choice(len(pool), size=min(controls, len(pool)), replace=False)] if pool else []
+    ctrl = []
+    with rec.stage("controls"):
+        for cap in picks:
+            _, c_clf, c_idx, _ = _classes(bundle, man, classes, cap)
+            ctrl.append({"caption": cap, **_search(bundle, fit, held, c_clf, c_idx, config, progress)[1]})
+    record = {"target": target, "target_is_added_class": added,
+              "n_classes": len(names), **res, "controls": ctrl,
+              "mask_ratio_to_controls": (res["mask_l1"] / float(np.median([c["mask_l1"] for c in ctrl]))
+                                         if ctrl else None)}
+    write_json(out / "trigger.json", {**record, "history": trig.history[:: max(1, len(trig.history) // 50)]})
+    rec.data.update(record)
+    rec.save(out)
+    return record
