@@ -12,22 +12,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-import torch
-
 from clipguard.analyze import ReverseConfig, reverse_trigger
-from clipguard.data.dataset import load_rgb
 from clipguard.data.manifest import read_manifest
 from clipguard.evaluate.api import read_classes
 from clipguard.evaluate.zeroshot import build_classifier
 from clipguard.models import load_model
-
-
-def pixel_images(manifest: str, n: int, size: int) -> torch.Tensor:
-    """(n, 3, size, size) images in [0, 1]."""
-    m = read_manifest(manifest)
-    arrays = [np.array(load_rgb(m.image_path(i)).resize((size, size))) for i in range(min(n, len(m)))]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+from clipguard.pipeline.reverse import pixel_images
 
 
 def main() -> None:
@@ -44,7 +34,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for path in a.models:
         bundle = load_model(path, device="cpu")
-        imgs = pixel_images(a.images, a.n, bundle.image_size)
+        imgs = pixel_images(read_manifest(a.images), bundle.image_size, a.n)
         t = time.perf_counter()
         res = reverse_trigger(bundle.model, imgs, build_classifier(bundle, names, templates), names.index(a.target),
                               config=ReverseConfig(steps=a.steps), progress=False)

@@ -22,7 +22,6 @@ class Infection:
     Attributes:
         heads: (N, L, H) bool, head infected for that input.
         mlps: (N, L) bool, MLP infected for that input.
-        head_margin: (N, L, H) ``(eps_h - score) / |mu_h|^2``: > 0 where infected.
         score: (N,) the tie-broken filter score (see :func:`~clipguard.analyze.profile.filter_score`).
         zeta: the filter's threshold on the count (reject when ``count > zeta``).
         zeta_score: the threshold on ``score`` (reject when ``score > zeta_score``).
@@ -30,7 +29,6 @@ class Infection:
 
     heads: torch.Tensor
     mlps: torch.Tensor
-    head_margin: torch.Tensor
     score: np.ndarray
     zeta: int
     zeta_score: float
@@ -63,6 +61,6 @@ class Infection:
 def infection(profile: HeadProfile, d: Decomposition) -> Infection:
     """Evaluate ``profile``'s infection tests on the decomposition of N inputs."""
     scores = profile.head_scores(d)
-    score, margin = filter_score(scores, profile.head_eps, profile.head_prototypes)
-    return Infection(heads=scores <= profile.head_eps, mlps=profile.infected_mlps(d), head_margin=margin,
-                     score=score, zeta=profile.zeta, zeta_score=profile.zeta_score)
+    return Infection(heads=scores <= profile.head_eps, mlps=profile.infected_mlps(d),
+                     score=filter_score(scores, profile.head_eps, profile.head_prototypes), zeta=profile.zeta,
+                     zeta_score=profile.zeta_score)

@@ -80,19 +80,18 @@ def upper_threshold(values: np.ndarray, fpr: float) -> float:
     return c[min(idx, len(c) - 1)].item()
 
 
-def filter_score(scores: torch.Tensor, eps: torch.Tensor, prototypes: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-    """The filter's scores of N inputs from their head scores (N, L, H); higher = more suspicious.
+def filter_score(scores: torch.Tensor, eps: torch.Tensor, prototypes: torch.Tensor) -> np.ndarray:
+    """(N,) the filter's score of N inputs from their head scores (N, L, H); higher = more suspicious.
 
-    Returns ``(score (N,), margin (N, L, H))``: ``margin = (eps - score) / |mu|^2`` (> 0 where the head
-    is infected; ``|mu|^2`` is the mean clean score, so margins of different heads compare) and
-    ``score = count + m / (1 + m)`` with ``count`` the infected heads and ``m`` the summed positive
-    margins: the count, with ties broken by how far the heads fall below eps.
+    ``score = count + m / (1 + m)``: ``count`` the infected heads, ``m`` the summed positive margins
+    ``(eps - score) / |mu|^2`` (``|mu|^2`` is the mean clean score, so margins of different heads
+    compare): the count, with ties broken by how far the heads fall below eps.
     """
     scale = prototypes.norm(dim=-1).pow(2).clamp_min(1e-12)
     margin = torch.where(torch.isfinite(eps), (eps - scores) / scale, torch.zeros_like(scores))
     count = (scores <= eps).sum((1, 2)).numpy()
     extra = margin.clamp_min(0).sum((1, 2)).numpy()
-    return count + extra / (1.0 + extra), margin
+    return count + extra / (1.0 + extra)
 
 
 @dataclass
@@ -126,10 +125,6 @@ class HeadProfile:
     def head_scores(self, d: Decomposition) -> torch.Tensor:
         """(N, L, H) head scores of a decomposition (lower = more infected)."""
         return head_scores(d, self.head_prototypes)
-
-    def infected_heads(self, d: Decomposition) -> torch.Tensor:
-        """(N, L, H) bool: head infected for that input."""
-        return self.head_scores(d) <= self.head_eps
 
     def infected_mlps(self, d: Decomposition) -> torch.Tensor:
         """(N, L) bool: MLP infected for that input (score <= its eps)."""
@@ -178,11 +173,6 @@ def _split(n: int, shares: Sequence[float], seed: int) -> list[np.ndarray]:
     return parts
 
 
-def _subset(d: Decomposition, idx: np.ndarray) -> Decomposition:
-    i = torch.from_numpy(idx)
-    return Decomposition(d.embedding[i], d.heads[i], d.mlps[i], d.bias[i], {}, d.sigma[i])
-
-
 def fit_profile(clean: Decomposition, *, fpr: float = DEFAULT_FPR, filter_fpr: float = DEFAULT_FILTER_FPR,
                 split: Sequence[float] = DEFAULT_SPLIT, seed: int = 0) -> HeadProfile:
     """Fit prototypes on one share of the clean decomposition, eps on a second, zeta on a third.
@@ -197,15 +187,15 @@ def fit_profile(clean: Decomposition, *, fpr: float = DEFAULT_FPR, filter_fpr: f
     fpr = check_real("fpr", fpr, low=0.0, high=1.0, low_open=True, high_open=True)
     filter_fpr = check_real("filter_fpr", filter_fpr, low=0.0, high=1.0, low_open=True, high_open=True)
     proto_idx, eps_idx, zeta_idx = _split(len(clean.heads), split, seed)
-    proto = _subset(clean, proto_idx)
+    proto = clean.subset(proto_idx)
     prototypes, means = proto.heads.mean(0), proto.mlps.mean(0)
-    eps_part = _subset(clean, eps_idx)
+    eps_part = clean.subset(eps_idx)
     head_eps, k = lower_threshold(head_scores(eps_part, prototypes), fpr)
     mlp_eps, _ = lower_threshold(mlp_scores(eps_part, means), fpr)
-    zeta_scores = head_scores(_subset(clean, zeta_idx), prototypes)
+    zeta_scores = head_scores(clean.subset(zeta_idx), prototypes)
     counts = (zeta_scores <= head_eps).sum((1, 2)).numpy()
     zeta = int(upper_threshold(counts, filter_fpr))
-    zeta_score = float(upper_threshold(filter_score(zeta_scores, head_eps, prototypes)[0], filter_fpr))
+    zeta_score = float(upper_threshold(filter_score(zeta_scores, head_eps, prototypes), filter_fpr))
     info = {"fpr": fpr, "filter_fpr": filter_fpr, "n_clean": int(len(clean.heads)),
             "n_prototype": int(len(proto_idx)), "n_eps": int(len(eps_idx)), "n_zeta": int(len(zeta_idx)),
             "eps_rank": k, "seed": seed,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from clipguard.errors import ConfigError
 from clipguard.utils.progress import progress_bar
@@ -26,8 +27,6 @@ from clipguard.utils.validate import check_int, check_real
 
 __all__ = ["ReverseConfig", "ReversedTrigger", "clip_normalise", "reverse_trigger"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -79,8 +78,8 @@ class ReversedTrigger:
 
 def clip_normalise(x: torch.Tensor) -> torch.Tensor:
     """Pixel images (N, 3, H, W) in [0, 1] -> CLIP-normalised model input."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_DATASET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -20,7 +20,9 @@ from clipguard.models.factory import ClipBundle, load_model
 from clipguard.utils.device import DEFAULT_DEVICE
 from clipguard.utils.io import read_json_object
 
-__all__ = ["evaluate_model", "evaluate_targeted", "read_classes"]
+__all__ = ["before_after", "evaluate_model", "evaluate_targeted", "headline", "read_classes"]
+
+HEADLINE = ("clean_accuracy", "attack_success_rate", "n_test", "n_asr", "target", "asr_convention")
 
 
 def read_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
@@ -44,6 +46,21 @@ def read_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
         return list(classes), list(check_templates(templates))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def headline(res: dict) -> dict:
+    """The headline figures of an :func:`evaluate_model` result (CA, ASR, sizes, target, convention)."""
+    return {k: res[k] for k in HEADLINE if k in res}
+
+
+def before_after(before: dict, after: dict) -> dict:
+    """``ca_change`` in points and, with ASRs, ``asr_reduction`` = 1 - ASR_after / ASR_before (None when
+    ASR_before is 0) of two :func:`headline` results."""
+    out: dict = {"ca_change": round(100 * (after["clean_accuracy"] - before["clean_accuracy"]), 3)}
+    if "attack_success_rate" in before and "attack_success_rate" in after:
+        b = before["attack_success_rate"]
+        out["asr_reduction"] = None if b == 0 else 1 - after["attack_success_rate"] / b
+    return out
 
 
 def _multi_trigger_asr(bundle: ClipBundle, test: Manifest, classnames: list[str], templates: list[str],

@@ -23,7 +23,7 @@ Shapes: B images, L blocks, H heads per block, T tokens (class token first), W w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,12 @@ class Decomposition:
     def total(self) -> torch.Tensor:
         """(B, D) the sum of every term: the model's unnormalised image embedding."""
         return self.embedding + self.heads.sum((1, 2)) + self.mlps.sum(1) + self.bias
+
+    def subset(self, idx: Sequence[int] | torch.Tensor) -> "Decomposition":
+        """The decomposition of the images ``idx`` (per-token terms included)."""
+        i = torch.as_tensor(idx, dtype=torch.long)
+        return Decomposition(self.embedding[i], self.heads[i], self.mlps[i], self.bias[i],
+                             {k: v[i] for k, v in self.tokens.items()}, self.sigma[i])
 
     def to(self, device: str | torch.device) -> "Decomposition":
         """A copy on ``device``."""

@@ -18,28 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from clipguard.defend import run_defence
-from clipguard.evaluate.api import evaluate_model
+from clipguard.evaluate.api import before_after, evaluate_model, headline
 from clipguard.errors import ConfigError
 from clipguard.models.factory import load_model
 from clipguard.utils.device import DEFAULT_DEVICE
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 
 __all__ = ["defend_model"]
-
-_KEEP = ("clean_accuracy", "attack_success_rate", "n_test", "n_asr", "target", "asr_convention")
-
-
-def _headline(res: dict[str, Any]) -> dict[str, Any]:
-    return {k: res[k] for k in _KEEP if k in res}
-
-
-def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"ca_change": round(100 * (after["clean_accuracy"] - before["clean_accuracy"]), 3)}
-    if "attack_success_rate" in before and "attack_success_rate" in after:
-        b = before["attack_success_rate"]
-        out["asr_reduction"] = None if b == 0 else 1 - after["attack_success_rate"] / b
-    return out
-
 
 def defend_model(method: str, model_dir: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike, *,
                  test: str | os.PathLike | None = None, classes: str | os.PathLike | None = None,
@@ -71,7 +56,7 @@ def defend_model(method: str, model_dir: str | os.PathLike, data: str | os.PathL
     rec["data_fingerprint"] = fingerprint_files([data])
 
     def measure(model: Any) -> dict[str, Any]:
-        return _headline(evaluate_model(model, test, classes, attack_spec=attack_spec, seed=seed,
+        return headline(evaluate_model(model, test, classes, attack_spec=attack_spec, seed=seed,
                                         progress=progress, device=device))
 
     if test:
@@ -85,6 +70,6 @@ def defend_model(method: str, model_dir: str | os.PathLike, data: str | os.PathL
     if test:
         with rec.stage("evaluate_after"):
             rec["after"] = measure(res.bundle)
-        rec.data.update(_changes(rec["before"], rec["after"]))
+        rec.data.update(before_after(rec["before"], rec["after"]))
     rec.save(Path(out_dir))
     return rec.data

@@ -20,7 +20,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from clipguard.analyze import (HeadProfile, Infection, choose_mlp_layers, decompose_batched, fit_profile, infection,
                                save_heatmap)
@@ -30,7 +29,7 @@ from clipguard.data.manifest import read_manifest
 from clipguard.detect.metrics import detection_metrics
 from clipguard.detect.results import rank_desc
 from clipguard.errors import ConfigError
-from clipguard.evaluate.api import evaluate_model, read_classes
+from clipguard.evaluate.api import before_after, evaluate_model, headline, read_classes
 from clipguard.evaluate.zeroshot import build_classifier, load_test_images
 from clipguard.models.decompose import Decomposition, check_decomposable, reconstruction_error, tower_shape
 from clipguard.models.factory import ClipBundle, load_model, save_model
@@ -125,9 +124,7 @@ def _test_infection(bundle: ClipBundle, profile: HeadProfile, test: str | os.Pat
         names = read_classes(classes)[0]
         if target in names:
             keep = tl != names.index(target)
-    idx = torch.from_numpy(np.flatnonzero(keep))
-    dt = Decomposition(dt.embedding[idx], dt.heads[idx], dt.mlps[idx], dt.bias[idx], {}, dt.sigma[idx])
-    out.update(triggered=infection(profile, dt), n_triggered=int(keep.sum()), target=target)
+    out.update(triggered=infection(profile, dt.subset(np.flatnonzero(keep))), n_triggered=int(keep.sum()), target=target)
     return out
 
 
@@ -242,8 +239,7 @@ def _mlp_choice(bundle: ClipBundle, profile: HeadProfile, clean: Decomposition, 
 
 def _evaluation(bundle: ClipBundle, test: str | os.PathLike, classes: str | os.PathLike,
                 attack_spec: str | os.PathLike | None, seed: int, progress: bool) -> dict[str, Any]:
-    res = evaluate_model(bundle, test, classes, attack_spec=attack_spec, seed=seed, progress=progress)
-    return {k: res[k] for k in ("clean_accuracy", "attack_success_rate", "n_test", "n_asr", "target") if k in res}
+    return headline(evaluate_model(bundle, test, classes, attack_spec=attack_spec, seed=seed, progress=progress))
 
 
 def heads_repair(model: ClipBundle | str | os.PathLike, clean: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -290,9 +286,7 @@ def heads_repair(model: ClipBundle | str | os.PathLike, clean: str | os.PathLike
     if test is not None:
         with rec.stage("evaluate_after"):
             rec["after"] = _evaluation(bundle, test, classes, attack_spec, seed, progress)
-        rec["ca_change"] = round(100 * (rec["after"]["clean_accuracy"] - rec["before"]["clean_accuracy"]), 3)
-        if "attack_success_rate" in rec["before"] and rec["before"]["attack_success_rate"] > 0:
-            rec["asr_reduction"] = 1 - rec["after"]["attack_success_rate"] / rec["before"]["attack_success_rate"]
+        rec.data.update(before_after(rec["before"], rec["after"]))
     rec.save(out)
     return rec.data
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipguard.analyze import ReverseConfig, ReversedTrigger, clip_normalise, reverse_trigger
+from clipguard.analyze import ReverseConfig, ReversedTrigger, clip_normalise, reverse_trigger, zero_shot_predict
 from clipguard.data.dataset import load_rgb
 from clipguard.data.manifest import Manifest, read_manifest
 from clipguard.errors import ConfigError
@@ -32,12 +32,12 @@ from clipguard.utils.device import DEFAULT_DEVICE
 from clipguard.utils.io import atomic_path, write_json
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 
-__all__ = ["reverse_model"]
+__all__ = ["pixel_images", "reverse_model"]
 
 MAX_CAPTION_CLASSES = 100
 
 
-def _pixel_images(manifest: Manifest, size: int, n: int) -> torch.Tensor:
+def pixel_images(manifest: Manifest, size: int, n: int) -> torch.Tensor:
     """(m, 3, size, size) images in [0, 1] from the first rows of ``manifest`` (unreadable rows skipped)."""
     arrays = []
     for i in range(len(manifest)):
@@ -71,15 +71,14 @@ def _classes(bundle: ClipBundle, manifest: Manifest, classes: str | os.PathLike 
 def _held_out_asr(bundle: ClipBundle, trig: ReversedTrigger, images: torch.Tensor, clf: torch.Tensor,
                   target: int) -> tuple[float, int]:
     """(share of held-out images not already at the target that the stamped copy sends there, their number)."""
-    def pred(x: torch.Tensor) -> torch.Tensor:
-        emb = bundle.model.encode_image(clip_normalise(x.to(bundle.device))).float()
-        return (torch.nn.functional.normalize(emb, dim=-1).cpu() @ clf.t()).argmax(1)
+    def pred(x: torch.Tensor) -> np.ndarray:
+        return zero_shot_predict(bundle.model.encode_image(clip_normalise(x.to(bundle.device))).cpu(), clf)
 
     with torch.no_grad():
         keep = pred(images) != target
         if not keep.any():
             return float("nan"), 0
-        return float((pred(trig.apply(images[keep])) == target).float().mean()), int(keep.sum())
+        return float((pred(trig.apply(images[torch.from_numpy(keep)])) == target).mean()), int(keep.sum())
 
 
 def _save_trigger(out: Path, trig: ReversedTrigger) -> None:
@@ -124,7 +123,7 @@ def reverse_model(model: ClipBundle | str | os.PathLike, target: str, images: st
                                 "target": target, "images": str(images), "classes": str(classes or ""),
                                 "controls": controls, "n_images": n_images, "search": asdict(config)})
     rec["data_fingerprint"] = fingerprint_files([images])
-    pix = _pixel_images(man, bundle.image_size, n_images)
+    pix = pixel_images(man, bundle.image_size, n_images)
     fit, held = pix[: len(pix) // 2], pix[len(pix) // 2:]
     names, clf, t_idx, added = _classes(bundle, man, classes, target)
     out = Path(out_dir)
