@@ -30,6 +30,8 @@ PLACEHOLDERS = {
     "MODEL_DIR": "model",
     "manifest.parquet": "poisoned/manifest.parquet",
     "data/manifest.parquet": "poisoned/manifest.parquet",
+    "SCAN_DIR": "scan",
+    "CLEAN_MANIFEST": "world/test/manifest.parquet",
 }
 
 #: size options set (replaced, or added) per command, so that the whole README runs in about a minute
@@ -40,6 +42,7 @@ SIZES = {
     "badclip": {"--steps": "2"},
     "defend": {"--epochs": "1"},
     "reverse": {"--steps": "5", "--controls": "1", "--n-images": "40"},
+    "audit": {"--steps": "3", "--n-images": "40"},
 }
 
 _PLACEHOLDER_LIKE = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
@@ -113,13 +116,18 @@ def _expected_outputs(args: list[str]) -> list[str]:
         "badclip": ["trigger.png"],
         "defend": ["model.safetensors", "model.json", "run.json"],
         "reverse": ["trigger.png", "mask.png", "trigger.json", "run.json"],
+        "plant": ["manifest.parquet", "plant.json"],
+        "discover": ["clusters.parquet", "run.json"],
+        "audit": ["verdict.json", "candidates.csv", "run.json"],
     }.get(cmd, [])
+    if cmd == "discover" and not out:
+        out = f"{args[1]}/discover"
     if cmd == "heads" and len(args) > 1:
         expected = {"analyze": ["profile.json", "profile.safetensors", "heads.csv", "run.json"],
                     "repair": ["model.safetensors", "repair.safetensors", "model.json", "run.json"],
                     "filter": ["scores.parquet", "run.json"]}.get(args[1], [])
     paths = [f"{out}/{p}" for p in expected]
-    if cmd == "eval" and out:
+    if cmd in ("eval", "audit-calibrate") and out:
         paths.append(out)
     if cmd == "attacks" and _option(args, "--gallery"):
         paths.append(_option(args, "--gallery"))

@@ -58,3 +58,17 @@ def test_bad_inputs_are_one_line_errors():
         reverse_trigger(PlantedPatchModel(), torch.zeros(0, 3, 32, 32), CLASSES, 1, progress=False)
     with pytest.raises(ConfigError, match="cost_step"):
         ReverseConfig(cost_step=1.0)
+
+
+def test_a_mask_budget_holds_the_mask_and_keeps_the_most_successful_trigger():
+    model = PlantedPatchModel()
+    free = reverse_trigger(model, _images(), CLASSES, 1, config=ReverseConfig(steps=250, seed=0), progress=False)
+    tiny = reverse_trigger(model, _images(), CLASSES, 1, progress=False,
+                           config=ReverseConfig(steps=250, seed=0, max_mask=free.mask_l1 / 8))
+    assert tiny.mask_l1 <= 1.05 * free.mask_l1 / 8  # the budget is kept
+    assert tiny.success < free.success  # an eighth of the corner does not send the images there
+    roomy = reverse_trigger(model, _images(), CLASSES, 1, progress=False,
+                            config=ReverseConfig(steps=250, seed=0, max_mask=2 * free.mask_l1))
+    assert roomy.success >= 0.9 and roomy.mask_l1 <= 1.05 * 2 * free.mask_l1
+    with pytest.raises(ConfigError, match="max_mask"):
+        ReverseConfig(max_mask=0.0)

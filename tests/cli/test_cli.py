@@ -6,6 +6,7 @@ imports per call); one test runs ``python -m clipguard`` for real.
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -162,7 +163,7 @@ def test_the_command_list_is_the_commands_own_help_and_loads_nothing():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
-    assert "detectors  List the registered detectors." in r.stdout
+    assert re.search(r"\n  detectors +List the registered detectors\.", r.stdout)
     for name, (_, _, line) in COMMANDS.items():
         command = _command(name)
         assert command.name == name

@@ -8,6 +8,10 @@ the success threshold it grows by ``cost_step``, after ``patience`` steps below 
 ends near the smallest mask that still sends the images to the target. A real backdoor needs a small
 mask; a natural class needs a large one.
 
+With ``max_mask`` set, the search answers the converse question -- how far can a mask of at most that size
+get? -- as the controls of an audit need: the adaptive weight is replaced by a hinge
+``budget_weight * max(0, L1 - max_mask)`` and the best trigger is the most successful one within the budget.
+
 Images are in pixel space, (N, 3, H, W) in [0, 1] at the model's input size; the model's normalisation
 (CLIP mean / std) is applied inside. Scores: ``success`` = share of images sent to the target.
 """
@@ -41,9 +45,13 @@ class ReverseConfig:
     patience: int = 5
     target_success: float = 0.9
     logit_scale: float = 100.0
+    max_mask: float | None = None
+    budget_weight: float = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_mask is not None:
+            check_real("max_mask", self.max_mask, low=0.0, high=1.0, low_open=True)
         check_int("steps", self.steps, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("patience", self.patience, minimum=1)
@@ -99,6 +107,21 @@ def _step_weight(cost: float, above: int, below: int, cfg: ReverseConfig) -> tup
     return cost, above, below
 
 
+def _penalty(l1: torch.Tensor, cost: float, cfg: ReverseConfig, pixels: int) -> torch.Tensor:
+    """The mask term of the loss: adaptive L1, or the hinge above ``max_mask``."""
+    if cfg.max_mask is None:
+        return cost * l1 * pixels
+    return cfg.budget_weight * torch.relu(l1 - cfg.max_mask) * pixels
+
+
+def _better(best: tuple | None, l1: float, success: float, cfg: ReverseConfig) -> bool:
+    """Whether a step's trigger replaces the best so far: the smallest successful mask, or (with a budget) the
+    most successful mask within 5 % of the budget."""
+    if cfg.max_mask is None:
+        return success >= cfg.target_success and (best is None or l1 < best[0])
+    return l1 <= 1.05 * cfg.max_mask and (best is None or success > best[3] or (success == best[3] and l1 < best[0]))
+
+
 def reverse_trigger(model: torch.nn.Module, images: torch.Tensor, classifier: torch.Tensor, target: int, *,
                     config: ReverseConfig = ReverseConfig(), progress: bool = True) -> ReversedTrigger:
     """Optimise a mask and pattern that send ``images`` to class ``target``.
@@ -140,14 +163,14 @@ def reverse_trigger(model: torch.nn.Module, images: torch.Tensor, classifier: to
                 logits = config.logit_scale * emb @ clf.t()
                 ce = F.cross_entropy(logits, torch.full((len(x),), target, device=dev))
                 l1 = m.mean()
-                loss = ce + cost * l1 * H * W
+                loss = ce + _penalty(l1, cost, config, H * W)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 success = float((logits.argmax(1) == target).float().mean())
                 history.append({"step": step, "loss": loss.item(), "ce": ce.item(), "mask_l1": l1.item(),
                                 "success": success, "cost": cost})
-                if success >= config.target_success and (best is None or l1.item() < best[0]):
+                if _better(best, l1.item(), success, config):
                     best = (l1.item(), *_arrays(m, p), success)
                 above, below = (above + 1, 0) if success >= config.target_success else (0, below + 1)
                 cost, above, below = _step_weight(cost, above, below, config)

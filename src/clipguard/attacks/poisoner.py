@@ -248,10 +248,7 @@ def _write(df: pd.DataFrame, out: Path, spec: dict, skipped: SkipLog) -> PoisonR
 
 def _relative_images(manifest: Manifest, out: Path) -> pd.DataFrame:
     """A copy of the manifest's rows whose image paths are relative to ``out``."""
-    df = manifest.df.copy()
-    rel = os.path.relpath(manifest.root.resolve(), out.resolve())
-    df["image"] = [str(p) if os.path.isabs(str(p)) else os.path.normpath(os.path.join(rel, str(p)))
-                   for p in df["image"]]
+    df = manifest.rows_relative_to(out)
     df["original_caption"] = df["caption"]
     df["poisoned"] = False
     df["trigger"] = ""

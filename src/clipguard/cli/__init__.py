@@ -1,10 +1,11 @@
 """The ``clipguard`` command line: one sub-command per pipeline stage, each a thin layer over a
 public function of the library. Errors meant for the user are printed as one line (exit code 2).
 
-One module per stage group: :mod:`~clipguard.cli.data` (synth, poison, attacks, badclip),
+One module per stage group: :mod:`~clipguard.cli.data` (synth, poison, plant, attacks, badclip),
 :mod:`~clipguard.cli.train`, :mod:`~clipguard.cli.embed`, :mod:`~clipguard.cli.scan` (scan,
 detectors), :mod:`~clipguard.cli.defend` (filter), :mod:`~clipguard.cli.evaluate` (eval),
-:mod:`~clipguard.cli.demo` (demo, models); shared options and where their defaults come from in
+:mod:`~clipguard.cli.demo` (demo, models), :mod:`~clipguard.cli.heads`, :mod:`~clipguard.cli.reverse`,
+:mod:`~clipguard.cli.audit` (discover, audit, audit-calibrate); shared options and where their defaults come from in
 :mod:`~clipguard.cli.options`.
 
 Examples::
@@ -43,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Generate an embedded world, shapes or longtail (PNG images + manifests + classes.json)."),
     "poison": ("clipguard.cli.data", "poison",
                "Write a poisoned copy of MANIFEST with a JSON attack spec and a ground-truth column."),
+    "plant": ("clipguard.cli.data", "plant",
+              "Plant a natural backdoor (a repeated motif with one caption) and mismatched pairs, with ground truth."),
     "train": ("clipguard.cli.train", "train",
               "Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."),
     "embed": ("clipguard.cli.embed", "embed", "Embed MANIFEST with the model in MODEL_DIR (resumable, sharded)."),
@@ -58,6 +61,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Attention heads and MLPs of a ViT CLIP: infected-head analysis, repair and input filter."),
     "reverse": ("clipguard.cli.reverse", "reverse",
                 "Reverse-engineer a trigger (mask + pattern) that sends clean images to TARGET; verify it on held-out images."),
+    "discover": ("clipguard.cli.audit", "discover",
+                 "Cluster the top-scored samples of SCAN_DIR: candidate backdoors, noisy pairs, duplicates (clusters.parquet)."),
+    "audit": ("clipguard.cli.audit", "audit",
+              "Is the model in MODEL_DIR backdoored, and towards what? Reverse a trigger per candidate, judge the smallest."),
+    "audit-calibrate": ("clipguard.cli.audit", "audit_calibrate",
+                        "Calibrate the audit threshold on the audits (--out folders) of clean models; writes calibration.json."),
     "eval": ("clipguard.cli.evaluate", "eval_",
              "Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."),
     "demo": ("clipguard.cli.demo", "demo",

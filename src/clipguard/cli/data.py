@@ -12,13 +12,14 @@ from clipguard.attacks.gallery import write_gallery
 from clipguard.cli.options import default_of, device_option, out_option, param_option, seed_option
 from clipguard.data.longtail import MAX_CONCEPTS, generate_longtail_world
 from clipguard.data.manifest import read_manifest
+from clipguard.data.natural import DEFAULT_MOTIF_CAPTION, plant_natural
 from clipguard.data.synth import generate_world
 from clipguard.data.templates import DEFAULT_TEMPLATES
 from clipguard.errors import ConfigError
 from clipguard.evaluate.api import read_classes
 from clipguard.models import load_model
 
-__all__ = ["attacks", "badclip", "poison", "synth"]
+__all__ = ["attacks", "badclip", "plant", "poison", "synth"]
 
 _BADCLIP = BadCLIPConfig()
 
@@ -89,6 +90,28 @@ def poison(obj: dict, manifest: str, out: str, attack: str, params: dict[str, An
                          progress=obj["progress"])
     click.echo(f"poisoned {res.n_poisoned} of {res.n_total} rows with {trigger!r} -> {res.manifest_path}"
                + (f" ({len(res.skipped)} unreadable candidates skipped)" if len(res.skipped) else ""))
+
+
+@click.command()
+@click.argument("manifest", type=click.Path())
+@out_option("Output folder of the planted dataset.")
+@click.option("--natural-share", type=float, default=default_of(plant_natural, "natural_share"), show_default=True,
+              help="Share of rows replaced by a copy of the motif (the natural backdoor).")
+@click.option("--caption", default=DEFAULT_MOTIF_CAPTION, show_default=True, help="The caption every motif copy carries.")
+@click.option("--swapped-share", type=float, default=default_of(plant_natural, "swapped_share"), show_default=True,
+              help="Share of rows given the caption of another image.")
+@click.option("--placeholder-share", type=float, default=default_of(plant_natural, "placeholder_share"),
+              show_default=True, help="Share of rows whose image becomes an 'image not available' placeholder.")
+@seed_option(default_of(plant_natural, "seed"))
+@click.pass_obj
+def plant(obj: dict, manifest: str, out: str, natural_share: float, caption: str, swapped_share: float,
+          placeholder_share: float, seed: int) -> None:
+    """Plant a natural backdoor (a repeated motif with one caption) and mismatched pairs, with ground truth."""
+    res = plant_natural(read_manifest(manifest), out, natural_share=natural_share, caption=caption,
+                        swapped_share=swapped_share, placeholder_share=placeholder_share, seed=seed,
+                        progress=obj["progress"])
+    counts = ", ".join(f"{len(v)} {k}" for k, v in res.ids.items())
+    click.echo(f"planted {counts} of {res.n_total} rows -> {res.manifest_path}")
 
 
 @click.command()

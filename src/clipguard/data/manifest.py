@@ -52,6 +52,15 @@ class Manifest:
         p = Path(str(self.df["image"].iat[i]))
         return p if p.is_absolute() else self.root / p
 
+    def rows_relative_to(self, out_dir: str | os.PathLike) -> pd.DataFrame:
+        """A copy of the rows whose relative image paths point from ``out_dir`` to the same files (for a
+        derived manifest written there; absolute paths are kept)."""
+        df = self.df.copy()
+        rel = os.path.relpath(self.root.resolve(), Path(out_dir).resolve())
+        df["image"] = [str(p) if os.path.isabs(str(p)) else os.path.normpath(os.path.join(rel, str(p)))
+                       for p in df["image"]]
+        return df
+
     @property
     def has_ground_truth(self) -> bool:
         return "poisoned" in self.df.columns

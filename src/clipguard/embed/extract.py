@@ -6,7 +6,8 @@ Output folder (readable by ``clipguard scan`` and by clip-retrieval's tools; the
     out/img_emb/img_emb_{i}.npy          (n_i, D) float32, L2-normalised image embeddings
     out/text_emb/text_emb_{i}.npy        (n_i, D) float32, L2-normalised caption embeddings
     out/metadata/metadata_{i}.parquet    n_i rows: id, image, caption, row (manifest row) and
-                                         any ground-truth columns (poisoned, trigger, label)
+                                         any ground-truth columns (poisoned, trigger, label, class_name,
+                                         plant, natural, mismatched)
     out/skipped/skipped_{i}.csv          rows of shard i that were skipped, with the reason
     out/run.json
 
@@ -40,7 +41,7 @@ from clipguard.utils.validate import check_choice
 
 __all__ = ["EmbedResult", "embed_dataset", "GROUND_TRUTH_COLUMNS"]
 
-GROUND_TRUTH_COLUMNS = ("poisoned", "trigger", "label", "class_name")
+GROUND_TRUTH_COLUMNS = ("poisoned", "trigger", "label", "class_name", "plant", "natural", "mismatched")
 
 
 @dataclass

@@ -194,7 +194,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         raise ConfigError(f"{folder / 'model.json'}: its config does not describe an open_clip model ({exc!r}); "
                           "pass a folder written by `clipguard train`") from None
     try:
-        bundle.model.load_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
+        _check_towers(bundle.model, state, weights)
+        bundle.model.load_state_dict(state)
+    except ConfigError:
+        raise
     except Exception as exc:  # safetensors and torch raise several types (corrupt file, shape mismatch)
         raise ConfigError(f"{weights}: cannot be loaded into architecture {meta['model_name']!r} "
                           f"({_first_reason(exc)}); "
@@ -203,6 +207,18 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
         _reattach_repair(bundle, folder, meta["repair"])
     bundle.model.eval()
     return bundle.to(device)
+
+
+def _check_towers(model: torch.nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
+    """Refuse, in one line, weights that hold only one of CLIP's two towers."""
+    expected = set(model.state_dict())
+    missing = expected - set(state)
+    visual = {k for k in expected if k.startswith("visual.")}
+    if missing and missing == expected - visual:
+        raise ConfigError(f"{weights}: holds no text tower (only the image tower's weights); zero-shot evaluation, "
+                          "trigger reverse-engineering and audits need a CLIP with both towers")
+    if missing and missing >= visual:
+        raise ConfigError(f"{weights}: holds no image tower (only the text tower's weights); pass a full CLIP")
 
 
 def _reattach_repair(bundle: ClipBundle, folder: Path, record: Any) -> None:
