@@ -7,6 +7,7 @@ Usage (each --audit is LABEL=AUDIT_DIR:TRUTH, TRUTH = "clean" or the attack's ta
 gives the patch location to compare the reversed mask with)::
 
     python benchmarks/audit_panel.py --audit clean-s0=runs/audit/a_clean_s0:clean ... \
+        --audit natural-s0=runs/audit/a_natural:a_birthday_cake_with_candles \
         --audit badnets=runs/audit/a_badnets:star --attack badnets=runs/heads/data/badnets/attack.json
 
 Writes benchmarks/results/audit_cpu.md, .csv and .json.
@@ -56,6 +57,7 @@ def main() -> None:
     for spec in a.audit:
         label, rest = spec.split("=", 1)
         folder, truth = rest.rsplit(":", 1)
+        truth = truth.replace("_", " ")  # captions as targets: underscores for spaces on the command line
         v = json.loads((Path(folder) / "verdict.json").read_text())
         run = json.loads((Path(folder) / "run.json").read_text())
         panel.append({"label": label, "dir": folder, "truth": truth, "v": v, "seconds": run["timings_s"]["search"]})

@@ -9,19 +9,22 @@ from clipguard.errors import ConfigError
 
 
 def _world(seed=0):
-    """600 samples: 30 copies of one motif under one caption, 20 copies of one picture under 20 captions,
-    550 scattered ones; the planted ones score highest."""
+    """640 samples: 30 copies of one motif under one caption, 20 copies of one picture under 20 captions,
+    550 scattered ones, and 20 exact pairs (a precise caption on two near-identical images, as any dataset
+    has); the planted ones score highest."""
     g = np.random.default_rng(seed)
     d = 32
     spread = g.normal(size=(550, d))
     motif = g.normal(size=d) + 0.03 * g.normal(size=(30, d))
     placeholder = np.repeat(g.normal(size=(1, d)), 20, 0)
-    image = np.vstack([motif, placeholder, spread])
+    pairs = np.repeat(g.normal(size=(20, d)), 2, 0) + 0.01 * g.normal(size=(40, d))
+    image = np.vstack([motif, placeholder, spread, pairs])
     captions = (["A birthday cake with candles."] * 30 + [f"a photo of thing {i}" for i in range(20)]
-                + [f"caption {i % 275}" for i in range(550)])
-    text = np.vstack([np.repeat(g.normal(size=(1, d)), 30, 0), g.normal(size=(20, d)), g.normal(size=(550, d))])
-    scores = np.concatenate([3 + g.random(30), 2 + g.random(20), g.random(550)])
-    ids = [f"id{i}" for i in range(600)]
+                + [f"caption {i % 275}" for i in range(550)] + [f"pair {i // 2}" for i in range(40)])
+    text = np.vstack([np.repeat(g.normal(size=(1, d)), 30, 0), g.normal(size=(20, d)), g.normal(size=(550, d)),
+                      np.repeat(g.normal(size=(20, d)), 2, 0)])
+    scores = np.concatenate([3 + g.random(30), 2 + g.random(20), g.random(550), g.random(40)])
+    ids = [f"id{i}" for i in range(640)]
     return image, text, captions, scores, ids
 
 
@@ -31,7 +34,7 @@ def test_the_motif_ranks_first_and_the_placeholder_is_noisy_pairs():
     first = table.iloc[0]
     assert first["kind"] == "backdoor" and first["size"] == 30 and first["name"] == "A birthday cake with candles."
     assert set(first["member_ids"]) == {f"id{i}" for i in range(30)} and first["caption_agreement"] == 1.0
-    assert first["share"] == pytest.approx(30 / 600) and first["image_tightness"] > 0.99
+    assert first["share"] == pytest.approx(30 / 640) and first["image_tightness"] > 0.99
     noisy = table[table["kind"] == "noisy pairs"].iloc[0]
     assert noisy["size"] == 20 and noisy["n_captions"] == 20 and noisy["image_tightness"] == pytest.approx(1.0)
     assert table.attrs["n_top"] == 60 and list(table["rank"]) == list(range(1, len(table) + 1))
@@ -78,7 +81,10 @@ def test_a_repeated_caption_is_found_whatever_its_scores():
     off = discover_clusters(image, scores, captions, ids, text=text,
                             config=DiscoverConfig(top=60, repeated_captions=False))
     assert not any("birthday" in name for name in off["name"])
-    # groups need near-identical images: the 550 scattered samples repeat captions in pairs only, and a caption
-    # over scattered images is no group
-    assert len(repeated_captions(image, captions, min_size=2, threshold=0.9)) == 1
-    assert len(repeated_captions(image, captions, min_size=2, threshold=-1.0)) == 276
+    # groups need near-identical images: a caption over scattered images is no group; the 20 exact pairs are
+    groups = repeated_captions(image, captions, min_size=2, threshold=0.9)
+    assert [len(g) for g, _ in groups] == [30] + [2] * 20
+    # size index: log sizes [log 30, log 2 x 20] -> median log 2, MAD 0 -> the motif is infinitely far out
+    assert groups[0][1] == np.inf and all(index == 0.0 for _, index in groups[1:])
+    assert len(repeated_captions(image, captions, min_size=2, threshold=-1.0)) == 1 + 275 + 20
+    assert len(repeated_captions(image, captions, min_size=5, threshold=0.9)) == 1

@@ -23,7 +23,7 @@ def test_discover_reads_a_scan_and_writes_its_clusters(tiny_world, tmp_path):
     scan_dataset(tmp_path / "m", tmp_path / "p" / "manifest.parquet", tmp_path / "scan", progress=False, k=8)
     r = run_cli("discover", tmp_path / "scan", "--top", "0.2")
     assert r.returncode == 0, r.stderr
-    assert "planted_share" in r.stdout and "clusters among the top 120 samples" in r.stdout
+    assert "planted_share" in r.stdout and "among the top 120 samples" in r.stdout
     table = pd.read_parquet(tmp_path / "scan" / "discover" / "clusters.parquet")
     assert {"rank", "kind", "name", "size", "share", "mean_score", "member_ids", "planted_share",
             "mismatched_share"} <= set(table.columns)

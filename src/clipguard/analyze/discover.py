@@ -11,7 +11,9 @@ unrelated captions). :func:`discover_clusters` does the reading:
 3. merge the image clusters that share their dominant caption (:func:`merge_by_caption`): a motif the
    image threshold split apart becomes one cluster again;
 3b. look over the WHOLE dataset, whatever the scores, for captions repeated on near-identical images
-   (:func:`repeated_captions`: at least ``min_size`` samples, image tightness >= ``image_threshold``). A
+   (:func:`repeated_captions`: image tightness >= ``image_threshold``, at least ``min_size`` samples); such a
+   group is a ``backdoor`` candidate when its size is an outlier among them (``size_index`` >
+   ``repeat_index``) or when it covers a top cluster judged a backdoor, else ``duplicates``. A
    natural backdoor is exactly that, and a scan's scores need not put it at the top: on the embedded world a
    model trained with a planted motif ranked none of its 100 copies in the fused top 2 %. A cluster of the
    top samples that is mostly inside such a group is replaced by the group (``by = "caption"``);
@@ -64,6 +66,8 @@ class DiscoverConfig:
         max_points: most samples clustered exactly (a seeded subsample beyond).
         repeated_captions: also look over the whole dataset for repeated captions on near-identical images
             (:func:`repeated_captions`), whatever their scores.
+        repeat_index: a repeated caption whose size index exceeds this is a ``backdoor`` candidate, otherwise
+            ``duplicates`` (Neural Cleanse's anomaly threshold, as the audit's verdict).
         seed: draws that subsample.
     """
 
@@ -74,6 +78,7 @@ class DiscoverConfig:
     text_tightness: float = 0.95
     max_points: int = 4000
     repeated_captions: bool = True
+    repeat_index: float = 2.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +90,7 @@ class DiscoverConfig:
         check_real("caption_agreement", self.caption_agreement, low=0.0, high=1.0)
         check_real("text_tightness", self.text_tightness, low=-1.0, high=1.0)
         check_int("max_points", self.max_points, minimum=2)
+        check_real("repeat_index", self.repeat_index)
 
     def n_top(self, n: int) -> int:
         """Samples taken from a dataset of ``n``."""
@@ -168,17 +174,26 @@ def _describe(rows: np.ndarray, by: str, image: np.ndarray, text: np.ndarray | N
 
 
 def repeated_captions(image: np.ndarray, captions: Sequence[str], *, min_size: int,
-                      threshold: float) -> list[np.ndarray]:
-    """Groups of at least ``min_size`` samples over the WHOLE dataset that share one normalised caption and whose
-    images are near-identical (mean cosine to their centroid >= ``threshold``): a repeated motif under one
-    caption, which is what a natural backdoor is. O(N): a group-by and one centroid per group. Sorted by
-    size, largest first (ties by caption)."""
+                      threshold: float) -> list[tuple[np.ndarray, float]]:
+    """Captions repeated on near-identical images over the WHOLE dataset: ``(members, size_index)`` for every
+    normalised caption held by at least ``min_size`` samples whose images have a mean cosine to their centroid
+    >= ``threshold``. ``size_index`` is the group's anomaly index of size: the robust z-score of its log size
+    among all such groups of two or more (median and 1.4826 x MAD, as :mod:`~clipguard.analyze.verdict`).
+
+    A repeated motif under one caption is what a natural backdoor is; a precise caption ("an amber circle
+    shape") also sits on near-identical images, but on a handful of them, hence the size index.
+    O(N): a group-by and one centroid per group. Sorted by size, largest first (ties by caption)."""
     norm = pd.Series([normalise_caption(c) for c in captions])
-    groups = []
-    for cap, idx in sorted(norm.groupby(norm).indices.items()):
-        if len(idx) >= min_size and _tightness(image[idx]) >= threshold:
-            groups.append((len(idx), cap, np.asarray(idx)))
-    return [g for _, _, g in sorted(groups, key=lambda t: (-t[0], t[1]))]
+    tight = [(len(idx), cap, np.asarray(idx)) for cap, idx in sorted(norm.groupby(norm).indices.items())
+             if len(idx) >= 2 and _tightness(image[idx]) >= threshold]
+    if not tight:
+        return []
+    logs = np.log([size for size, _, _ in tight])
+    med = float(np.median(logs))
+    mad = 1.4826 * float(np.median(np.abs(logs - med)))
+    index = (logs - med) / mad if mad > 0 else np.where(logs > med, np.inf, 0.0)
+    order = sorted(range(len(tight)), key=lambda i: (-tight[i][0], tight[i][1]))
+    return [(tight[i][2], float(index[i])) for i in order if tight[i][0] >= min_size]
 
 
 def merge_by_caption(labels: np.ndarray, captions: Sequence[str], agreement: float) -> np.ndarray:
@@ -213,7 +228,7 @@ def discover_clusters(image: np.ndarray, scores: np.ndarray, captions: Sequence[
         One row per cluster of two or more samples, columns ``rank`` (1 = first), ``kind``, ``by`` ("image" or
         "image+caption" when merged, "caption" for a repeated caption), ``name`` (the most common caption), ``size``, ``share`` (of the whole dataset),
         ``mean_score``, ``image_tightness``, ``text_tightness``, ``caption_agreement``, ``n_captions``,
-        ``pair_cosine``, ``member_ids``. ``attrs["n_top"]`` and ``attrs["n_singletons"]`` count the samples
+        ``pair_cosine``, ``size_index`` (repeated captions only, else NaN), ``member_ids``. ``attrs["n_top"]`` and ``attrs["n_singletons"]`` count the samples
         taken and those left alone.
 
     Raises:
@@ -237,18 +252,27 @@ def discover_clusters(image: np.ndarray, scores: np.ndarray, captions: Sequence[
     groups = repeated_captions(image, caps, min_size=config.min_size, threshold=config.image_threshold) \
         if config.repeated_captions else []
     covered = np.zeros(n, dtype=bool)
-    for g in groups:
+    for g, _ in groups:
         covered[g] = True
-    found = [(m, by) for m, by in found if covered[m].mean() < 0.5] + [(g, "caption") for g in groups]
-    rows = [_describe(m, by, image, text, caps, idv, raw, config) for m, by in found]
+    top_rows = [(m, _describe(m, by, image, text, caps, idv, raw, config)) for m, by in found]
+    rows = [row for m, row in top_rows if covered[m].mean() < 0.5]
+    flagged = np.zeros(n, dtype=bool)  # members of top clusters judged backdoor that a repeated caption covers
+    for m, row in top_rows:
+        if covered[m].mean() >= 0.5 and row["kind"] == "backdoor":
+            flagged[m] = True
+    for g, index in groups:
+        row = _describe(g, "caption", image, text, caps, idv, raw, config)
+        backdoor = index > config.repeat_index or flagged[g].any()
+        rows.append({**row, "kind": "backdoor" if backdoor else "duplicates", "size_index": index})
     table = pd.DataFrame(rows, columns=["kind", "by", "name", "size", "share", "mean_score", "image_tightness",
                                         "text_tightness", "caption_agreement", "n_captions", "pair_cosine",
-                                        "member_ids"])
+                                        "size_index", "member_ids"])
     if len(table):
         table["_k"] = table["kind"].map(KINDS.index)
         table = table.sort_values(["_k", "size", "mean_score"], ascending=[True, False, False], kind="stable")
         table = table.drop(columns="_k").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table.attrs.update({"n_top": int(len(top)), "n_singletons": int(sum(len(m) == 1 for m in members)),
+                        "n_repeated_captions": len(groups),
                         "config": asdict(config)})
     return table

@@ -36,8 +36,10 @@ def discover(scan_dir: str, out: str | None, detector: str | None, embeddings: s
     table = discover_scan(scan_dir, out, detector=detector, embeddings=embeddings, config=config)
     click.echo(format_clusters(table, show))
     kinds = table["kind"].value_counts().to_dict()
-    click.echo(f"{len(table)} clusters among the top {table.attrs['n_top']} samples ({kinds}); "
-               f"{table.attrs['n_singletons']} left alone -> {out or f'{scan_dir}/discover'}/clusters.parquet")
+    click.echo(f"{len(table)} clusters ({kinds}): {len(table) - table.attrs['n_repeated_captions']} among the top "
+               f"{table.attrs['n_top']} samples ({table.attrs['n_singletons']} left alone), "
+               f"{table.attrs['n_repeated_captions']} repeated captions over the whole dataset "
+               f"-> {out or f'{scan_dir}/discover'}/clusters.parquet")
 
 
 @click.command()

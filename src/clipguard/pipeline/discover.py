@@ -119,6 +119,7 @@ def discover_scan(scan_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     with atomic_path(out / "clusters.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     rec.data.update({"n": len(es), "n_top": table.attrs["n_top"], "n_singletons": table.attrs["n_singletons"],
+                     "n_repeated_captions": table.attrs["n_repeated_captions"],
                      "n_clusters": int(len(table)), "kinds": table["kind"].value_counts().to_dict(),
                      "outputs": [str(out / "clusters.parquet")]})
     rec.save(out)
