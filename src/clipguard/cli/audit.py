@@ -51,8 +51,10 @@ def discover(scan_dir: str, out: str | None, detector: str | None, embeddings: s
               help="A `clipguard scan` folder: its first backdoor clusters are candidate targets.")
 @click.option("--calibration", type=click.Path(), default=None,
               help="calibration.json of `clipguard audit-calibrate` [default: Neural Cleanse's threshold 2, uncalibrated].")
-@click.option("--n-clusters", type=int, default=default_of(audit_model, "n_clusters"), show_default=True)
-@click.option("--n-images", type=int, default=default_of(audit_model, "n_images"), show_default=True)
+@click.option("--n-clusters", type=int, default=default_of(audit_model, "n_clusters"), show_default=True,
+              help="Backdoor clusters of --scan taken as candidates.")
+@click.option("--n-images", type=int, default=default_of(audit_model, "n_images"), show_default=True,
+              help="Clean images read: half to fit each trigger, half to verify it.")
 @click.option("--steps", type=int, default=ReverseConfig.steps, show_default=True, help="Optimisation steps per candidate.")
 @seed_option(ReverseConfig.seed)
 @device_option()
