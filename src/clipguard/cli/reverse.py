@@ -31,8 +31,9 @@ __all__ = ["reverse"]
 def reverse(obj: dict, model_dir: str, target: str, images: str, out: str, classes: str | None, data: str | None,
             controls: int, n_images: int, steps: int, success: float, seed: int, device: str) -> None:
     """Reverse-engineer a trigger (mask + pattern) that sends clean images to TARGET; verify it on held-out images."""
-    rec = reverse_model(model_dir, target, images, out, classes=classes, data=data, controls=controls, n_images=n_images,
-                        config=ReverseConfig(steps=steps, target_success=success, seed=seed), device=device, progress=obj["progress"])
+    rec = reverse_model(model_dir, target, images, out, classes=classes, data=data, controls=controls,
+                        n_images=n_images, config=ReverseConfig(steps=steps, target_success=success, seed=seed),
+                        device=device, progress=obj["progress"])
     echo_json({"out": out, **{k: rec[k] for k in ("target", "mask_l1", "success", "held_out_asr",
                                                   "control_max_mask")},
                "controls": [{k: c[k] for k in ("caption", "mask_l1", "held_out_asr")} for c in rec["controls"]]})

@@ -27,5 +27,6 @@ from clipguard.pipeline.heads import heads_analyze, heads_filter, heads_repair
 from clipguard.pipeline.reverse import reverse_model
 from clipguard.pipeline.scan_dataset import DatasetScanResult, scan_dataset
 
-__all__ = ["audit_model", "calibrate_audits", "DatasetScanResult", "defend_model", "discover_scan", "DemoConfig", "format_summary", "heads_analyze", "heads_filter",
-           "heads_repair", "reverse_model", "run_demo", "scan_dataset"]
+__all__ = ["audit_model", "calibrate_audits", "DatasetScanResult", "defend_model", "discover_scan", "DemoConfig",
+           "format_summary", "heads_analyze", "heads_filter", "heads_repair", "reverse_model", "run_demo",
+           "scan_dataset"]

@@ -10,8 +10,9 @@ size in the clean models; without a calibration, Neural Cleanse's index and fixe
 
 Candidates: the class names of ``classes`` and the captions naming the first ``n_clusters`` backdoor
 clusters of a scan (``clipguard discover``; run on the scan when it has no ``discover/clusters.parquet``);
-with neither, the most frequent captions of the images' manifest. The zero-shot head is the class list (or
-those captions) plus the cluster captions as extra classes.
+with neither, the most frequent captions of the images' manifest. The zero-shot head is the one of
+``clipguard reverse`` (:func:`~clipguard.pipeline.reverse.zero_shot_head`: the class list, or the frequent
+captions) plus the cluster captions as extra classes.
 
 Writes::
 
@@ -40,10 +41,10 @@ from clipguard.analyze.verdict import (NEURAL_CLEANSE_THRESHOLD, Calibration, an
 from clipguard.data.manifest import read_manifest
 from clipguard.errors import ConfigError
 from clipguard.evaluate.api import read_classes
-from clipguard.evaluate.zeroshot import build_classifier, text_embeddings
 from clipguard.models.factory import ClipBundle, load_model
 from clipguard.pipeline.discover import discover_scan
-from clipguard.pipeline.reverse import pixel_images, require_text_tower, save_trigger, search_trigger
+from clipguard.pipeline.reverse import (pixel_images, require_text_tower, save_trigger, search_trigger,
+                                       zero_shot_head)
 from clipguard.utils.device import DEFAULT_DEVICE
 from clipguard.utils.io import read_json_object, write_json
 from clipguard.utils.progress import progress_bar
@@ -78,19 +79,6 @@ def candidate_targets(*, classes: str | os.PathLike | None, scan: str | os.PathL
     return list(seen), list(seen.values())
 
 
-def _head(bundle: ClipBundle, classes: str | os.PathLike | None, targets: list[str], sources: list[str]) -> torch.Tensor:
-    """(K, D) zero-shot head aligned with ``targets``: class prompts for classes, the caption itself otherwise."""
-    rows = []
-    if classes is not None:
-        names, templates = read_classes(classes)
-        clf = build_classifier(bundle, names, templates).cpu()
-        rows = [clf[names.index(t)] for t, s in zip(targets, sources) if s == "class"]
-    others = [t for t, s in zip(targets, sources) if s != "class"]
-    if others:
-        rows += list(text_embeddings(bundle, others))
-    return torch.stack(rows)
-
-
 def read_calibration(calibration: str | os.PathLike | float | Calibration | None) -> tuple[float, Calibration | None]:
     """(threshold, calibration or None) from a ``calibration.json`` path, a number, a Calibration or None."""
     if calibration is None:
@@ -110,15 +98,15 @@ def read_calibration(calibration: str | os.PathLike | float | Calibration | None
     return cal.threshold, cal
 
 
-def _search_all(bundle: ClipBundle, fit: torch.Tensor, held: torch.Tensor, head: torch.Tensor,
+def _search_all(bundle: ClipBundle, fit: torch.Tensor, held: torch.Tensor, head: tuple[list[str], torch.Tensor],
                 targets: list[str], config: ReverseConfig, out: Path, progress: bool) -> list[dict[str, Any]]:
-    """Reverse a trigger for every candidate; save each as ``triggers/NN_*.png``."""
+    """Reverse a trigger for every candidate (a name of ``head``); save each as ``triggers/NN_*.png``."""
     rows = []
     (out / "triggers").mkdir(parents=True, exist_ok=True)
     with progress_bar(len(targets), "audit candidates", unit="target", enabled=progress) as bar:
         for k, target in enumerate(targets):
             t0 = time.perf_counter()
-            trig, res = search_trigger(bundle, fit, held, head, k, config, progress=False)
+            trig, res = search_trigger(bundle, fit, held, head[1], head[0].index(target), config, progress=False)
             save_trigger(out / "triggers", trig, prefix=f"{k:02d}_")
             rows.append({"target": target, **res, "seconds": round(time.perf_counter() - t0, 2)})
             bar.update(1)
@@ -164,8 +152,8 @@ def audit_model(model: ClipBundle | str | os.PathLike, images: str | os.PathLike
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with rec.stage("search"):
-        rows = _search_all(bundle, pix[: len(pix) // 2], pix[len(pix) // 2:], _head(bundle, classes, targets, sources),
-                           targets, config, out, progress)
+        head = zero_shot_head(bundle, man, classes, extra=[t for t, s in zip(targets, sources) if s != "class"])
+        rows = _search_all(bundle, pix[: len(pix) // 2], pix[len(pix) // 2:], head, targets, config, out, progress)
     index = anomaly_indices([r["mask_l1"] for r in rows], cal.reference_for(targets) if cal else None)
     table = pd.DataFrame(rows).assign(source=sources, anomaly_index=index)
     table.to_csv(out / "candidates.csv", index=False)

@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from clipguard.analyze.discover import normalise_caption
 from clipguard.analyze import ReverseConfig, ReversedTrigger, clip_normalise, reverse_trigger, zero_shot_predict
+from clipguard.analyze.discover import normalise_caption
 from clipguard.data.dataset import load_rgb
 from clipguard.data.manifest import Manifest, read_manifest
 from clipguard.errors import ConfigError
@@ -38,7 +38,7 @@ from clipguard.utils.io import atomic_path, write_json
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 
 __all__ = ["check_target", "control_captions", "pixel_images", "require_text_tower", "reverse_model",
-           "save_trigger", "search_trigger"]
+           "save_trigger", "search_trigger", "zero_shot_head"]
 
 MAX_CAPTION_CLASSES = 100
 
@@ -60,20 +60,29 @@ def pixel_images(manifest: Manifest, size: int, n: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
-def _classes(bundle: ClipBundle, manifest: Manifest, classes: str | os.PathLike | None,
-             target: str) -> tuple[list[str], torch.Tensor, int, bool]:
-    """(names, (C, D) classifier, index of the target, whether the target was added): the class list or the
-    frequent captions, plus the target."""
+def zero_shot_head(bundle: ClipBundle, manifest: Manifest, classes: str | os.PathLike | None,
+                   extra: Sequence[str] = ()) -> tuple[list[str], torch.Tensor]:
+    """(names, (C, D) L2-normalised class embeddings): the classes of ``classes.json`` (names x templates) or,
+    without one, the manifest's most frequent captions; then every caption of ``extra`` not already a name."""
     if classes is not None:
         names, templates = read_classes(classes)
         clf = build_classifier(bundle, names, templates).cpu()
     else:
-        counts = manifest.df["caption"].astype(str).value_counts()
-        names = list(counts.index[:MAX_CAPTION_CLASSES])
+        names = list(manifest.df["caption"].astype(str).value_counts().index[:MAX_CAPTION_CLASSES])
         clf = text_embeddings(bundle, names)
-    if target in names:
-        return names, clf, names.index(target), False
-    return names + [target], torch.cat([clf, text_embeddings(bundle, [target])]), len(names), True
+    new = [c for c in dict.fromkeys(extra) if c not in names]
+    if new:
+        names, clf = names + new, torch.cat([clf, text_embeddings(bundle, new)])
+    return names, clf
+
+
+def _with_caption(bundle: ClipBundle, head: tuple[list[str], torch.Tensor],
+                  caption: str) -> tuple[torch.Tensor, int, bool]:
+    """(classifier, index of ``caption``, whether it was added): the head, plus ``caption`` if it is no class."""
+    names, clf = head
+    if caption in names:
+        return clf, names.index(caption), False
+    return torch.cat([clf, text_embeddings(bundle, [caption])]), len(names), True
 
 
 def check_target(target: str, *, classes: str | os.PathLike | None, manifests: list[Manifest]) -> None:
@@ -169,7 +178,8 @@ def reverse_model(model: ClipBundle | str | os.PathLike, target: str, images: st
     rec["data_fingerprint"] = fingerprint_files([images])
     pix = pixel_images(man, bundle.image_size, n_images)
     fit, held = pix[: len(pix) // 2], pix[len(pix) // 2:]
-    names, clf, t_idx, added = _classes(bundle, man, classes, target)
+    head = zero_shot_head(bundle, man, classes)
+    clf, t_idx, added = _with_caption(bundle, head, target)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with rec.stage("search"):
@@ -179,9 +189,9 @@ def reverse_model(model: ClipBundle | str | os.PathLike, target: str, images: st
     budget = replace(config, max_mask=max(res["mask_l1"], 1e-4))
     with rec.stage("controls"):
         for cap in control_captions(pool_man, target, controls, config.seed):
-            _, c_clf, c_idx, _ = _classes(bundle, man, classes, cap)
+            c_clf, c_idx, _ = _with_caption(bundle, head, cap)
             ctrl.append({"caption": cap, **search_trigger(bundle, fit, held, c_clf, c_idx, budget, progress)[1]})
-    record = {"target": target, "target_is_added_class": added, "n_classes": len(names), **res,
+    record = {"target": target, "target_is_added_class": added, "n_classes": len(clf), **res,
               "controls": ctrl, "control_max_mask": budget.max_mask,
               "control_held_out_asr_max": max((c["held_out_asr"] for c in ctrl), default=None)}
     write_json(out / "trigger.json", {**record, "history": trig.history[:: max(1, len(trig.history) // 50)]})
