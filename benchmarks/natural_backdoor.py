@@ -75,34 +75,42 @@ def main() -> None:
     n_nat = len(spec["ids"]["natural"])
     found = sum(int(round(r["size"] * r["planted_share"])) for _, r in planted.iterrows())
     rev_dir = work / (f"reverse_{a.success:g}" + (f"_n{a.n_images}" if a.n_images != 400 else ""))
-    rev = json.loads((rev_dir / "trigger.json").read_text()) if (rev_dir / "trigger.json").is_file() else \
-        reverse_model(a.model, spec["caption"], a.images, rev_dir, classes=a.classes, data=a.data, controls=a.controls,
-                      n_images=a.n_images, config=ReverseConfig(target_success=a.success), device="cpu", progress=False)
-    row = {"label": a.label, "success_threshold": a.success, "n_images": a.n_images, "n": spec["n_total"], "natural": n_nat, "mismatched": sum(
-               len(spec["ids"][k]) for k in ("swapped", "placeholder")), "planted_rank": rank,
-           "planted_found": found,
-           "planted_rank_top_only": int(top_planted["rank"].iloc[0]) if len(top_planted) else None, "top_kinds": list(table["kind"].head(3)), "top_names": list(table["name"].head(3)),
+    if (rev_dir / "trigger.json").is_file():  # cached: the search is the expensive part
+        rev = json.loads((rev_dir / "trigger.json").read_text())
+    else:
+        rev = reverse_model(a.model, spec["caption"], a.images, rev_dir, classes=a.classes, data=a.data,
+                            controls=a.controls, n_images=a.n_images, config=ReverseConfig(target_success=a.success),
+                            device="cpu", progress=False)
+    row = {"label": a.label, "success_threshold": a.success, "n_images": a.n_images, "n": spec["n_total"],
+           "natural": n_nat, "mismatched": sum(len(spec["ids"][k]) for k in ("swapped", "placeholder")),
+           "planted_rank": rank, "planted_found": found,
+           "planted_rank_top_only": int(top_planted["rank"].iloc[0]) if len(top_planted) else None,
+           "top_kinds": list(table["kind"].head(3)), "top_names": list(table["name"].head(3)),
            "aurocs": _aurocs(work / "scan", Path(a.data)), "reverse_mask_l1": rev["mask_l1"],
            "reverse_held_out_asr": rev["held_out_asr"], "control_max_mask": rev["control_max_mask"],
-           "control_asr": [c["held_out_asr"] for c in rev["controls"]], "scan_s": _seconds(work / "scan" / "run.json") + _seconds(work / "scan" / "embeddings" / "run.json"),
+           "control_asr": [c["held_out_asr"] for c in rev["controls"]],
+           "scan_s": _seconds(work / "scan" / "run.json") + _seconds(work / "scan" / "embeddings" / "run.json"),
            "reverse_s": _seconds(rev_dir / "run.json")}
     path = RESULTS / "natural_cpu.json"
+    key = (a.label, a.success, a.n_images)
     old = json.loads(path.read_text()) if path.is_file() else []
-    rows = [r for r in old if (r["label"], r["success_threshold"], r.get("n_images", 400)) != (a.label, a.success, a.n_images)] + [row]
+    rows = [r for r in old if (r["label"], r["success_threshold"], r.get("n_images", 400)) != key] + [row]
     path.write_text(json.dumps(rows, indent=2))
     _markdown(rows)
     print(json.dumps(row, indent=2))
 
 
 def _markdown(rows: list[dict]) -> None:
-    lines = ["| world | search success threshold, clean images | natural / mismatched rows | planted cluster rank (top-scored only) | motif rows in it | first 3 kinds | "
+    lines = ["| world | search success threshold, clean images | natural / mismatched rows | "
+             "planted cluster rank (top-scored only) | motif rows in it | first 3 kinds | "
              "mismatched AUROC clipscore / caption_disagreement / fused | swapped / placeholder AUROC (best) | "
              "reversed mask L1 | held-out ASR | control ASR (max, same mask) |", "|" + "---|" * 11]
     for r in rows:
         au = r["aurocs"]
         best = max(au, key=lambda s: au[s]["mismatched"])
         lines.append(
-            f"| {r['label']} | {r['success_threshold']:g}, {r.get('n_images', 400)} | {r['natural']} / {r['mismatched']} | {r['planted_rank']} ({r['planted_rank_top_only']}) | {r['planted_found']} | "
+            f"| {r['label']} | {r['success_threshold']:g}, {r.get('n_images', 400)} | {r['natural']} / "
+            f"{r['mismatched']} | {r['planted_rank']} ({r['planted_rank_top_only']}) | {r['planted_found']} | "
             f"{', '.join(r['top_kinds'])} | {au['clipscore']['mismatched']:.3f} / "
             f"{au['caption_disagreement']['mismatched']:.3f} / {au['fused']['mismatched']:.3f} | "
             f"{au[best]['swapped']:.3f} / {au[best]['placeholder']:.3f} ({best}) | {r['reverse_mask_l1']:.4f} | "

@@ -24,5 +24,6 @@ from clipguard.analyze.repair import choose_mlp_layers, zero_shot_predict
 from clipguard.analyze.reverse import ReverseConfig, ReversedTrigger, clip_normalise, reverse_trigger
 from clipguard.analyze.verdict import Calibration, anomaly_indices, calibrate_threshold
 
-__all__ = ["Calibration", "anomaly_indices", "calibrate_threshold", "DiscoverConfig", "discover_clusters", "HeadProfile", "Infection", "ReverseConfig", "ReversedTrigger", "choose_mlp_layers", "clip_normalise", "decompose_batched",
-           "fit_profile", "infection", "reverse_trigger", "save_heatmap", "zero_shot_predict"]
+__all__ = ["Calibration", "anomaly_indices", "calibrate_threshold", "DiscoverConfig", "discover_clusters",
+           "HeadProfile", "Infection", "ReverseConfig", "ReversedTrigger", "choose_mlp_layers", "clip_normalise",
+           "decompose_batched", "fit_profile", "infection", "reverse_trigger", "save_heatmap", "zero_shot_predict"]

@@ -225,11 +225,12 @@ def discover_clusters(image: np.ndarray, scores: np.ndarray, captions: Sequence[
         text: (N, D) caption embeddings, or None (text tightness and pair cosine are then NaN).
 
     Returns:
-        One row per cluster of two or more samples, columns ``rank`` (1 = first), ``kind``, ``by`` ("image" or
-        "image+caption" when merged, "caption" for a repeated caption), ``name`` (the most common caption), ``size``, ``share`` (of the whole dataset),
-        ``mean_score``, ``image_tightness``, ``text_tightness``, ``caption_agreement``, ``n_captions``,
-        ``pair_cosine``, ``size_index`` (repeated captions only, else NaN), ``member_ids``. ``attrs["n_top"]`` and ``attrs["n_singletons"]`` count the samples
-        taken and those left alone.
+        One row per cluster of two or more samples, columns ``rank`` (1 = first), ``kind``, ``by`` ("image",
+        "image+caption" when merged, "caption" for a repeated caption), ``name`` (the most common caption),
+        ``size``, ``share`` (of the whole dataset), ``mean_score``, ``image_tightness``, ``text_tightness``,
+        ``caption_agreement``, ``n_captions``, ``pair_cosine``, ``size_index`` (repeated captions only, else
+        NaN), ``member_ids``. ``attrs`` counts the samples taken (``n_top``), those left alone
+        (``n_singletons``) and the repeated captions (``n_repeated_captions``).
 
     Raises:
         ConfigError: inputs of different lengths, or an empty dataset.
