@@ -35,3 +35,17 @@ def tiny_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     generate_world(out, n_train=600, n_test=200, seed=0, progress=False, workers=1)
     return out
+
+
+@pytest.fixture
+def memory_root():
+    """A fresh ``memory://<name>`` folder, removed after the test."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    name = f"clipguard-test-{uuid.uuid4().hex[:8]}"
+    yield f"memory://{name}"
+    if fs.exists(f"/{name}"):
+        fs.rm(f"/{name}", recursive=True)

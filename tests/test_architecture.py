@@ -50,7 +50,7 @@ DETECT_LAYERS: dict[str, int] = {
     "config": 4,
     "metrics": 4,
     "engine": 5,
-    "results": 6,
+    "results": 6, "sharded": 6,
     "report": 7, "store": 7,
     "facade": 8,
     "api": 9,

@@ -85,3 +85,26 @@ def kill_after_steps(n_steps: int):
         return img_f.sum() * 0
 
     return extra_loss
+
+
+def write_folder(root, n=2400, d=32, shards=3, text=True, seed=0, nan_row=None):
+    """A clustered embedding folder (img_emb, text_emb, metadata with id/caption/poisoned) in ``shards`` shards."""
+    from clipguard.io.writer import write_embedding_shard
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(16, d))
+    lab = rng.integers(0, 16, n)
+    x = (centres[lab] + 0.4 * rng.normal(size=(n, d))).astype(np.float32)
+    x[:12] = (3.0 + 0.05 * rng.normal(size=(12, d))).astype(np.float32)  # a tight planted cluster
+    t = (centres[lab] @ rng.normal(size=(d, d)) + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+    caps = np.array([f"a photo of thing {c}" for c in lab], dtype=object)
+    caps[:12] = "a photo of a star"
+    if nan_row is not None:
+        x[nan_row] = np.nan
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    for i in range(shards):
+        sl = slice(bounds[i], bounds[i + 1])
+        meta = pd.DataFrame({"id": [f"s{j:06d}" for j in range(sl.start, sl.stop)], "caption": caps[sl],
+                             "poisoned": np.arange(sl.start, sl.stop) < 12})
+        write_embedding_shard(root, i, x[sl], meta, t[sl] if text else None)
+    return root

@@ -108,3 +108,24 @@ def test_cli(scanned, tmp_path):
     assert "1.000 of the poisoned rows removed; precision 1.000" in r.stdout
     r = run_cli("filter", path, scan_dir, "--out", tmp_path / "x", "--detector", "nope")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "choose one of" in r.stderr
+
+
+def test_ids_to_remove_parquet_and_datacomp_uid_list(scanned, tmp_path):
+    path, scan_dir, _ = scanned
+    filter_manifest(path, scan_dir, tmp_path / "clean", detector="kdist")
+    removed = pd.read_csv(tmp_path / "clean" / "removed.csv", dtype={"id": str})
+    ids = pd.read_parquet(tmp_path / "clean" / "remove_ids.parquet")
+    assert ids["id"].astype(str).tolist() == removed["id"].tolist() and list(ids.columns) == [
+        "id", "kdist_rank", "kdist_score"]
+    assert not (tmp_path / "clean" / "keep_uids.npy").exists()  # these ids are not DataComp uids
+
+
+def test_datacomp_uids_are_sorted_u8_pairs():
+    from clipguard.defend.filter import datacomp_uids
+
+    uids = pd.Series(["ffffffffffffffff0000000000000001", "00000000000000010000000000000002",
+                      "00000000000000010000000000000001"])
+    got = datacomp_uids(uids)
+    assert got.dtype == np.dtype("u8,u8")
+    assert got.tolist() == [(1, 1), (1, 2), (2**64 - 1, 1)]
+    assert datacomp_uids(pd.Series(["abc"])) is None

@@ -16,7 +16,11 @@ from clipguard.errors import ConfigError
 from clipguard.utils.device import DEFAULT_DEVICE, PRECISIONS
 
 __all__ = ["PRECISIONS", "default_of", "device_option", "echo_json", "out_option", "param_option",
-           "parse_params", "precision_option", "seed_option"]
+           "parse_params", "precision_option", "seed_option", "distributor_options", "DISTRIBUTOR_NAMES"]
+
+DISTRIBUTOR_NAMES = ("sequential", "ray")
+"""``clipguard.distributed.DISTRIBUTORS.names()``, written here so that ``--help`` does not import
+the engines (a test keeps the two equal)."""
 
 _DEVICE_HELP = "Where the model runs: auto (the GPU if torch sees one, else the CPU), cpu, cuda, cuda:N."
 
@@ -89,3 +93,22 @@ def out_option(help: str, **kwargs: Any) -> Callable:
 def echo_json(data: dict) -> None:
     """Print ``data`` as indented JSON."""
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def distributor_options(f: Callable) -> Callable:
+    """``--distributor``, ``--address``, ``--processes``, ``--retries``: where the shards run
+    (:mod:`clipguard.distributed`)."""
+    for option in reversed((
+        click.option("--distributor", default="sequential", show_default=True, type=click.Choice(DISTRIBUTOR_NAMES),
+                     help="sequential: shard by shard in this process; ray: on a Ray cluster "
+                          "(pip install 'clipguard[ray]'). Both resume a killed run."),
+        click.option("--address", default=None,
+                     help="Ray cluster to attach to, e.g. auto [default: $RAY_ADDRESS, else a local cluster on "
+                          "127.0.0.1, stopped at the end]."),
+        click.option("--processes", type=int, default=None,
+                     help="Worker processes of --distributor ray [default: one per CPU (embed: per GPU)]."),
+        click.option("--retries", default=2, show_default=True,
+                     help="Further attempts of a failed shard; shards that still fail are listed at the end."),
+    )):
+        f = option(f)
+    return f

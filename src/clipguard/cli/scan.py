@@ -1,4 +1,5 @@
-"""Commands that score samples: ``scan`` (over :func:`clipguard.detect.run_scan`, or
+"""Commands that score samples: ``scan`` (over :func:`clipguard.distributed.scan_sharded`, whose
+scores equal :func:`clipguard.detect.run_scan`'s, shard by shard and resumable; or
 :func:`clipguard.pipeline.scan_dataset` with ``--model/--data``) and ``detectors``.
 
 Every scan option is a :class:`~clipguard.detect.ScanConfig` field of the same name, with the
@@ -11,7 +12,14 @@ from typing import Any, Callable
 
 import click
 
-from clipguard.cli.options import default_of, device_option, out_option, param_option, seed_option
+from clipguard.cli.options import (
+    default_of,
+    device_option,
+    distributor_options,
+    out_option,
+    param_option,
+    seed_option,
+)
 from clipguard.detect import (
     BACKENDS,
     DETECTORS,
@@ -24,7 +32,9 @@ from clipguard.detect import (
 )
 from clipguard.detect.detectors import nest_params
 from clipguard.detect.store import default_detector
+from clipguard.distributed import scan_sharded
 from clipguard.errors import ConfigError
+from clipguard.io.reader import can_memory_map
 from clipguard.pipeline import scan_dataset
 
 __all__ = ["detectors", "scan"]
@@ -120,6 +130,10 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
               help="Model folder trained on these pairs with --record-epochs N: its training-dynamics record, "
                    "joined by id, adds the detector learning_speed (with EMB_DIR).")
 @_scan_options
+@distributor_options
+@click.option("--part-rows", default=default_of(scan_sharded, "part_rows"), show_default=True,
+              help="Rows per shard of the scan (whole batches with --reference batch).")
+@click.option("--keep-parts", is_flag=True, help="Keep OUT/parts/ (the per-shard results) after the scan.")
 @param_option("Detector parameter DETECTOR.NAME=VALUE (repeatable), e.g. fused.method=rank, "
               "caption_dup.source=text, fused.caption_dup__source=text (a component of fused).")
 @click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
@@ -128,13 +142,19 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
 @click.pass_obj
 def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
          detectors: tuple[str, ...], dynamics: str | None, params: dict[str, Any], top: int,
-         rank_by: str | None, **options: Any) -> None:
+         rank_by: str | None, distributor: str, address: str | None, processes: int | None, retries: int,
+         part_rows: int, keep_parts: bool, **options: Any) -> None:
     """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
     from_data = _check_inputs(emb_dir, model_dir, manifest, out)
     if from_data and dynamics is not None:
         raise ConfigError("--dynamics scans an EMB_DIR: embed first (`clipguard embed MODEL_DIR MANIFEST --out EMB`), "
                           "then `clipguard scan EMB --dynamics MODEL_DIR`")
+    if from_data and (distributor != "sequential" or address):
+        raise ConfigError("--distributor/--address scan an EMB_DIR: embed first (`clipguard embed MODEL_DIR "
+                          "MANIFEST --out EMB --distributor ray`), then `clipguard scan EMB --distributor ray`")
+    if not from_data and out is None and not can_memory_map(emb_dir):
+        raise ConfigError(f"{emb_dir} is a URL or Parquet input, where the scores cannot go; add --out OUT")
     config = ScanConfig(**options, detector_params=nest_params(params))
     names = list(detectors) or None
     if from_data:
@@ -142,7 +162,9 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
         click.echo(f"embedded {dres.embed.n_embedded} pairs, skipped {dres.embed.n_skipped} -> {dres.emb_dir}")
         res = dres.scan
     else:
-        res = run_scan(emb_dir, out or emb_dir, detectors=names, config=config, dynamics=dynamics)
+        res = scan_sharded(emb_dir, out or emb_dir, detectors=names, config=config, dynamics=dynamics,
+                           distributor=distributor, address=address, workers=processes, retries=retries,
+                           part_rows=part_rows, keep_parts=keep_parts)
     _echo_result(res)
     if top:
         _echo_top(res, rank_by or (list(detectors) or [default_detector(res.detectors)])[0], top)

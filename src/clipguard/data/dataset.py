@@ -2,13 +2,16 @@
 
 Rows are checked in two places:
 
-* at construction: empty captions and missing image files are skipped;
+* at construction: empty captions and missing image files are skipped (images may be local files,
+  fsspec URLs or members of webdataset tars, :func:`load_rgb`; remote ones are checked with one
+  listing per folder or archive, not one request per row);
 * at load time: an image that cannot be decoded makes ``__getitem__`` return ``None``; the
   :func:`collate_skipping` collate function removes such items and reports them in the batch,
   so consumers record them in their :class:`SkipLog`.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,10 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from clipguard.data.manifest import Manifest
+from clipguard.utils.fs import exists_many, is_url, read_bytes
 
 __all__ = ["ImageCaptionDataset", "SkipLog", "collate_skipping", "load_rgb", "record_errors"]
 
@@ -56,8 +60,19 @@ class SkipLog:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully (decoding errors surface here, not later) and convert it to RGB."""
-    with Image.open(path) as im:
+    """Open an image fully (decoding errors surface here, not later) and convert it to RGB.
+
+    ``path`` is a local path, an fsspec URL (``s3://...``, ``memory://...``) or a member of a tar,
+    ``tar://<member>::<archive>`` (one range read; see :mod:`clipguard.utils.fs`)."""
+    if not is_url(path):
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    try:
+        im = Image.open(io.BytesIO(read_bytes(path)))
+    except UnidentifiedImageError:  # its message would name the in-memory buffer, not the image
+        raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
+    with im:
         im.load()
         return im.convert("RGB")
 
@@ -88,17 +103,19 @@ class ImageCaptionDataset(Dataset):
         self.tokenizer = tokenizer
         self.skip_log = skip_log if skip_log is not None else SkipLog()
         df = manifest.df
-        rows = []
+        skips: dict[int, str] = {}
         for i in range(len(df)):
             cap = df["caption"].iat[i]
             if cap is None or (isinstance(cap, float)) or not str(cap).strip():
-                self.skip_log.add(i, str(df["id"].iat[i]), "empty caption")
-                continue
-            if not manifest.image_path(i).is_file():
-                self.skip_log.add(i, str(df["id"].iat[i]), f"missing image: {manifest.image_path(i)}")
-                continue
-            rows.append(i)
-        self.rows = rows
+                skips[i] = "empty caption"
+        captioned = [i for i in range(len(df)) if i not in skips]
+        paths = [manifest.image_path(i) for i in captioned]
+        for i, path, found in zip(captioned, paths, exists_many(paths)):
+            if not found:
+                skips[i] = f"missing image: {path}"
+        for i in sorted(skips):  # logged in row order
+            self.skip_log.add(i, str(df["id"].iat[i]), skips[i])
+        self.rows = [i for i in captioned if i not in skips]
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -7,6 +7,9 @@ suspicious), ``filter_manifest`` writes the manifest without the suspects. Outpu
                          still point at the same files from the new folder
     out/removed.csv      the removed rows: id, <detector>_rank, <detector>_score, caption
                          (and poisoned, when the manifest has ground truth)
+    out/remove_ids.parquet  the ids to remove, with rank and score (what a pipeline joins on)
+    out/keep_uids.npy    DataComp-style: the kept uids, sorted, as np.dtype("u8,u8") pairs of the
+                         32-hex-digit uid (written when every id is such a uid)
     out/run.json         detector, selection rule, counts, and with ground truth the share of
                          the poisoned rows removed (recall) and of the removed rows poisoned
                          (precision)
@@ -31,6 +34,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from clipguard.data.manifest import read_manifest, write_manifest
@@ -41,7 +45,7 @@ from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 from clipguard.utils.validate import check_int, check_real
 
-__all__ = ["FilterResult", "filter_manifest"]
+__all__ = ["FilterResult", "filter_manifest", "datacomp_uids"]
 
 log = logging.getLogger("clipguard")
 
@@ -134,6 +138,12 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
                                              on="id", how="left").sort_values(rank_col)
     with atomic_path(out / "removed.csv") as tmp:
         removed.to_csv(tmp, index=False)
+    with atomic_path(out / "remove_ids.parquet") as tmp:
+        removed[cols].to_parquet(tmp, index=False)
+    keep = datacomp_uids(kept["id"].astype(str))
+    if keep is not None:
+        with atomic_path(out / "keep_uids.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, keep)
 
     n_unscored = int((~ids.isin(set(scores["id"]))).sum())
     if n_unscored:
@@ -146,6 +156,16 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
         res.poisoned_precision = float(y[drop].mean()) if drop.any() else None
     _save_record(res, m.path, scan_dir, detector, share, top, rule, out)
     return res
+
+
+def datacomp_uids(ids: pd.Series) -> np.ndarray | None:
+    """The ids as DataComp's sorted uid array (``np.dtype("u8,u8")``: the 32 hex digits of each
+    uid as two 64-bit halves, sorted), or None when some id is not a 32-hex-digit uid."""
+    if not len(ids) or not ids.str.fullmatch(r"[0-9a-fA-F]{32}").all():
+        return None
+    out = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in ids], dtype=np.dtype("u8,u8"))
+    out.sort()
+    return out
 
 
 def _save_record(res: FilterResult, manifest_path: Path, scan_dir, detector: str, share, top, rule: str,

@@ -20,16 +20,19 @@ import numpy as np
 from clipguard.detect.config import ScanConfig
 from clipguard.detect.detectors.base import Detector, ScoreInputs
 from clipguard.detect.detectors.caption_dup import caption_keys
+from clipguard.detect.detectors.device_batch import DEVICE_BATCH_DETECTORS, batch_scores_on_device
 from clipguard.detect.detectors.learning_speed import as_speeds
 from clipguard.detect.detectors.registry import DETECTORS, make_detector
 from clipguard.detect.neighbours.normalize import normalize
-from clipguard.detect.reference.graph import build_graph
+from clipguard.detect.reference.graph import NeighbourGraph, build_graph
 from clipguard.detect.reference.plan import ReferencePlan, plan_reference
+from clipguard.detect.reference.sampling import batch_partition
+from clipguard.utils.device import resolve_device
 from clipguard.errors import ConfigError
 from clipguard.utils.progress import progress_bar
 
 __all__ = ["score_embeddings", "select_detectors", "split_by_inputs", "describe_requirement", "INPUT_NAMES",
-           "ON_REQUEST_INPUTS"]
+           "ON_REQUEST_INPUTS", "prepare_inputs", "detector_factory", "score_draws", "scan_info"]
 
 log = logging.getLogger("clipguard")
 
@@ -134,8 +137,10 @@ def select_detectors(
     return (names if explicit else None), runnable, skipped
 
 
-def _inputs(image: np.ndarray, text: Any, captions: Any, describe_row: Any):
-    """``(x, t, keys)``: normalised image and caption embeddings and caption keys, row-aligned."""
+def prepare_inputs(image: np.ndarray, text: Any, captions: Any, describe_row: Any):
+    """``(x, t, keys)``: normalised image (N, d) and caption (N, d_t) float32 embeddings and the
+    (N,) caption keys, row-aligned (``t``/``keys`` None when not given); EmbeddingError for
+    NaN/inf/zero rows, ConfigError for misaligned inputs."""
     x = normalize(image, describe_row=describe_row)
     n = x.shape[0]
     t = None
@@ -154,7 +159,7 @@ def _inputs(image: np.ndarray, text: Any, captions: Any, describe_row: Any):
     return x, t, keys
 
 
-def _factory(cfg: ScanConfig) -> Callable[[str, Mapping[str, Any]], Detector]:
+def detector_factory(cfg: ScanConfig) -> Callable[[str, Mapping[str, Any]], Detector]:
     """``make(name, params)``: a detector with the scan's common options, its ``detector_params``
     and then ``params`` (e.g. given to it as a component of ``fused``)."""
     common = {"k": cfg.k, "seed": cfg.seed, "backend": cfg.backend, "block_size": cfg.block_size}
@@ -170,12 +175,38 @@ def _factory(cfg: ScanConfig) -> Callable[[str, Mapping[str, Any]], Detector]:
     return make
 
 
-def _score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: ScanConfig,
-                 dets: dict[str, Detector], make: Callable, dynamics: np.ndarray | None = None
-                 ) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Every detector's (N,) scores averaged over the draws of ``plan``, and each draw's info."""
+def _graph_builder(x: np.ndarray, plan: ReferencePlan, cfg: ScanConfig, need_knn: bool
+                   ) -> Callable[[int], NeighbourGraph]:
+    """``graph_of(draw)``: the neighbour graph of one draw, built here over all of ``x``."""
+    def graph_of(r: int) -> NeighbourGraph:
+        return build_graph(x, cfg.k, plan, draw=r, batch_size=cfg.batch_size, seed=cfg.seed,
+                           backend=cfg.backend, block_size=cfg.block_size, nlist=cfg.nlist,
+                           nprobe=cfg.nprobe, target_recall=cfg.target_recall,
+                           n_recall=cfg.n_recall, need_knn=need_knn, device=cfg.device)
+    return graph_of
+
+
+def score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: ScanConfig,
+                dets: dict[str, Detector], make: Callable, dynamics: np.ndarray | None = None,
+                *, graph_of: Callable[[int], NeighbourGraph] | None = None,
+                cache_of: Callable[[int], dict[str, np.ndarray]] | None = None,
+                ) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Every detector's (N,) scores averaged over the draws of ``plan``, and each draw's info.
+
+    Args:
+        x: (N, d) normalised image embeddings (:func:`prepare_inputs`); a sharded scan whose
+            remaining detectors read no embedding values passes a zero-stride placeholder.
+        t, keys, dynamics: the other inputs (or None).
+        plan, cfg: the resolved reference plan and scan options.
+        dets: the scan's detectors by name; ``make``: :func:`detector_factory` of ``cfg``.
+        graph_of: ``draw -> NeighbourGraph``; default builds it over ``x`` here. A sharded
+            scan (:mod:`clipguard.detect.sharded`) assembles it from its shards instead.
+        cache_of: ``draw -> {cache key: (N,) scores}`` computed elsewhere (the row-local
+            scores of a sharded scan); those detectors are not run again.
+    """
     n, names = x.shape[0], list(dets)
     need_knn = any(d.uses_neighbours for d in dets.values())
+    graph_of = graph_of or _graph_builder(x, plan, cfg, need_knn)
     draws = plan.n_references or 1
     out = {name: np.zeros(n, dtype=np.float64) for name in names}
     fixed: set[str] = set()
@@ -184,12 +215,10 @@ def _score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: Sca
     for r in range(draws):
         if bar is not None:
             bar.update(1)
-        graph = build_graph(x, cfg.k, plan, draw=r, batch_size=cfg.batch_size, seed=cfg.seed,
-                            backend=cfg.backend, block_size=cfg.block_size, nlist=cfg.nlist,
-                            nprobe=cfg.nprobe, target_recall=cfg.target_recall,
-                            n_recall=cfg.n_recall, need_knn=need_knn, device=cfg.device)
+        graph = graph_of(r)
         inputs = ScoreInputs(x, graph, cfg.k, text=t, captions=keys, seed=cfg.seed, make=make,
-                             detectors=dets, dynamics=dynamics)
+                             detectors=dets, dynamics=dynamics,
+                             cache=dict(cache_of(r)) if cache_of is not None else {})
         for name in names:
             if r > 0 and name in fixed:
                 continue
@@ -206,7 +235,24 @@ def _score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: Sca
     return out, ref_infos
 
 
-def _info(plan: ReferencePlan, ref_infos: list[dict], dets: dict[str, Detector]) -> dict[str, Any]:
+def _on_device(image: np.ndarray, names: list[str], cfg: ScanConfig, plan: ReferencePlan, describe_row: Any
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The per-batch scan entirely on a GPU (:func:`~clipguard.detect.detectors.device_batch.
+    batch_scores_on_device`: normalisation, kNN and scores on the device), when the device is a
+    GPU, the reference is ``"batch"`` and every detector is one it computes; else None."""
+    if plan.mode != "batch" or not set(names) <= set(DEVICE_BATCH_DETECTORS) or cfg.detector_params:
+        return None
+    dev = resolve_device(cfg.device)
+    if dev.type != "cuda":
+        return None
+    batches = batch_partition(image.shape[0], cfg.batch_size, cfg.k, cfg.seed)
+    scores = batch_scores_on_device(image, batches, cfg.k, names, device=dev, describe_row=describe_row)
+    ref = {"mode": "batch", "batch_size": int(cfg.batch_size), "n_batches": len(batches), "on_device": str(dev)}
+    info = {"reference_plan": plan.as_dict(), "references": [ref]}
+    return {name: scores[name] for name in names}, info
+
+
+def scan_info(plan: ReferencePlan, ref_infos: list[dict], dets: dict[str, Detector]) -> dict[str, Any]:
     """What was done: the reference plan, each draw's kNN info, mean recall, detector info."""
     info: dict[str, Any] = {"reference_plan": plan.as_dict(), "references": ref_infos}
     recalls = [ri["recall_at_k"] for ri in ref_infos if "recall_at_k" in ri]
@@ -257,6 +303,12 @@ def score_embeddings(
         **overrides: ScanConfig field names, applied on top of ``config``
             (``score_embeddings(x, ["dao"], k=8, reference="global")``).
 
+    On a GPU (``device`` resolving to CUDA) with the ``"batch"`` reference and only the detectors
+    of :data:`~clipguard.detect.detectors.device_batch.DEVICE_BATCH_DETECTORS` (without
+    ``detector_params``), the whole scan runs on the device
+    (:func:`~clipguard.detect.detectors.device_batch.batch_scores_on_device`: upload,
+    normalisation, kNN and scores; float64 scores equal to the CPU path's to ~1e-6 relative).
+
     Returns:
         ``(scores, info)``: ``{name: (N,) float64}`` in the requested order (higher = more
         suspicious), and ``info`` with ``reference_plan`` (mode, sizes, reason), ``references``
@@ -275,7 +327,14 @@ def score_embeddings(
         raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
     for name in names:
         DETECTORS.get(name)
-    x, t, keys = _inputs(image, text, captions, describe_row)
+    if np.ndim(image) == 2 and dynamics is None:
+        plan = plan_reference(image.shape[0], cfg.reference, k=k, batch_size=cfg.batch_size,
+                              reference_size=cfg.reference_size, n_references=cfg.n_references,
+                              index=cfg.index)
+        done = _on_device(image, names, cfg, plan, describe_row)
+        if done is not None:
+            return done
+    x, t, keys = prepare_inputs(image, text, captions, describe_row)
     n = x.shape[0]
     speeds = None if dynamics is None else as_speeds(dynamics, n)
     available = {"image"} | ({"text"} if t is not None else set()) | (
@@ -287,8 +346,8 @@ def score_embeddings(
     if plan.mode == "global" and k > n - 1:
         raise ConfigError(f"k={k} needs at least {k} other samples but there are {n - 1}; "
                           f"use k <= {max(n - 1, 0)}")
-    make = _factory(cfg)
+    make = detector_factory(cfg)
     dets = {name: make(name, {}) for name in names}
-    out, ref_infos = _score_draws(x, t, keys, plan, cfg, dets, make, speeds)
+    out, ref_infos = score_draws(x, t, keys, plan, cfg, dets, make, speeds)
     log.info("scored %d samples with %s (reference %s)", n, ", ".join(names), plan.mode)
-    return out, _info(plan, ref_infos, dets)
+    return out, scan_info(plan, ref_infos, dets)

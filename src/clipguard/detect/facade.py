@@ -149,7 +149,7 @@ class Scan:
         scan._row_in_shard = meta["row_in_shard"].to_numpy(np.int64)
         scan._shard_ids, scan._skipped_shards = list(es.shard_ids), list(es.skipped_shards)
         scan._source = str(path)
-        scan._locate = lambda i: f"{path}/{es.locate(i)}"
+        scan._locate = lambda i: f"{es.root}/{es.locate(i)}"
         scan._load_s = time.perf_counter() - t0
         scan._sizes = list(es.shard_sizes)
         return scan

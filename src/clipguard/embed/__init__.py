@@ -1,4 +1,19 @@
-"""Embedding extraction in the clip-retrieval layout."""
-from clipguard.embed.extract import EmbedResult, embed_dataset
+"""Embedding extraction in the clip-retrieval layout (:func:`embed_dataset`; the shard-level pieces
+:func:`make_job`, :func:`embed_shard`, :func:`reuse_shard`, :func:`finish_embed` are what
+:mod:`clipguard.distributed` runs on a cluster)."""
+from clipguard.embed.extract import (
+    GROUND_TRUTH_COLUMNS,
+    EmbedJob,
+    EmbedResult,
+    ShardOutcome,
+    embed_dataset,
+    embed_record,
+    embed_shard,
+    finish_embed,
+    make_job,
+    reuse_shard,
+    shard_bounds,
+)
 
-__all__ = ["EmbedResult", "embed_dataset"]
+__all__ = ["EmbedResult", "embed_dataset", "EmbedJob", "ShardOutcome", "make_job", "embed_shard", "reuse_shard",
+           "finish_embed", "embed_record", "shard_bounds", "GROUND_TRUTH_COLUMNS"]

@@ -9,7 +9,8 @@
         skipped/skipped_{i}.csv          rows of shard i left out when embedding (clipguard embed)
         scores/scores_{i}.parquet        row-aligned scores of shard i (clipguard scan)
 
-Shards are ordered by their integer index (``img_emb_10`` comes after ``img_emb_9``).
+Shards are ordered by their integer index (``img_emb_10`` comes after ``img_emb_9``). ``root`` may be a
+local folder or an fsspec URL (``s3://bucket/emb``, ``memory://emb``): :func:`list_shards` then gives URLs.
 
 Example:
     >>> from pathlib import Path
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from clipguard.utils.fs import Location, is_url, join, list_dir
 
 __all__ = ["SHARD_KINDS", "shard_name", "shard_path", "list_shards"]
 
@@ -47,15 +50,20 @@ def shard_path(root: str | Path, kind: str, i: int) -> Path:
     return Path(root) / shard_name(kind, i)
 
 
-def list_shards(root: str | Path, kind: str) -> dict[int, Path]:
+def list_shards(root: str | Path, kind: str) -> dict[int, Location]:
     """``{i: path}`` of the shards of ``kind`` under ``root``, in ascending integer order
-    (empty when the sub-folder does not exist)."""
-    folder = Path(root) / SHARD_KINDS[kind][0]
-    if not folder.is_dir():
-        return {}
-    out: dict[int, Path] = {}
-    for p in folder.iterdir():
-        m = _PATTERNS[kind].match(p.name)
+    (empty when the sub-folder does not exist); paths are URLs when ``root`` is an fsspec URL."""
+    if is_url(root):
+        folder: Location = join(root, SHARD_KINDS[kind][0])
+        names = list_dir(folder, "file")
+    else:
+        folder = Path(root) / SHARD_KINDS[kind][0]
+        if not folder.is_dir():
+            return {}
+        names = [p.name for p in folder.iterdir()]
+    out: dict[int, Location] = {}
+    for name in names:
+        m = _PATTERNS[kind].match(name)
         if m:
-            out[int(m.group(1))] = p
+            out[int(m.group(1))] = join(folder, name)
     return dict(sorted(out.items()))

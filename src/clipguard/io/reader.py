@@ -11,6 +11,11 @@
 
 Shards are ordered by their integer index (``img_emb_10`` comes after ``img_emb_9``). Shards
 with 0 rows are skipped (listed in :attr:`EmbeddingSet.skipped_shards`, with a warning).
+
+The folder may be local (shards memory-mapped) or an fsspec URL (``s3://bucket/emb``,
+``memory://emb``: each shard read through a file object). A Parquet file, or a folder of Parquet
+files without ``img_emb/`` (NeMo Curator's ``id`` + ``embedding`` list column, :mod:`clipguard.io.nemo`),
+is read into the same :class:`EmbeddingSet`, each file a shard.
 """
 from __future__ import annotations
 
@@ -23,8 +28,10 @@ import pandas as pd
 
 from clipguard.errors import EmbeddingError
 from clipguard.io.layout import list_shards, shard_name
+from clipguard.io.nemo import is_parquet_input, list_parquet_shards, read_parquet_shard
+from clipguard.utils.fs import Location, as_location, is_dir, is_url, join, open_binary
 
-__all__ = ["EmbeddingSet", "load_embedding_folder"]
+__all__ = ["EmbeddingSet", "load_embedding_folder", "can_memory_map", "list_folder"]
 
 log = logging.getLogger("clipguard")
 
@@ -41,7 +48,10 @@ class EmbeddingSet:
         shard_sizes: rows of each non-empty shard, aligned with ``shard_ids``.
         shard_ids: integer index i of each non-empty shard, ascending.
         skipped_shards: indices of the shards skipped because they have 0 rows.
-        root: the folder that was read.
+        root: the folder that was read (a Path, or an fsspec URL string; for a single Parquet file,
+            its folder).
+        shard_files: ``{i: file of shard i relative to root}`` when the shards are not
+            ``img_emb/img_emb_<i>.npy`` (Parquet input); empty for a clip-retrieval folder.
     """
 
     image: np.ndarray
@@ -50,7 +60,8 @@ class EmbeddingSet:
     shard_sizes: list[int]
     shard_ids: list[int] = field(default_factory=list)
     skipped_shards: list[int] = field(default_factory=list)
-    root: Path | None = None
+    root: Path | str | None = None
+    shard_files: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -59,12 +70,21 @@ class EmbeddingSet:
         """Human-readable origin of global row ``row``, e.g. ``'img_emb/img_emb_3.npy row 7 (global row 1207)'``."""
         shard = int(self.metadata["shard"].iat[row])
         in_shard = int(self.metadata["row_in_shard"].iat[row])
-        return f"{shard_name('img', shard)} row {in_shard} (global row {row})"
+        name = self.shard_files.get(shard) or shard_name("img", shard)
+        return f"{name} row {in_shard} (global row {row})"
 
 
-def _open_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Location) -> np.ndarray:
+    """Memory-mapped for a local file; read through a file object for a URL."""
+    if not is_url(path):
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    with open_binary(path) as f:
+        return np.load(f, allow_pickle=False)
+
+
+def _open_npy(path: Location) -> np.ndarray:
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = _load_npy(path)
     except Exception as e:  # noqa: BLE001 - any read failure becomes one clear message
         raise EmbeddingError(
             f"cannot read {path}: {type(e).__name__}: {e}; re-export this shard"
@@ -82,20 +102,23 @@ def _open_npy(path: Path) -> np.ndarray:
     return arr
 
 
-def _parquet_rows(path: Path) -> int:
+def _parquet_rows(path: Location) -> int:
     import pyarrow.parquet as pq
 
     try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        if not is_url(path):
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        with open_binary(path) as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
     except Exception as e:  # noqa: BLE001
         raise EmbeddingError(
             f"cannot read {path}: {type(e).__name__}: {e}; rewrite this metadata shard"
         ) from None
 
 
-def _list_folder(root: Path) -> tuple[dict[int, Path], dict[int, Path], dict[int, Path]]:
+def list_folder(root: Location) -> tuple[dict[int, Location], dict[int, Location], dict[int, Location]]:
     """``(img, text, meta)`` shards of ``root``, checked to belong together."""
-    if not root.is_dir():
+    if not is_dir(root):
         raise EmbeddingError(
             f"embedding folder {root} does not exist; pass the folder that contains img_emb/"
         )
@@ -108,14 +131,14 @@ def _list_folder(root: Path) -> tuple[dict[int, Path], dict[int, Path], dict[int
     text = list_shards(root, "text")
     if text and set(text) != set(img):
         raise EmbeddingError(
-            f"{root / 'text_emb'} has shards {sorted(text)} but img_emb has {sorted(img)}; "
+            f"{join(root, 'text_emb')} has shards {sorted(text)} but img_emb has {sorted(img)}; "
             "re-export text_emb so every image shard has a text shard (or remove text_emb/)"
         )
     meta = list_shards(root, "meta")
     if meta and set(meta) - set(img):
         extra = sorted(set(meta) - set(img))
         raise EmbeddingError(
-            f"{root / 'metadata'} has shards {extra} without image embeddings; "
+            f"{join(root, 'metadata')} has shards {extra} without image embeddings; "
             "remove them or re-export img_emb"
         )
     if not meta:
@@ -123,7 +146,7 @@ def _list_folder(root: Path) -> tuple[dict[int, Path], dict[int, Path], dict[int
     return img, text, meta
 
 
-def _open_shard(i: int, img_path: Path, text: dict[int, Path], meta: dict[int, Path]):
+def _open_shard(i: int, img_path: Location, text: dict[int, Location], meta: dict[int, Location]):
     """``(image, text or None, metadata path or None)`` of shard ``i``, row counts checked."""
     arr = _open_npy(img_path)
     n = int(arr.shape[0])
@@ -152,12 +175,22 @@ def _open_shard(i: int, img_path: Path, text: dict[int, Path], meta: dict[int, P
     return arr, t_arr, meta_path
 
 
-def _shard_metadata(i: int, n: int, meta_path: Path | None) -> pd.DataFrame:
-    """The metadata of shard ``i`` (or an empty frame of ``n`` rows) with ``shard`` and ``row_in_shard``."""
-    df = pd.read_parquet(meta_path) if meta_path is not None else pd.DataFrame(index=range(n))
+def _read_metadata(meta_path: Location | None, n: int) -> pd.DataFrame:
+    """The metadata shard (or an empty frame of ``n`` rows)."""
+    if meta_path is None:
+        return pd.DataFrame(index=range(n))
+    if not is_url(meta_path):
+        return pd.read_parquet(meta_path)
+    with open_binary(meta_path) as f:
+        return pd.read_parquet(f)
+
+
+def _shard_metadata(i: int, df: pd.DataFrame, where: Location) -> pd.DataFrame:
+    """``df`` (the metadata of shard ``i``, read from ``where``) with ``shard`` and ``row_in_shard``."""
+    n = len(df)
     for col in ("shard", "row_in_shard"):
         if col in df.columns:
-            log.warning("%s already has a %r column; it is replaced", meta_path, col)
+            log.warning("%s already has a %r column; it is replaced", where, col)
     df = df.reset_index(drop=True)
     df["shard"] = np.int64(i)
     df["row_in_shard"] = np.arange(n, dtype=np.int64)
@@ -174,11 +207,11 @@ class _Shards:
         self.sizes: list[int] = []
         self.ids: list[int] = []
         self.dim: int | None = None
-        self.dim_from: Path | None = None
+        self.dim_from: Location | None = None
         self.text_dim: int | None = None
 
-    def add(self, i: int, img_path: Path, arr: np.ndarray, t_arr: np.ndarray | None, text_path: Path | None,
-            meta_path: Path | None) -> None:
+    def add(self, i: int, img_path: Location, arr: np.ndarray, t_arr: np.ndarray | None,
+            text_path: Location | None, meta: pd.DataFrame, meta_from: Location) -> None:
         if self.dim is None:
             self.dim, self.dim_from = int(arr.shape[1]), img_path
         elif arr.shape[1] != self.dim:
@@ -196,16 +229,58 @@ class _Shards:
                 )
             self.texts.append(np.asarray(t_arr, dtype=np.float32))
         self.images.append(np.asarray(arr, dtype=np.float32))
-        self.frames.append(_shard_metadata(i, int(arr.shape[0]), meta_path))
+        self.frames.append(_shard_metadata(i, meta, meta_from))
         self.sizes.append(int(arr.shape[0]))
         self.ids.append(i)
 
 
+def _read_clip_retrieval(root: Location, shards: _Shards) -> tuple[list[int], Location]:
+    """Add the shards of a clip-retrieval folder; ``(skipped shard indices, image folder)``."""
+    img, text, meta = list_folder(root)
+    skipped = []
+    for i, img_path in img.items():
+        arr, t_arr, meta_path = _open_shard(i, img_path, text, meta)
+        if arr.shape[0] == 0:
+            skipped.append(i)
+            continue
+        shards.add(i, img_path, arr, t_arr, text.get(i), _read_metadata(meta_path, int(arr.shape[0])),
+                   meta_path if meta_path is not None else img_path)
+    return skipped, join(root, "img_emb")
+
+
+def _read_parquet_files(folder: Location, files: dict[int, str], shards: _Shards) -> list[int]:
+    """Add the Parquet shards ``{i: file name}`` of ``folder``; the indices of those with 0 rows."""
+    skipped, with_text = [], None
+    for i, name in files.items():
+        path = join(folder, name)
+        arr, t_arr, meta = read_parquet_shard(path)
+        if arr.shape[0] == 0:
+            skipped.append(i)
+            continue
+        if with_text is None:
+            with_text = (t_arr is not None, path)
+        elif with_text[0] != (t_arr is not None):
+            has, lacks = (with_text[1], path) if with_text[0] else (path, with_text[1])
+            raise EmbeddingError(f"{has} has a text_embedding column but {lacks} has none; every shard "
+                                 "needs it, or none (re-export the shards)")
+        shards.add(i, path, arr, t_arr, path, meta, path)
+    return skipped
+
+
+def can_memory_map(path: str | Path) -> bool:
+    """True for a local clip-retrieval folder (its shards can be memory-mapped and read row by row);
+    False for an fsspec URL or Parquet input, which :func:`load_embedding_folder` reads whole."""
+    return not is_url(path) and not is_parquet_input(as_location(path))
+
+
 def load_embedding_folder(path: str | Path) -> EmbeddingSet:
-    """Load every shard of a clip-retrieval embedding folder.
+    """Load every shard of a clip-retrieval embedding folder, or of NeMo Curator embedding Parquet.
 
     Args:
-        path: folder holding ``img_emb/`` (required), ``text_emb/`` and ``metadata/`` (optional).
+        path: folder holding ``img_emb/`` (required), ``text_emb/`` and ``metadata/`` (optional);
+            or a Parquet file / a folder of Parquet files with an ``embedding`` list column
+            (:mod:`clipguard.io.nemo`). A local path or an fsspec URL (``s3://``, ``gs://``,
+            ``memory://``).
 
     Returns:
         An :class:`EmbeddingSet` with all non-empty shards concatenated in shard order.
@@ -214,25 +289,25 @@ def load_embedding_folder(path: str | Path) -> EmbeddingSet:
         EmbeddingError: the folder or its image shards are missing; a shard cannot be read or
             is not 2-D float; dimensions differ between shards; a metadata or text shard is
             missing or has a different row count than its image shard; text shards do not
-            match the image shards.
+            match the image shards; a Parquet shard lacks its embedding column or holds ragged
+            or null embeddings.
+        ConfigError: a URL whose protocol package (s3fs, gcsfs) is not installed.
     """
-    root = Path(path)
-    img, text, meta = _list_folder(root)
-    shards, skipped = _Shards(), []
-    for i, img_path in img.items():
-        arr, t_arr, meta_path = _open_shard(i, img_path, text, meta)
-        if arr.shape[0] == 0:
-            skipped.append(i)
-            continue
-        shards.add(i, img_path, arr, t_arr, text.get(i), meta_path)
+    root: Location = as_location(path)
+    shards, files = _Shards(), {}
+    if is_parquet_input(root):
+        root, files = list_parquet_shards(root)
+        skipped, where = _read_parquet_files(root, files, shards), root
+    else:
+        skipped, where = _read_clip_retrieval(root, shards)
     if skipped:
         log.warning(
             "skipped %d empty embedding shard(s) in %s: %s",
-            len(skipped), root / "img_emb", ", ".join(f"img_emb_{i}.npy" for i in skipped),
+            len(skipped), where, ", ".join(files.get(i) or shard_name("img", i).split("/")[-1] for i in skipped),
         )
     if not shards.images:
         raise EmbeddingError(
-            f"every image embedding shard in {root / 'img_emb'} is empty (0 rows); "
+            f"every image embedding shard in {where} is empty (0 rows); "
             "nothing to scan, check the embedding step"
         )
     return EmbeddingSet(
@@ -243,4 +318,5 @@ def load_embedding_folder(path: str | Path) -> EmbeddingSet:
         shard_ids=shards.ids,
         skipped_shards=skipped,
         root=root,
+        shard_files=files,
     )

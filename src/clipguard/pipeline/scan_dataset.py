@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipguard.data.manifest import read_manifest
+from clipguard.data import read_source
 from clipguard.detect import ScanConfig, ScanResult, run_scan
 from clipguard.embed import EmbedResult, embed_dataset
 from clipguard.models import load_model
@@ -63,7 +63,8 @@ def scan_dataset(
 
     Args:
         model_dir: a model folder written by :func:`~clipguard.models.save_model`.
-        manifest: a dataset manifest (:func:`~clipguard.data.manifest.read_manifest`).
+        manifest: a dataset manifest (:func:`~clipguard.data.manifest.read_manifest`) or webdataset
+            tar shards (a brace pattern, :func:`~clipguard.data.webdataset.read_webdataset`).
         out_dir: output folder (created).
         detectors: detector names, as in :func:`~clipguard.detect.run_scan` (None = every
             detector whose inputs the embeddings have).
@@ -79,7 +80,7 @@ def scan_dataset(
     """
     cfg = ScanConfig.resolve(config, **overrides)  # fail fast, before the expensive part
     emb_dir = Path(out_dir) / "embeddings"
-    emb = embed_dataset(load_model(model_dir, device=cfg.device), read_manifest(manifest), emb_dir,
+    emb = embed_dataset(load_model(model_dir, device=cfg.device), read_source(manifest), emb_dir,
                         batch_size=embed_batch_size, progress=progress, device=cfg.device)
     res = run_scan(emb_dir, out_dir, detectors=detectors, config=cfg)
     return DatasetScanResult(embed=emb, scan=res, emb_dir=emb_dir)

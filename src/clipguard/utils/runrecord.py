@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from clipguard.utils.fs import open_binary
 from clipguard.utils.io import write_json
 
 
@@ -43,10 +44,11 @@ def hardware() -> dict[str, Any]:
 
 
 def fingerprint_files(paths: list[str | os.PathLike]) -> str:
-    """SHA-256 over the bytes of ``paths`` (in the order given); names are not included."""
+    """SHA-256 over the bytes of ``paths`` (in the order given; local paths or fsspec URLs); names are not
+    included."""
     h = hashlib.sha256()
     for p in paths:
-        with open(p, "rb") as f:
+        with open_binary(p) as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()

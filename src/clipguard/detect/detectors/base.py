@@ -79,6 +79,14 @@ class Detector(ABC):
         fit_hint: how to fit it, for the "not fitted" error.
         in_default_scan: whether a scan that names no detectors runs it (False: opt-in, run only
             when named, e.g. ``--detector spectral``).
+        row_local: the score of a row depends only on that row's own inputs, its row of the
+            neighbour graph and the statistics/inputs of its neighbours (kdist, LID, DAO, SLOF,
+            clipscore, caption_disagreement), so a sharded scan computes it shard by shard
+            (:mod:`clipguard.detect.sharded`); False for scores that need the whole set (robust z
+            over all rows, rank fusion, caption groups, a fitted forest).
+        reads_embeddings: :meth:`score_draw` reads the VALUES of ``inputs.image`` (not only its
+            length); a sharded scan's reduce step loads the image embeddings only for such a
+            detector.
     """
 
     name: ClassVar[str] = "base"
@@ -86,6 +94,8 @@ class Detector(ABC):
     uses_neighbours: ClassVar[bool] = False
     fit_hint: ClassVar[str] = "fit(X_ref)"
     in_default_scan: ClassVar[bool] = True
+    row_local: ClassVar[bool] = False
+    reads_embeddings: ClassVar[bool] = True
 
     @classmethod
     def missing_inputs(cls, available: Iterable[str]) -> list[str]:
@@ -162,6 +172,15 @@ class Detector(ABC):
         draw, from the shared :class:`ScoreInputs` (embeddings + the neighbour graph of the
         chosen reference mode). Higher = more suspicious."""
         raise NotImplementedError(f"detector {self.name!r} cannot run in a scan: it has no score_draw")
+
+    def component_names(self, available: set[str]) -> list[str]:
+        """The detectors whose scores :meth:`score_draw` combines on data with the ``available``
+        inputs (``fused``'s components); ``[]`` for a detector that scores on its own."""
+        return []
+
+    def params_for_component(self, name: str) -> dict[str, Any]:
+        """The constructor parameters this detector gives its component ``name`` (``{}``)."""
+        return {}
 
     def reference_free(self, inputs: "ScoreInputs") -> bool:
         """True when :meth:`score_draw` does not depend on the reference draw, so
@@ -254,6 +273,8 @@ class DensityDetector(Detector):
     """
 
     uses_neighbours = True
+    row_local = True
+    reads_embeddings = False
 
     def __init__(self, *, k: int = DEFAULT_K, backend: str = DEFAULT_BACKEND,
                  block_size: int = DEFAULT_BLOCK_SIZE) -> None:

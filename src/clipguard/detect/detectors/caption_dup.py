@@ -136,6 +136,7 @@ class CaptionDup(Detector):
     """
 
     requires = frozenset({"captions|text"})
+    reads_embeddings = False  # only the number of rows of the image embeddings
     fit_hint = "fit(text=... or captions=...)"
 
     def __init__(self, *, threshold: float = 0.98, source: str = "auto", block_size: int = DEFAULT_BLOCK_SIZE) -> None:

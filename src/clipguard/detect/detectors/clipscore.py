@@ -54,6 +54,7 @@ class CLIPScore(Detector):
     """
 
     requires = frozenset({"image", "text"})
+    row_local = True
 
     def __init__(self) -> None:
         pass

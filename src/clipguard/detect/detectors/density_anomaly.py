@@ -21,6 +21,8 @@ class DensityAnomaly(DensityDetector):
     that is tighter than any clean region, and every one-sided density score ranks them last.
     """
 
+    row_local = False  # the median and MAD run over every reference row
+
     @staticmethod
     def score_from_neighbours(D, I, kdist_ref, lid_ref) -> np.ndarray:  # noqa: D102
         ref = np.asarray(kdist_ref, dtype=np.float64)

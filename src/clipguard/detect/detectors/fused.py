@@ -274,6 +274,7 @@ class Fused(Detector):
     """
 
     uses_neighbours = True
+    reads_embeddings = False  # reads its components' scores only
 
     def __init__(self, *, image: str | Iterable[str] = DEFAULT_IMAGE,
                  signals: Iterable[str] = DEFAULT_SIGNALS,
@@ -326,6 +327,12 @@ class Fused(Detector):
         return out
 
     # -- the components ------------------------------------------------------------------------------
+    def component_names(self, available: set[str]) -> list[str]:  # noqa: D102
+        return self._components(available)
+
+    def params_for_component(self, name: str) -> dict[str, Any]:  # noqa: D102
+        return self._params_of(name)
+
     def _components(self, available: set[str]) -> list[str]:
         check_choice("fuse method", self.method, FUSE_METHODS)
         self._check_component_params()

@@ -159,6 +159,7 @@ class LearningSpeed(Detector):
     """
 
     requires = frozenset({"dynamics"})
+    reads_embeddings = False
     fit_hint = "fit(dynamics=...)"
 
     def __init__(self, *, direction: str = "two-sided") -> None:

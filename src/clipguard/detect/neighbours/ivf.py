@@ -51,6 +51,20 @@ class IVFIndex:
         self.index, self.quantizer = index, quantizer  # keep the quantizer alive
         self.nprobe = 1
 
+    def __getstate__(self) -> dict:
+        import faiss
+
+        return {"nlist": self.nlist, "nprobe": self.nprobe, "index": faiss.serialize_index(self.index)}
+
+    def __setstate__(self, state: dict) -> None:
+        """Rebuilt from FAISS's serialisation (a sharded scan ships the index to its workers)."""
+        import faiss
+
+        self.nlist = state["nlist"]
+        self.index = faiss.deserialize_index(state["index"])
+        self.quantizer = None  # owned by the deserialised index
+        self.set_nprobe(state["nprobe"])
+
     def set_nprobe(self, nprobe: int) -> None:
         """Probe ``nprobe`` lists per query (clipped to ``[1, nlist]``)."""
         self.nprobe = int(min(max(1, nprobe), self.nlist))

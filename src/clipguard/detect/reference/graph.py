@@ -22,7 +22,7 @@ from clipguard.detect.reference.plan import ReferencePlan
 from clipguard.detect.reference.sampling import batch_partition, sample_reference
 from clipguard.detect.reference.search import search_reference
 
-__all__ = ["NeighbourGraph", "build_graph"]
+__all__ = ["NeighbourGraph", "build_graph", "assemble_graph"]
 
 
 @dataclass
@@ -60,8 +60,10 @@ def _stats_on(D: np.ndarray, rows: np.ndarray | None, n: int) -> tuple[np.ndarra
     return kdist, lid
 
 
-def _graph(D: np.ndarray, I: np.ndarray, parts, ref: np.ndarray | None, info: dict[str, Any]) -> NeighbourGraph:
-    """The graph of the neighbours ``(D, I)``, with the stats of the reference rows ``ref``."""
+def assemble_graph(D: np.ndarray, I: np.ndarray, parts, ref: np.ndarray | None, info: dict[str, Any]
+                   ) -> NeighbourGraph:
+    """The graph of the neighbours ``(D, I)`` (N, k), with the kdist/LID of the reference rows
+    ``ref`` (None: every row), ``parts`` and ``info`` as in :class:`NeighbourGraph`."""
     kdist, lid = _stats_on(D, ref, D.shape[0])
     return NeighbourGraph(D, I, kdist, lid, parts, ref, info)
 
@@ -111,7 +113,7 @@ def build_graph(
             return NeighbourGraph(None, None, None, None, [(rows, rows)], None, info)
         D, I = knn_search(x, x, k, exclude_self=True, backend=backend, block_size=block_size,
                           device=device)
-        return _graph(D, I, [(rows, rows)], None, info)
+        return assemble_graph(D, I, [(rows, rows)], None, info)
     if plan.mode == "batch":
         batches = batch_partition(n, batch_size, k, seed)
         info.update(batch_size=int(batch_size), n_batches=len(batches))
@@ -119,7 +121,7 @@ def build_graph(
         if not need_knn:
             return NeighbourGraph(None, None, None, None, parts, None, info)
         D, I = knn_self_groups(x, batches, k, device=device)
-        return _graph(D, I, parts, None, info)
+        return assemble_graph(D, I, parts, None, info)
     assert plan.reference_size is not None and plan.index is not None
     ref = sample_reference(n, plan.reference_size, seed, draw)
     parts = [(np.arange(n, dtype=np.int64), ref)]
@@ -131,4 +133,4 @@ def build_graph(
                                    block_size=block_size, n_recall=n_recall, seed=seed + draw,
                                    device=device)
     info.update(sinfo)
-    return _graph(D, I, parts, ref, info)
+    return assemble_graph(D, I, parts, ref, info)
