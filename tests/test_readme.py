@@ -127,8 +127,10 @@ def _expected_outputs(args: list[str]) -> list[str]:
                     "repair": ["model.safetensors", "repair.safetensors", "model.json", "run.json"],
                     "filter": ["scores.parquet", "run.json"]}.get(args[1], [])
     paths = [f"{out}/{p}" for p in expected]
-    if cmd in ("eval", "audit-calibrate") and out:
+    if cmd in ("eval", "audit-calibrate", "report") and out:
         paths.append(out)
+    if cmd == "scan" and "--no-report" not in args:
+        paths.append(f"{out}/report.html")
     if cmd == "attacks" and _option(args, "--gallery"):
         paths.append(_option(args, "--gallery"))
     return paths

@@ -67,6 +67,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
               "Is the model in MODEL_DIR backdoored, and towards what? Reverse a trigger per candidate, judge the smallest."),
     "audit-calibrate": ("clipguard.cli.audit", "audit_calibrate",
                         "Calibrate the audit threshold on the audits (--out folders) of clean models; writes calibration.json."),
+    "report": ("clipguard.cli.report", "report",
+               "Write a self-contained HTML report of the scan in RUN_DIR (opens offline in any browser)."),
     "eval": ("clipguard.cli.evaluate", "eval_",
              "Zero-shot clean accuracy and attack success rate (ASR: non-target images sent to the target)."),
     "demo": ("clipguard.cli.demo", "demo",

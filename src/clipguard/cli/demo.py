@@ -21,11 +21,13 @@ _DEMO = DemoConfig()
 @seed_option(_DEMO.seed)
 @click.option("--device", default=_DEMO.device, show_default=True,
               help="cpu (the README's figures), auto (the GPU if torch sees one), cuda.")
+@click.option("--no-report", is_flag=True, help="Do not write OUT/report.html (the HTML report of the scan).")
 @click.pass_obj
-def demo(obj: dict, out: str, n_train: int, n_test: int, rate: float, epochs: int, seed: int, device: str) -> None:
+def demo(obj: dict, out: str, n_train: int, n_test: int, rate: float, epochs: int, seed: int, device: str,
+         no_report: bool) -> None:
     """The whole pipeline on the embedded world: synth -> poison -> train -> embed -> scan -> eval."""
     config = DemoConfig(out=out, n_train=n_train, n_test=n_test, poison_rate=rate, epochs=epochs, seed=seed,
-                        device=device)
+                        device=device, report=not no_report)
     click.echo(format_summary(run_demo(config, progress=obj["progress"])))
 
 

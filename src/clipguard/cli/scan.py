@@ -35,6 +35,7 @@ from clipguard.detect.store import default_detector
 from clipguard.distributed import scan_sharded
 from clipguard.errors import ConfigError
 from clipguard.io.reader import can_memory_map
+from clipguard.report import build_scan_report
 from clipguard.pipeline import scan_dataset
 
 __all__ = ["detectors", "scan"]
@@ -134,6 +135,7 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
 @click.option("--part-rows", default=default_of(scan_sharded, "part_rows"), show_default=True,
               help="Rows per shard of the scan (whole batches with --reference batch).")
 @click.option("--keep-parts", is_flag=True, help="Keep OUT/parts/ (the per-shard results) after the scan.")
+@click.option("--no-report", is_flag=True, help="Do not write OUT/report.html (the HTML report of the scan).")
 @param_option("Detector parameter DETECTOR.NAME=VALUE (repeatable), e.g. fused.method=rank, "
               "caption_dup.source=text, fused.caption_dup__source=text (a component of fused).")
 @click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
@@ -143,7 +145,7 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
 def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
          detectors: tuple[str, ...], dynamics: str | None, params: dict[str, Any], top: int,
          rank_by: str | None, distributor: str, address: str | None, processes: int | None, retries: int,
-         part_rows: int, keep_parts: bool, **options: Any) -> None:
+         part_rows: int, keep_parts: bool, no_report: bool, **options: Any) -> None:
     """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
     from_data = _check_inputs(emb_dir, model_dir, manifest, out)
@@ -166,6 +168,8 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
                            distributor=distributor, address=address, workers=processes, retries=retries,
                            part_rows=part_rows, keep_parts=keep_parts)
     _echo_result(res)
+    if not no_report:
+        click.echo(f"report -> {build_scan_report(res.out_dir, res.out_dir / 'report.html')}")
     if top:
         _echo_top(res, rank_by or (list(detectors) or [default_detector(res.detectors)])[0], top)
 

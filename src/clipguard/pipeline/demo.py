@@ -22,6 +22,7 @@ from clipguard.attacks import get_trigger, poison_dataset
 from clipguard.data.manifest import read_manifest
 from clipguard.data.synth import generate_world
 from clipguard.detect import run_scan
+from clipguard.report import build_scan_report
 from clipguard.embed import embed_dataset
 from clipguard.evaluate.api import evaluate_model
 from clipguard.models import ClipBundle, load_model
@@ -66,6 +67,7 @@ class DemoConfig:
     seed: int = 0
     resume: bool = False
     device: str = DEMO_DEVICE
+    report: bool = True
 
 
 @dataclass
@@ -188,6 +190,9 @@ def run_demo(config: DemoConfig | None = None, *, progress: bool = True) -> dict
         bundle = _embed(config, f, progress)
     with rec.stage("scan"), progress_enabled(progress):
         detection_by_ref = _scan(config, f)
+    if config.report:  # the HTML report of the main scan, demo/report.html
+        with rec.stage("report"):
+            build_scan_report(f.out / f"scan_{config.scan_references[0]}", f.out / "report.html")
     with rec.stage("eval"):
         ev = evaluate_model(bundle, f.world / "test" / "manifest.parquet", f.world / "classes.json",
                             attack_spec=f.poisoned / "attack.json", seed=config.seed, progress=progress,

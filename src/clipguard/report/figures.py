@@ -1,0 +1,146 @@
+"""The figures of a report, drawn with matplotlib (Agg) and returned as ``data:image/png;base64`` URIs,
+so that the page is one self-contained file.
+
+Every figure has axis labels and a title that say what is plotted; score direction is always
+"higher = more suspicious".
+"""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+__all__ = ["png_uri", "score_histogram", "roc_pr_curves", "embedding_map", "thumbnail_uri", "MAP_POINTS"]
+
+MAP_POINTS = 100_000
+"""Above this many rows the embedding map is a density raster (with the suspects as points)."""
+
+
+def png_uri(fig: Any) -> str:
+    """The figure as a PNG data URI (the figure is closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def score_histogram(scores: np.ndarray, poisoned: np.ndarray | None, detector: str) -> str:
+    """Histogram of one detector's scores (log10 when they span orders of magnitude), split into
+    poisoned and clean rows when ground truth is known."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(s)
+    logged = bool(finite.any() and (s[finite] > 0).all() and s[finite].max() / max(s[finite].min(), 1e-300) > 1e3)
+    v = np.log10(s) if logged else s
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))
+    bins = np.histogram_bin_edges(v[np.isfinite(v)], bins=50) if np.isfinite(v).any() else 10
+    if poisoned is not None and poisoned.any():
+        ax.hist(v[~poisoned & np.isfinite(v)], bins=bins, alpha=0.6, label=f"clean ({int((~poisoned).sum())})",
+                density=True)
+        ax.hist(v[poisoned & np.isfinite(v)], bins=bins, alpha=0.6, label=f"poisoned ({int(poisoned.sum())})",
+                density=True, color="tab:red")
+        ax.legend(fontsize=7)
+        ax.set_ylabel("density (each group sums to 1)")
+    else:
+        ax.hist(v[np.isfinite(v)], bins=bins)
+        ax.set_ylabel("samples")
+    ax.set_xlabel(f"{'log10 ' if logged else ''}{detector} score (higher = more suspicious)")
+    ax.set_title(detector, fontsize=9)
+    return png_uri(fig)
+
+
+def _curve(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, precision)`` along the ranking by descending score."""
+    order = np.argsort(-scores, kind="stable")
+    hits = y[order].astype(np.float64)
+    tp = np.cumsum(hits)
+    fp = np.cumsum(1.0 - hits)
+    tpr = tp / max(tp[-1], 1.0)
+    fpr = fp / max(fp[-1], 1.0)
+    precision = tp / np.arange(1, len(hits) + 1)
+    return fpr, tpr, precision
+
+
+def roc_pr_curves(table: Any, detectors: list[str], metrics: dict | None) -> str:
+    """ROC and precision-recall curves of every detector against the ground truth (``poisoned``)."""
+    y = table["poisoned"].to_numpy().astype(bool)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    for det in detectors:
+        fpr, tpr, precision = _curve(np.nan_to_num(table[f"{det}_score"].to_numpy(np.float64), nan=-np.inf), y)
+        m = (metrics or {}).get(det, {})
+        a.plot(fpr, tpr, label=f"{det} (AUROC {m.get('auroc', float('nan')):.3f})", lw=1)
+        b.plot(tpr, precision, label=f"{det} (AUPRC {m.get('auprc', float('nan')):.3f})", lw=1)
+    a.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
+    a.set_xlabel("false positive rate (clean samples flagged)")
+    a.set_ylabel("true positive rate (poison flagged)")
+    a.set_title("ROC", fontsize=9)
+    b.set_xlabel("recall (share of the poison found)")
+    b.set_ylabel("precision (share of flagged that is poison)")
+    b.set_title("precision-recall", fontsize=9)
+    for ax in (a, b):
+        ax.legend(fontsize=6)
+    return png_uri(fig)
+
+
+def _pca(x: np.ndarray, fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, components)`` (2, d) of a PCA fitted on ``x[fit_rows]``."""
+    xs = x[fit_rows].astype(np.float64)
+    mean = xs.mean(axis=0)
+    _, _, vt = np.linalg.svd(xs - mean, full_matrices=False)
+    return mean, vt[:2]
+
+
+def embedding_map(read_rows: Any, n: int, suspects: np.ndarray, poisoned: np.ndarray | None, *,
+                  seed: int = 0, max_points: int = MAP_POINTS, chunk: int = 65536) -> str:
+    """2-D PCA map of the image embeddings (fitted on a seeded sample of 20,000 rows, every row
+    projected in chunks): a scatter up to ``max_points`` rows, a density raster beyond; the
+    suspects (and, with ground truth, the poisoned rows) drawn on top.
+
+    Args:
+        read_rows: ``rows -> (len(rows), d)`` embeddings (normalised here).
+        n: rows; ``suspects``, ``poisoned``: (n,) bool masks.
+    """
+    rng = np.random.default_rng(seed)
+    fit = np.sort(rng.choice(n, min(n, 20_000), replace=False))
+    sample = _unit(read_rows(fit))
+    mean, comp = _pca(sample, np.arange(len(fit)))
+    xy = np.empty((n, 2))
+    for s in range(0, n, chunk):
+        rows = np.arange(s, min(s + chunk, n))
+        xy[rows] = (_unit(read_rows(rows)) - mean) @ comp.T
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    if n > max_points:
+        h = ax.hexbin(xy[:, 0], xy[:, 1], gridsize=120, bins="log", cmap="Greys", mincnt=1)
+        fig.colorbar(h, ax=ax, label="samples per cell (log)")
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, c="lightgrey", label="all samples", rasterized=True)
+    if poisoned is not None and poisoned.any():
+        ax.scatter(xy[poisoned, 0], xy[poisoned, 1], s=8, facecolors="none", edgecolors="tab:red", lw=0.6,
+                   label=f"poisoned (ground truth, {int(poisoned.sum())})")
+    ax.scatter(xy[suspects, 0], xy[suspects, 1], s=6, c="tab:blue", label=f"suspects ({int(suspects.sum())})")
+    ax.set_xlabel("principal component 1 of the image embeddings")
+    ax.set_ylabel("principal component 2")
+    ax.set_title(f"embedding map, PCA ({n:,} samples{', density' if n > max_points else ''})", fontsize=9)
+    ax.legend(fontsize=7, markerscale=2)
+    return png_uri(fig)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def thumbnail_uri(image: Image.Image, size: int = 112) -> str:
+    """A PNG data URI of ``image`` shrunk to fit ``size`` x ``size``."""
+    im = image.convert("RGB")
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,181 @@
+"""``clipguard report``: one self-contained HTML page of a scan, to look at rather than read logs.
+
+The page (no CDN, no script; images inlined as base64 PNG; every text from the data -- captions
+are untrusted web text -- escaped by Jinja2's autoescape) shows: what ran (configuration, package
+versions, seconds per stage, the reference plan and why), the detection metrics when ground truth
+exists, the top suspects as a thumbnail grid with caption, score, rank and the detectors that flag
+each, score histograms per detector (poisoned vs clean with ground truth), ROC and
+precision-recall curves, a 2-D PCA map of the image embeddings with the suspects highlighted
+(a density raster beyond 100,000 points), and the clusters of ``clipguard discover`` when it ran.
+
+Example::
+
+    from clipguard.report import build_scan_report
+
+    build_scan_report("scan", "scan/report.html")      # then open it in any browser, offline
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from clipguard.data.dataset import load_rgb
+from clipguard.detect.store import default_detector, read_scan
+from clipguard.errors import ConfigError
+from clipguard.io.rows import EmbeddingRows
+from clipguard.report.figures import MAP_POINTS, embedding_map, roc_pr_curves, score_histogram, thumbnail_uri
+from clipguard.utils.fs import is_url
+from clipguard.utils.io import atomic_path
+
+__all__ = ["build_scan_report", "Suspect"]
+
+log = logging.getLogger("clipguard")
+
+
+@dataclass
+class Suspect:
+    """One tile of the suspect grid."""
+
+    rank: int
+    id: str
+    caption: str
+    score: float
+    image: str | None
+    flagged_by: list[str] = field(default_factory=list)
+    poisoned: bool | None = None
+
+
+def _find(path: str | None, near: Path) -> Path | None:
+    """``path`` as written in a run.json (maybe relative to where that command ran): as it is, or
+    relative to ``near`` and its parents."""
+    if not path:
+        return None
+    p = Path(path)
+    for cand in [p, *[base / p for base in [near, *near.parents][:4]]]:
+        if cand.exists():
+            return cand
+    return None
+
+
+def _image_root(emb: Path) -> Path | None:
+    """The folder the embedding metadata's image paths are relative to (the embedded manifest's)."""
+    try:
+        manifest = json.loads((emb / "run.json").read_text())["config"].get("manifest")
+    except (OSError, ValueError, KeyError):
+        return None
+    found = _find(manifest, emb)
+    return found.parent if found is not None else None
+
+
+def _thumbnail(image: Any, root: Path | None) -> str | None:
+    if not isinstance(image, str) or not image:
+        return None
+    path: Any = image if is_url(image) or Path(image).is_absolute() or root is None else root / image
+    try:
+        return thumbnail_uri(load_rgb(path))
+    except Exception:  # noqa: BLE001 - a missing/unreadable image is shown as "no image"
+        return None
+
+
+def _suspects(table: pd.DataFrame, meta: pd.DataFrame | None, detectors: list[str], det: str, top: int,
+              root: Path | None) -> list[Suspect]:
+    rows = table.nsmallest(top, f"{det}_rank").index
+    out = []
+    for i in rows:
+        cap = meta["caption"].iat[i] if meta is not None and "caption" in meta.columns else ""
+        img = meta["image"].iat[i] if meta is not None and "image" in meta.columns else None
+        out.append(Suspect(int(table[f"{det}_rank"].iat[i]), str(table["id"].iat[i]), str(cap),
+                           float(table[f"{det}_score"].iat[i]), _thumbnail(img, root),
+                           [d for d in detectors if bool(table[f"is_{d}_suspect"].iat[i])],
+                           bool(table["poisoned"].iat[i]) if "poisoned" in table.columns else None))
+    return out
+
+
+def _rows_of(run: dict[str, Any], scan_dir: Path, n: int) -> EmbeddingRows | None:
+    emb = _find(run["config"].get("emb_dir"), scan_dir)
+    if emb is None:
+        log.warning("the embedding folder of %s was not found; the report has no map and no thumbnails", scan_dir)
+        return None
+    rows = EmbeddingRows(emb)
+    return rows if len(rows) == n else None
+
+
+def _figures(table: pd.DataFrame, run: dict, detectors: list[str], det: str, rows: EmbeddingRows | None,
+             max_map_points: int, seed: int) -> dict[str, Any]:
+    poisoned = table["poisoned"].to_numpy().astype(bool) if "poisoned" in table.columns else None
+    figs: dict[str, Any] = {"histograms": [(d, score_histogram(table[f"{d}_score"].to_numpy(), poisoned, d))
+                                           for d in detectors]}
+    if poisoned is not None and poisoned.any() and not poisoned.all():
+        figs["curves"] = roc_pr_curves(table, detectors, run.get("detection"))
+    if rows is not None:
+        figs["map"] = embedding_map(rows.image, len(rows), table[f"is_{det}_suspect"].to_numpy(bool), poisoned,
+                                    seed=seed, max_points=max_map_points)
+    return figs
+
+
+def _clusters(scan_dir: Path) -> list[dict[str, Any]] | None:
+    path = scan_dir / "discover" / "clusters.parquet"
+    if not path.is_file():
+        return None
+    keep = ["rank", "kind", "name", "size", "share", "mean_score", "tightness", "caption_agreement",
+            "planted_share", "poisoned_share"]
+    df = pd.read_parquet(path)
+    return df[[c for c in keep if c in df.columns]].head(20).to_dict("records")
+
+
+_ENV = Environment(loader=PackageLoader("clipguard.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
+
+
+def build_scan_report(scan_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                      detector: str | None = None, top: int = 48, max_map_points: int = MAP_POINTS,
+                      seed: int = 0) -> Path:
+    """Write the HTML report of the scan in ``scan_dir`` (see the module docstring).
+
+    Args:
+        scan_dir: the output folder of ``clipguard scan`` (``scores/``, ``run.json``).
+        out: the HTML file (default ``scan_dir/report.html``).
+        detector: whose ranking the suspect grid and the map follow (default: the scan's default).
+        top: suspects in the grid.
+        max_map_points: above this many rows the map is a density raster.
+        seed: the PCA's sample.
+
+    Returns:
+        The path of the page.
+
+    Raises:
+        ConfigError: ``scan_dir`` holds no scan, or ``detector`` did not run in it.
+    """
+    t0 = time.perf_counter()
+    scan_dir = Path(scan_dir)
+    saved = read_scan(scan_dir)
+    run, table = saved.run, saved.table.reset_index(drop=True)
+    detectors = list(run["detectors"])
+    det = detector or run.get("default_detector") or default_detector(detectors)
+    if det not in detectors:
+        raise ConfigError(f"detector {det!r} did not run in {scan_dir}; choose from: {', '.join(detectors)}")
+    rows = _rows_of(run, scan_dir, len(table))
+    meta = rows.metadata(["caption", "image"]) if rows is not None else None
+    root = _image_root(rows.root) if rows is not None and isinstance(rows.root, Path) else None
+    page = _ENV.get_template("scan.html.j2").render(
+        title=f"clipguard scan report: {scan_dir}", run=run, detectors=detectors, detector=det, n=len(table),
+        suspects=_suspects(table, meta, detectors, det, top, root),
+        figures=_figures(table, run, detectors, det, rows, max_map_points, seed),
+        clusters=_clusters(scan_dir), metrics=run.get("detection"), generated=time.strftime("%Y-%m-%d %H:%M"),
+        json=lambda v: json.dumps(v, default=str))
+    path = Path(out) if out is not None else scan_dir / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.chmod(0o644)  # a page to share (the temporary file was private)
+    log.info("report of %s written to %s in %.1f s (%.1f MB)", scan_dir, path, time.perf_counter() - t0,
+             path.stat().st_size / 1e6)
+    return path
+
+
