@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-__all__ = ["png_uri", "score_histogram", "roc_pr_curves", "embedding_map", "thumbnail_uri", "MAP_POINTS"]
+__all__ = ["png_uri", "score_histograms", "roc_pr_curves", "embedding_map", "thumbnail_uri", "MAP_POINTS"]
 
 MAP_POINTS = 100_000
 """Above this many rows the embedding map is a density raster (with the suspects as points)."""
@@ -26,32 +26,48 @@ MAP_POINTS = 100_000
 def png_uri(fig: Any) -> str:
     """The figure as a PNG data URI (the figure is closed)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def score_histogram(scores: np.ndarray, poisoned: np.ndarray | None, detector: str) -> str:
-    """Histogram of one detector's scores (log10 when they span orders of magnitude), split into
-    poisoned and clean rows when ground truth is known."""
+def _histogram(ax: Any, scores: np.ndarray, poisoned: np.ndarray | None, detector: str) -> None:
+    """One panel: the detector's scores (log10 when they span orders of magnitude), poisoned and
+    clean apart when ground truth is known."""
     s = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(s)
     logged = bool(finite.any() and (s[finite] > 0).all() and s[finite].max() / max(s[finite].min(), 1e-300) > 1e3)
     v = np.log10(s) if logged else s
-    fig, ax = plt.subplots(figsize=(4.2, 2.6))
-    bins = np.histogram_bin_edges(v[np.isfinite(v)], bins=50) if np.isfinite(v).any() else 10
-    if poisoned is not None and poisoned.any():
-        ax.hist(v[~poisoned & np.isfinite(v)], bins=bins, alpha=0.6, label=f"clean ({int((~poisoned).sum())})",
-                density=True)
-        ax.hist(v[poisoned & np.isfinite(v)], bins=bins, alpha=0.6, label=f"poisoned ({int(poisoned.sum())})",
-                density=True, color="tab:red")
-        ax.legend(fontsize=7)
-        ax.set_ylabel("density (each group sums to 1)")
+    ok = np.isfinite(v)
+    bins = np.histogram_bin_edges(v[ok], bins=50) if ok.any() else np.linspace(0, 1, 11)
+    # one filled step artist per group (a bar per bin would be 50 artists to draw)
+    if poisoned is not None and poisoned.any() and not poisoned.all():
+        for mask, colour, label in ((~poisoned, "tab:blue", f"clean ({int((~poisoned).sum())})"),
+                                    (poisoned, "tab:red", f"poisoned ({int(poisoned.sum())})")):
+            h, _ = np.histogram(v[mask & ok], bins=bins, density=True)
+            ax.stairs(h, bins, fill=True, alpha=0.5, color=colour, label=label)
+        ax.legend(fontsize=6)
+        ax.set_ylabel("density (each group sums to 1)", fontsize=7)
     else:
-        ax.hist(v[np.isfinite(v)], bins=bins)
-        ax.set_ylabel("samples")
-    ax.set_xlabel(f"{'log10 ' if logged else ''}{detector} score (higher = more suspicious)")
+        h, _ = np.histogram(v[ok], bins=bins)
+        ax.stairs(h, bins, fill=True, color="tab:blue")
+        ax.set_ylabel("samples", fontsize=7)
+    ax.set_xlabel(f"{'log10 ' if logged else ''}score (higher = more suspicious)", fontsize=7)
     ax.set_title(detector, fontsize=9)
+    ax.tick_params(labelsize=6)
+
+
+def score_histograms(scores: dict[str, np.ndarray], poisoned: np.ndarray | None) -> str:
+    """One figure, a panel per detector: how its scores spread (poisoned vs clean with ground truth)."""
+    names = list(scores)
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.6 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.75, wspace=0.35, left=0.06, right=0.98, top=0.95, bottom=0.08)
+    for ax, name in zip(axes.flat, names):
+        _histogram(ax, scores[name], poisoned, name)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
     return png_uri(fig)
 
 
@@ -70,7 +86,8 @@ def _curve(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 def roc_pr_curves(table: Any, detectors: list[str], metrics: dict | None) -> str:
     """ROC and precision-recall curves of every detector against the ground truth (``poisoned``)."""
     y = table["poisoned"].to_numpy().astype(bool)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    fig.subplots_adjust(wspace=0.3, bottom=0.16)
     for det in detectors:
         fpr, tpr, precision = _curve(np.nan_to_num(table[f"{det}_score"].to_numpy(np.float64), nan=-np.inf), y)
         m = (metrics or {}).get(det, {})
@@ -114,7 +131,8 @@ def embedding_map(read_rows: Any, n: int, suspects: np.ndarray, poisoned: np.nda
     for s in range(0, n, chunk):
         rows = np.arange(s, min(s + chunk, n))
         xy[rows] = (_unit(read_rows(rows)) - mean) @ comp.T
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    fig.subplots_adjust(left=0.12, bottom=0.12)
     if n > max_points:
         h = ax.hexbin(xy[:, 0], xy[:, 1], gridsize=120, bins="log", cmap="Greys", mincnt=1)
         fig.colorbar(h, ax=ax, label="samples per cell (log)")

@@ -31,7 +31,7 @@ from clipguard.data.dataset import load_rgb
 from clipguard.detect.store import default_detector, read_scan
 from clipguard.errors import ConfigError
 from clipguard.io.rows import EmbeddingRows
-from clipguard.report.figures import MAP_POINTS, embedding_map, roc_pr_curves, score_histogram, thumbnail_uri
+from clipguard.report.figures import MAP_POINTS, embedding_map, roc_pr_curves, score_histograms, thumbnail_uri
 from clipguard.utils.fs import is_url
 from clipguard.utils.io import atomic_path
 
@@ -111,8 +111,8 @@ def _rows_of(run: dict[str, Any], scan_dir: Path, n: int) -> EmbeddingRows | Non
 def _figures(table: pd.DataFrame, run: dict, detectors: list[str], det: str, rows: EmbeddingRows | None,
              max_map_points: int, seed: int) -> dict[str, Any]:
     poisoned = table["poisoned"].to_numpy().astype(bool) if "poisoned" in table.columns else None
-    figs: dict[str, Any] = {"histograms": [(d, score_histogram(table[f"{d}_score"].to_numpy(), poisoned, d))
-                                           for d in detectors]}
+    figs: dict[str, Any] = {"histograms": score_histograms({d: table[f"{d}_score"].to_numpy() for d in detectors},
+                                                           poisoned)}
     if poisoned is not None and poisoned.any() and not poisoned.all():
         figs["curves"] = roc_pr_curves(table, detectors, run.get("detection"))
     if rows is not None:
