@@ -6,10 +6,10 @@ import pytest
 
 from clipguard.detect.config import ScanConfig
 from clipguard.detect.engine import prepare_inputs, score_embeddings, select_detectors
-from clipguard.detect.reference.graph import assemble_graph
 from clipguard.detect.reference.plan import plan_reference
-from clipguard.detect.reference.sampling import batch_partition
 from clipguard.detect.sharded import (
+    draw_graph,
+    draw_scores,
     not_loaded,
     plan_parts,
     reduce_needs,
@@ -43,34 +43,18 @@ def sharded_scores(image, text, captions, names, cfg, part_rows, *, lean=False):
     parts = plan_parts(n, plan, cfg, part_rows)
     results = [score_part(x[p.rows], p, plan, cfg, names, available,
                           text=None if t is None else t[p.rows], references=refs) for p in parts]
-    draws = plan.n_references or 1
 
     def graph_of(r):
-        D = np.empty((n, cfg.k), np.float32)
-        I = np.empty((n, cfg.k), np.int64)
-        for p, res in zip(parts, results):
-            D[p.rows], I[p.rows] = res.D[r], res.I[r]
-        if plan.mode == "batch":
-            groups = batch_partition(n, cfg.batch_size, cfg.k, cfg.seed)
-            return assemble_graph(D, I, [(g, g) for g in groups], None, {})
-        if refs is None:
-            rows = np.arange(n)
-            return assemble_graph(D, I, [(rows, rows)], None, {})
-        return assemble_graph(D, I, [(np.arange(n), refs[r].rows)], refs[r].rows, {})
+        return draw_graph(plan, cfg, n, refs, r, [(p.rows, res.D[r], res.I[r]) for p, res in zip(parts, results)])
 
     def cache_of(r):
-        out = {}
-        for p, res in zip(parts, results):
-            for key, v in res.scores[r].items():
-                out.setdefault(key, np.empty(n))[p.rows] = v
-        return out
+        return draw_scores(n, [(p.rows, res.scores[r]) for p, res in zip(parts, results)])
 
     need_x, need_t, _ = reduce_needs(names, cfg, available, keys is not None)
     if lean:
         x = x if need_x else not_loaded(n, x.shape[1])
         t = t if (t is None or need_t) else not_loaded(n, t.shape[1])
     scores, _ = reduce_scores(x, plan, cfg, names, graph_of, cache_of, text=t, captions=keys)
-    assert draws == (plan.n_references or 1)
     return scores
 
 

@@ -235,15 +235,22 @@ def score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: Scan
     return out, ref_infos
 
 
-def _on_device(image: np.ndarray, names: list[str], cfg: ScanConfig, plan: ReferencePlan, describe_row: Any
+def _plan(n: int, cfg: ScanConfig) -> ReferencePlan:
+    """The reference plan of ``n`` rows under the scan options."""
+    return plan_reference(n, cfg.reference, k=cfg.k, batch_size=cfg.batch_size,
+                          reference_size=cfg.reference_size, n_references=cfg.n_references, index=cfg.index)
+
+
+def _on_device(image: np.ndarray, names: list[str], cfg: ScanConfig, describe_row: Any
                ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """The per-batch scan entirely on a GPU (:func:`~clipguard.detect.detectors.device_batch.
     batch_scores_on_device`: normalisation, kNN and scores on the device), when the device is a
     GPU, the reference is ``"batch"`` and every detector is one it computes; else None."""
-    if plan.mode != "batch" or not set(names) <= set(DEVICE_BATCH_DETECTORS) or cfg.detector_params:
+    if np.ndim(image) != 2 or not set(names) <= set(DEVICE_BATCH_DETECTORS) or cfg.detector_params:
         return None
     dev = resolve_device(cfg.device)
-    if dev.type != "cuda":
+    plan = _plan(image.shape[0], cfg)
+    if dev.type != "cuda" or plan.mode != "batch":
         return None
     batches = batch_partition(image.shape[0], cfg.batch_size, cfg.k, cfg.seed)
     scores = batch_scores_on_device(image, batches, cfg.k, names, device=dev, describe_row=describe_row)
@@ -321,30 +328,22 @@ def score_embeddings(
         EmbeddingError: NaN/inf or zero rows in the embeddings.
     """
     cfg = ScanConfig.resolve(config, **overrides)
-    k = cfg.k
     names = list(dict.fromkeys(detectors))
     if not names:
         raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
     for name in names:
         DETECTORS.get(name)
-    if np.ndim(image) == 2 and dynamics is None:
-        plan = plan_reference(image.shape[0], cfg.reference, k=k, batch_size=cfg.batch_size,
-                              reference_size=cfg.reference_size, n_references=cfg.n_references,
-                              index=cfg.index)
-        done = _on_device(image, names, cfg, plan, describe_row)
-        if done is not None:
-            return done
+    done = _on_device(image, names, cfg, describe_row) if dynamics is None else None
+    if done is not None:
+        return done
     x, t, keys = prepare_inputs(image, text, captions, describe_row)
     n = x.shape[0]
     speeds = None if dynamics is None else as_speeds(dynamics, n)
-    available = {"image"} | ({"text"} if t is not None else set()) | (
-        {"captions"} if keys is not None else set()) | ({"dynamics"} if speeds is not None else set())
-    split_by_inputs(names, available, explicit=True)
-    plan = plan_reference(n, cfg.reference, k=k, batch_size=cfg.batch_size,
-                          reference_size=cfg.reference_size, n_references=cfg.n_references,
-                          index=cfg.index)
-    if plan.mode == "global" and k > n - 1:
-        raise ConfigError(f"k={k} needs at least {k} other samples but there are {n - 1}; "
+    given = {"image": x, "text": t, "captions": keys, "dynamics": speeds}
+    split_by_inputs(names, {name for name, v in given.items() if v is not None}, explicit=True)
+    plan = _plan(n, cfg)
+    if plan.mode == "global" and cfg.k > n - 1:
+        raise ConfigError(f"k={cfg.k} needs at least {cfg.k} other samples but there are {n - 1}; "
                           f"use k <= {max(n - 1, 0)}")
     make = detector_factory(cfg)
     dets = {name: make(name, {}) for name in names}

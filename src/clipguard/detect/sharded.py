@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -41,7 +41,8 @@ from clipguard.detect.reference.search import ReferenceSearch, prepare_reference
 from clipguard.utils.device import resolve_device
 
 __all__ = ["PartSpec", "ReferenceDraw", "PartResult", "plan_parts", "reference_draws", "score_part",
-           "reduce_scores", "reduce_needs", "not_loaded", "DEFAULT_PART_ROWS", "device_part_scores"]
+           "reduce_scores", "reduce_needs", "not_loaded", "DEFAULT_PART_ROWS", "device_part_scores", "draw_graph",
+           "draw_scores"]
 
 DEFAULT_PART_ROWS = 131_072
 """Rows per part (rounded to whole batches in ``"batch"`` mode): 64 batches of 2,048, about
@@ -321,6 +322,36 @@ def reduce_needs(names: list[str], cfg: ScanConfig, available: set[str], has_cap
         for c in classes)
     graph = any(c.uses_neighbours for c in classes)
     return image, text, graph
+
+
+def draw_graph(plan: ReferencePlan, cfg: ScanConfig, n: int, refs: list[ReferenceDraw] | None, r: int,
+               pieces: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]] | None) -> NeighbourGraph:
+    """Draw ``r``'s neighbour graph over all ``n`` rows, as a single-process scan has it, from the
+    parts' ``(rows, D, I)`` pieces (None: without neighbour rows, only its parts and info)."""
+    if plan.mode == "batch":
+        batches = batch_partition(n, cfg.batch_size, cfg.k, cfg.seed)
+        gparts, ref = [(b, b) for b in batches], None
+        info = {"mode": "batch", "batch_size": int(cfg.batch_size), "n_batches": len(batches)}
+    elif refs is None:
+        every = np.arange(n, dtype=np.int64)
+        gparts, ref, info = [(every, every)], None, {"mode": plan.mode}
+    else:
+        gparts, ref, info = [(np.arange(n, dtype=np.int64), refs[r].rows)], refs[r].rows, dict(refs[r].info)
+    if pieces is None:
+        return NeighbourGraph(None, None, None, None, gparts, ref, info)
+    D, I = np.empty((n, cfg.k), np.float32), np.empty((n, cfg.k), np.int64)
+    for rows, D_p, I_p in pieces:
+        D[rows], I[rows] = D_p, I_p
+    return assemble_graph(D, I, gparts, ref, info)
+
+
+def draw_scores(n: int, pieces: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """``{cache key: (n,) scores}`` of one draw from the parts' ``(rows, {key: scores})`` pieces."""
+    out: dict[str, np.ndarray] = {}
+    for rows, scores in pieces:
+        for key, v in scores.items():
+            out.setdefault(key, np.empty(n, dtype=np.float64))[rows] = v
+    return out
 
 
 def reduce_scores(

@@ -41,9 +41,8 @@ from clipguard.detect.detectors.caption_dup import caption_keys
 from clipguard.detect.detectors.learning_speed import speeds_of_rows
 from clipguard.detect.engine import select_detectors
 from clipguard.detect.neighbours.normalize import normalize
-from clipguard.detect.reference.graph import NeighbourGraph, assemble_graph
+from clipguard.detect.reference.graph import NeighbourGraph
 from clipguard.detect.reference.plan import ReferencePlan, plan_reference
-from clipguard.detect.reference.sampling import batch_partition
 from clipguard.detect.results import build_score_table, detection_table, n_suspects
 from clipguard.detect.sharded import (
     DEFAULT_PART_ROWS,
@@ -51,6 +50,8 @@ from clipguard.detect.sharded import (
     PartSpec,
     ReferenceDraw,
     device_part_scores,
+    draw_graph,
+    draw_scores,
     not_loaded,
     plan_parts,
     reduce_needs,
@@ -120,45 +121,25 @@ def _part_arrays(res: PartResult, with_graph: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def _graph_info(plan: ReferencePlan, cfg: ScanConfig, n: int, refs: list[ReferenceDraw] | None, r: int
-                ) -> tuple[list, np.ndarray | None, dict[str, Any]]:
-    """``(parts, reference rows, info)`` of draw ``r``'s graph, as a single-process scan has them."""
-    if plan.mode == "batch":
-        batches = batch_partition(n, cfg.batch_size, cfg.k, cfg.seed)
-        return ([(b, b) for b in batches], None,
-                {"mode": "batch", "batch_size": int(cfg.batch_size), "n_batches": len(batches)})
-    if refs is None:
-        rows = np.arange(n, dtype=np.int64)
-        return [(rows, rows)], None, {"mode": plan.mode}
-    return [(np.arange(n, dtype=np.int64), refs[r].rows)], refs[r].rows, dict(refs[r].info)
-
-
 def _reduce_inputs(store: PartStore, parts: list[PartSpec], job: _ScanJob, need_graph: bool):
     """``(graph_of, cache_of)`` reading the parts of ``store`` one draw at a time (the neighbour
     rows only when ``need_graph``: a whole-set detector reads them)."""
-    n, k = len(job.rows), job.cfg.k
+    n = len(job.rows)
 
     def graph_of(r: int) -> NeighbourGraph:
-        gparts, ref, info = _graph_info(job.plan, job.cfg, n, job.refs, r)
-        if not need_graph:
-            return NeighbourGraph(None, None, None, None, gparts, ref, info)
-        D = I = None
-        for p in parts:
-            z = store.load(p.index)
-            if f"D{r}" not in z.files:
-                return NeighbourGraph(None, None, None, None, gparts, ref, info)
-            if D is None:
-                D, I = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
-            D[p.rows], I[p.rows] = z[f"D{r}"], z[f"I{r}"]
-        return assemble_graph(D, I, gparts, ref, info)
+        def pieces():
+            for p in parts:
+                z = store.load(p.index)
+                yield p.rows, z[f"D{r}"], z[f"I{r}"]
+        with_rows = need_graph and f"D{r}" in store.load(parts[0].index).files
+        return draw_graph(job.plan, job.cfg, n, job.refs, r, pieces() if with_rows else None)
 
     def cache_of(r: int) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for p in parts:
-            z = store.load(p.index)
-            for i, key in enumerate(z[f"keys{r}"].tolist()):
-                out.setdefault(key, np.empty(n, dtype=np.float64))[p.rows] = z[f"s{r}_{i}"]
-        return out
+        def pieces():
+            for p in parts:
+                z = store.load(p.index)
+                yield p.rows, {key: z[f"s{r}_{i}"] for i, key in enumerate(z[f"keys{r}"].tolist())}
+        return draw_scores(n, pieces())
 
     return graph_of, cache_of
 
