@@ -43,6 +43,7 @@ SIZES = {
     "defend": {"--epochs": "1"},
     "reverse": {"--steps": "5", "--controls": "1", "--n-images": "40"},
     "audit": {"--steps": "3", "--n-images": "40"},
+    "bench": {"--preset": "smoke", "--worlds": "shapes"},
 }
 
 _PLACEHOLDER_LIKE = re.compile(r"^[A-Z][A-Z0-9_]{2,}$")
@@ -105,6 +106,8 @@ def _expected_outputs(args: list[str]) -> list[str]:
     cmd, out = args[0], _option(args, "--out")
     if cmd == "scan":
         out = out or args[1]
+    if cmd in ("bench", "demo"):
+        out = out or cmd  # their --out defaults to the command's name
     expected = {
         "synth": ["classes.json", "train/manifest.parquet", "test/manifest.parquet"],
         "poison": ["manifest.parquet", "attack.json"],
@@ -119,6 +122,7 @@ def _expected_outputs(args: list[str]) -> list[str]:
         "plant": ["manifest.parquet", "plant.json"],
         "discover": ["clusters.parquet", "run.json"],
         "audit": ["verdict.json", "candidates.csv", "run.json"],
+        "bench": ["bench.csv", "bench.md", "run.json"],
     }.get(cmd, [])
     if cmd == "discover" and not out:
         out = f"{args[1]}/discover"
@@ -129,8 +133,8 @@ def _expected_outputs(args: list[str]) -> list[str]:
     paths = [f"{out}/{p}" for p in expected]
     if cmd in ("eval", "audit-calibrate", "report") and out:
         paths.append(out)
-    if cmd == "scan" and "--no-report" not in args:
-        paths.append(f"{out}/report.html")
+    if cmd in ("scan", "defend", "audit", "heads", "bench", "demo") and "--no-report" not in args:
+        paths.append(f"{out}/report.html")  # every command with a report page writes it by default
     if cmd == "attacks" and _option(args, "--gallery"):
         paths.append(_option(args, "--gallery"))
     return paths

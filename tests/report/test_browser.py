@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clipguard.report import build_scan_report
+from clipguard.report import build_audit_report, build_scan_report
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 _CHECK = """<script>window.addEventListener('load', () => { const im = [...document.images];
@@ -66,3 +66,16 @@ def test_report_renders_in_chromium(scanned, tmp_path):
                     "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000
+
+
+def test_audit_report_renders_in_chromium(model_runs, tmp_path):
+    """A model-level page too: the trigger, mask, bars and every thumbnail load; the target's markup stays text."""
+    page = build_audit_report(model_runs["audit"], tmp_path / "audit.html")
+    n = sum(1 for _ in (model_runs["audit"] / "triggers").glob("*_trigger.png"))
+    dom, console = _render(page)
+    m = re.search(r'data-images="(\d+)/(\d+)"', dom)
+    assert m, "the page did not finish loading"
+    assert int(m.group(1)) == 3 + 1 + 2 * n and int(m.group(2)) == 0  # trigger, mask, stamped; bars; thumbnails
+    assert console == ""
+    assert "data-pwned" not in dom.split("<body", 1)[0]
+    assert "&lt;script&gt;document.documentElement.setAttribute" in dom

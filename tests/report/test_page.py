@@ -1,7 +1,11 @@
 """The scan report: one self-contained page with every section, untrusted captions escaped."""
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import re
+import sys
+import types
 
 import pytest
 
@@ -36,3 +40,35 @@ def test_cli_writes_the_report_beside_the_scan(scanned):
     res = run_cli("report", str(scan_dir), "--top", "10")
     assert res.returncode == 0, res.stderr
     assert (scan_dir / "report.html").is_file() and "report ->" in res.stdout
+
+
+class _FakeUMAP:
+    """Stands for umap.UMAP (not installed by `make test`): records its fit, projects on 2 coordinates."""
+
+    fitted: list = []
+
+    def __init__(self, n_components, metric, random_state):
+        assert (n_components, metric) == (2, "cosine")
+
+    def fit(self, x):
+        _FakeUMAP.fitted.append(x.shape)
+        return self
+
+    def transform(self, x):
+        return x[:, :2] * 10
+
+
+def test_umap_map_when_installed_and_a_one_line_hint_when_not(scanned, tmp_path, monkeypatch):
+    scan_dir, _ = scanned
+    if importlib.util.find_spec("umap") is None:  # as after `make test`: the hint, before any work
+        with pytest.raises(ConfigError, match=r"pip install 'clipguard\[umap\]'"):
+            build_scan_report(scan_dir, tmp_path / "u.html", projection="umap")
+    fake = types.ModuleType("umap")
+    fake.__spec__ = importlib.machinery.ModuleSpec("umap", None)
+    fake.UMAP = _FakeUMAP
+    monkeypatch.setitem(sys.modules, "umap", fake)
+    html = build_scan_report(scan_dir, tmp_path / "u.html", projection="umap").read_text()
+    assert _FakeUMAP.fitted == [(400, 16)]  # fitted on the (unit) image embeddings of every row
+    assert 'alt="UMAP map of the image embeddings"' in html and "laid out in 2-D by UMAP" in html
+    with pytest.raises(ConfigError, match="unknown map projection 'tsne'; choose from: pca, umap"):
+        build_scan_report(scan_dir, tmp_path / "t.html", projection="tsne")

@@ -45,7 +45,7 @@ def check_location(attack: str, name: str, value: object, *, optional: bool = Fa
 
 @ATTACKS.register("badnets")
 class BadNets(Trigger):
-    """Patch trigger.
+    """BadNets patch trigger: a checkerboard or noise patch pasted onto the image.
 
     Args:
         pattern: ``"checker"`` or ``"noise"``.

@@ -40,7 +40,7 @@ def _read_pattern(path: str) -> Image.Image:
 
 @ATTACKS.register("blended")
 class Blended(Trigger):
-    """Global blend with a fixed pattern.
+    """Blended trigger: the whole image blended with one fixed noise or pattern image.
 
     Args:
         alpha: blend weight of the pattern, in (0, 1] (0.2 in the seeds).

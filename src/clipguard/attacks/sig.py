@@ -16,7 +16,7 @@ __all__ = ["SIG"]
 
 @ATTACKS.register("sig")
 class SIG(Trigger):
-    """Sinusoidal signal trigger.
+    """SIG trigger: a horizontal sinusoidal signal added to (or blended with) the whole image.
 
     Args:
         amplitude: peak amplitude on the [0, 1] scale (60/255 in the seeds).

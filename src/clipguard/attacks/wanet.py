@@ -34,7 +34,7 @@ def warp_grid(k: int, strength: float, field_seed: int, h: int, w: int) -> torch
 
 @ATTACKS.register("wanet")
 class WaNet(Trigger):
-    """Warping trigger.
+    """WaNet trigger: one fixed, smooth, imperceptible warp of the whole image.
 
     Args:
         k: control grid size (4 in WaNet).

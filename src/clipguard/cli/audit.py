@@ -9,6 +9,7 @@ from clipguard.analyze import DiscoverConfig, ReverseConfig
 from clipguard.cli.options import default_of, device_option, echo_json, seed_option
 from clipguard.pipeline.audit import audit_model, calibrate_audits
 from clipguard.pipeline.discover import discover_scan, format_clusters
+from clipguard.report import build_audit_report
 
 __all__ = ["audit", "audit_calibrate", "discover"]
 
@@ -58,15 +59,18 @@ def discover(scan_dir: str, out: str | None, detector: str | None, embeddings: s
 @click.option("--steps", type=int, default=ReverseConfig.steps, show_default=True, help="Optimisation steps per candidate.")
 @seed_option(ReverseConfig.seed)
 @device_option()
+@click.option("--no-report", is_flag=True, help="Do not write OUT/report.html (the HTML report of the audit).")
 @click.pass_obj
 def audit(obj: dict, model_dir: str, images: str, out: str, classes: str | None, scan: str | None,
-          calibration: str | None, n_clusters: int, n_images: int, steps: int, seed: int, device: str) -> None:
+          calibration: str | None, n_clusters: int, n_images: int, steps: int, seed: int, device: str,
+          no_report: bool) -> None:
     """Is the model in MODEL_DIR backdoored, and towards what? Reverse a trigger per candidate, judge the smallest."""
     v = audit_model(model_dir, images, out, classes=classes, scan=scan, calibration=calibration,
                     n_clusters=n_clusters, n_images=n_images, config=ReverseConfig(steps=steps, seed=seed),
                     device=device, progress=obj["progress"])
+    report = {} if no_report else {"report": str(build_audit_report(out))}
     echo_json({k: v[k] for k in ("verdict", "target", "closest_target", "anomaly_index", "threshold", "calibrated",
-                                 "per_target_reference", "attack_success_rate", "mask_l1")} | {"out": out})
+                                 "per_target_reference", "attack_success_rate", "mask_l1")} | {"out": out} | report)
 
 
 @click.command("audit-calibrate")

@@ -10,6 +10,7 @@ import click
 from clipguard.cli.options import default_of, device_option, echo_json, out_option, param_option, seed_option
 from clipguard.defend import DEFENCES, filter_manifest
 from clipguard.pipeline.defend_model import defend_model
+from clipguard.report import build_defend_report
 
 __all__ = ["defences", "defend", "filter_"]
 
@@ -57,16 +58,19 @@ _TRAIN_OPTIONS = (("epochs", int), ("batch_size", int), ("lr", float), ("weight_
               help="Data-loader worker processes (augmentation runs there).")
 @seed_option(default_of(defend_model, "seed"))
 @device_option()
+@click.option("--no-report", is_flag=True, help="Do not write OUT/report.html (the HTML report of the run).")
 @click.pass_obj
 def defend(obj: dict, method: str, model_dir: str, data: str, out: str, test: str | None, classes: str | None,
-           attack_spec: str | None, params: dict, workers: int, seed: int, device: str, **train: object) -> None:
+           attack_spec: str | None, params: dict, workers: int, seed: int, device: str, no_report: bool,
+           **train: object) -> None:
     """Repair the model in MODEL_DIR with a registered defence (CleanCLIP, PAR, ...); CA/ASR before and after."""
     settings = {name: train[name] for name, _ in _TRAIN_OPTIONS if train.get(name) is not None}
     rec = defend_model(method, model_dir, data, out, test=test, classes=classes, attack_spec=attack_spec,
                        params=params, train=settings, workers=workers, seed=seed, device=device,
                        progress=obj["progress"])
     summary = {k: rec[k] for k in ("before", "after", "ca_change", "asr_reduction", "overlap") if k in rec}
-    echo_json({"method": method, "out": out, **summary})
+    report = {} if no_report else {"report": str(build_defend_report(out))}
+    echo_json({"method": method, "out": out, **summary, **report})
 
 
 @click.command()

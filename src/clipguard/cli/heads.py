@@ -8,12 +8,13 @@ import click
 from clipguard.cli.options import default_of, device_option, echo_json, out_option, seed_option
 from clipguard.errors import ConfigError
 from clipguard.pipeline.heads import heads_analyze, heads_filter, heads_repair
+from clipguard.report import build_heads_report
 
 __all__ = ["heads"]
 
 
 def _common(func: Callable) -> Callable:
-    """Options shared by the three sub-commands (calibration and batching)."""
+    """Options shared by the three sub-commands (calibration, batching, the report)."""
     for opt in reversed([
         click.option("--fpr", type=float, default=default_of(heads_analyze, "fpr"), show_default=True,
                      help="Clean false-positive rate of each head's infection test (calibrates eps per head)."),
@@ -23,9 +24,15 @@ def _common(func: Callable) -> Callable:
                      help="Images per decomposition batch."),
         seed_option(default_of(heads_analyze, "seed")),
         device_option(),
+        click.option("--no-report", is_flag=True, help="Do not write OUT/report.html (the HTML report of the run)."),
     ]):
         func = opt(func)
     return func
+
+
+def _report(out: str, no_report: bool) -> dict[str, str]:
+    """``{"report": path}`` of the page written in ``out``, or nothing with --no-report."""
+    return {} if no_report else {"report": str(build_heads_report(out))}
 
 
 @click.group()
@@ -44,12 +51,13 @@ def heads() -> None:
 @_common
 @click.pass_obj
 def analyze(obj: dict, model_dir: str, clean: str, out: str, test: str | None, attack_spec: str | None,
-            classes: str | None, **kw: Any) -> None:
+            classes: str | None, no_report: bool, **kw: Any) -> None:
     """Prototypes and calibrated thresholds of every head and MLP; infection heat maps with --test."""
     rec = heads_analyze(model_dir, clean, out, test=test, attack_spec=attack_spec, classes=classes,
                         progress=obj["progress"], **kw)
     echo_json({"out": out, "zeta": rec["profile"]["zeta"], "reconstruction_error": rec["reconstruction_error"],
-               **{k: rec[k] for k in ("clean_fpr_per_head_mean", "clean_filter_fpr", "filter", "layers") if k in rec}})
+               **{k: rec[k] for k in ("clean_fpr_per_head_mean", "clean_filter_fpr", "filter", "layers") if k in rec},
+               **_report(out, no_report)})
 
 
 def _layers(value: str) -> str | list[int]:
@@ -76,12 +84,13 @@ def _layers(value: str) -> str | list[int]:
 @_common
 @click.pass_obj
 def repair(obj: dict, model_dir: str, clean: str, out: str, classes: str | None, mlp_layers: str, budget: float,
-           test: str | None, attack_spec: str | None, **kw: Any) -> None:
+           test: str | None, attack_spec: str | None, no_report: bool, **kw: Any) -> None:
     """Write a repaired copy of MODEL_DIR: infected heads -> prototypes per input, late MLPs -> clean means."""
     rec = heads_repair(model_dir, clean, out, classes=classes, mlp_layers=_layers(mlp_layers), budget=budget,
                        test=test, attack_spec=attack_spec, progress=obj["progress"], **kw)
     echo_json({"out": out, "mlp_layers": rec["mlp_layers"],
-               **{k: rec[k] for k in ("before", "after", "ca_change", "asr_reduction") if k in rec}})
+               **{k: rec[k] for k in ("before", "after", "ca_change", "asr_reduction") if k in rec},
+               **_report(out, no_report)})
 
 
 @heads.command(name="filter")
@@ -98,9 +107,9 @@ def repair(obj: dict, model_dir: str, clean: str, out: str, classes: str | None,
 @_common
 @click.pass_obj
 def filter_(obj: dict, model_dir: str, inputs: str, clean: str | None, profile: str | None, out: str,
-            attack_spec: str | None, **kw: Any) -> None:
+            attack_spec: str | None, no_report: bool, **kw: Any) -> None:
     """Score images by their infected heads; reject those with more than zeta (scores.parquet)."""
     rec = heads_filter(model_dir, inputs, out, clean=clean, profile=profile, attack_spec=attack_spec,
                        progress=obj["progress"], **kw)
     echo_json({"out": out, **{k: rec[k] for k in ("n_inputs", "n_suspects", "rule", "zeta", "zeta_score", "n_skipped",
-                                                  "metrics") if k in rec}})
+                                                  "metrics") if k in rec}, **_report(out, no_report)})

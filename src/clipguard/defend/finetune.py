@@ -63,7 +63,13 @@ def _clean_views() -> Views:
 @DEFENCES.register("cleanclip")
 class CleanCLIP(_Finetune):
     """CleanCLIP: ``lambda1 * CLIP loss + lambda2 * in-modal loss`` on clean pairs (larger
-    ``lambda2`` lowers ASR further, at some clean accuracy)."""
+    ``lambda2`` lowers ASR further, at some clean accuracy).
+
+    Args:
+        lambda1: weight of the multimodal CLIP loss (>= 0).
+        lambda2: weight of the in-modal loss, each image against its AutoAugment view and each
+            caption against its EDA view (>= 0; not both 0).
+    """
 
     summary = "CleanCLIP: lambda1 * CLIP loss + lambda2 * in-modal (AutoAugment / EDA views) loss on clean pairs"
 
@@ -106,7 +112,16 @@ class SSLOnly(_Finetune):
 @DEFENCES.register("par")
 class PAR(_Finetune):
     """Perturb and Recover: the CLIP loss minus ``weight * (d_img + d_txt)``, the distances to the
-    frozen poisoned model's embeddings, each switched off above ``tau``; light augmentation."""
+    frozen poisoned model's embeddings, each switched off above ``tau``; light augmentation.
+
+    Args:
+        tau: cut-off (> 0): a distance term stops pushing once the batch-mean squared distance to
+            the frozen model's embeddings exceeds it (2.15 in the paper).
+        weight: weight of the distance terms ``d_img + d_txt`` (>= 0; 0.5 in the paper).
+        noise_sigma: standard deviation of the Gaussian noise added to images (pixel scale [0, 1]).
+        p_noise: probability that an image gets the Gaussian noise, in [0, 1].
+        p_erase: probability of random erasing on an image, in [0, 1].
+    """
 
     summary = "PAR: CLIP loss - weight * (d_img + d_txt) to the frozen poisoned model, cut off above tau"
 
@@ -129,7 +144,11 @@ class PAR(_Finetune):
 @DEFENCES.register("supervised")
 class Supervised(_Finetune):
     """Control: finetune the image encoder with a linear head on the clean set's class labels
-    (manifest column ``label``, int class index); ``n_classes`` defaults to ``max(label) + 1``."""
+    (manifest column ``label``, int class index); ``n_classes`` defaults to ``max(label) + 1``.
+
+    Args:
+        n_classes: outputs of the linear head (>= 2); ``None``: ``max(label) + 1``.
+    """
 
     summary = "control: supervised finetuning of the image encoder with a linear head (needs a 'label' column)"
 

@@ -54,7 +54,15 @@ class FilterRetrain(Defence):
     """Scan the training set with the model (``detector``, ``k`` neighbours, reference mode ``reference``
     as in ``clipguard scan``), drop the top ``share`` of the ranking, retrain from scratch on the rest
     (``data`` = the poisoned training set). At poison rates of several % the ``multi_reference`` mode
-    puts more of the poison at the top than ``auto`` (``benchmarks/results/defences_cpu.md``)."""
+    puts more of the poison at the top than ``auto`` (``benchmarks/results/defences_cpu.md``).
+
+    Args:
+        share: share of the scanned rows removed, the top of the ranking, in (0, 1).
+        detector: the registered detector whose ranking decides (``clipguard detectors``).
+        k: neighbours per sample in the scan (>= 1).
+        reference: the scan's reference mode (``auto``, ``global``, ``batch``, ``reference``,
+            ``multi_reference``; as ``clipguard scan --reference``).
+    """
 
     kind = "retrain"
     summary = "scan the training set, drop the top share of the ranking, retrain from scratch"
@@ -84,7 +92,14 @@ class FilterRetrain(Defence):
 @DEFENCES.register("abl")
 class ABL(Defence):
     """ABL for CLIP: the ``share`` of pairs with the lowest cosine under the clean ``reference``
-    model are unlearned while training from scratch on the rest (``data`` = the training set)."""
+    model are unlearned while training from scratch on the rest (``data`` = the training set).
+
+    Args:
+        reference: folder of a CLEAN reference model (required; e.g. trained with
+            ``clipguard train`` on a clean set) whose image-caption cosines pick the suspects.
+        share: share of the pairs, those of lowest cosine, treated as poisoned, in (0, 1).
+        weight: weight of the unlearning term, the suspects' mean squared cosine (>= 0).
+    """
 
     kind = "retrain"
     summary = "ABL baseline: unlearn the lowest-cosine pairs under a clean reference model, retrain from scratch"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -17,10 +17,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-__all__ = ["png_uri", "score_histograms", "roc_pr_curves", "embedding_map", "thumbnail_uri", "MAP_POINTS"]
+from clipguard.errors import ConfigError  # noqa: E402
+
+__all__ = ["png_uri", "score_histograms", "roc_pr_curves", "embedding_map", "thumbnail_uri", "MAP_POINTS",
+           "PROJECTIONS", "UMAP_HINT"]
 
 MAP_POINTS = 100_000
 """Above this many rows the embedding map is a density raster (with the suspects as points)."""
+
+PROJECTIONS = ("pca", "umap")
+"""How the embedding map is drawn: PCA (default, no extra dependency) or UMAP (``clipguard[umap]``)."""
+
+UMAP_HINT = "the UMAP map needs umap-learn; install it with: pip install 'clipguard[umap]' (or use the PCA map)"
+
+FIT_ROWS = {"pca": 20_000, "umap": 10_000}
+"""Rows of the seeded sample each projection is fitted on (every row is then projected)."""
 
 
 def png_uri(fig: Any) -> str:
@@ -113,24 +124,43 @@ def _pca(x: np.ndarray, fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, vt[:2]
 
 
+def _projector(method: str, sample: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function ``(m, d) unit rows -> (m, 2)`` fitted on ``sample`` (PCA, or UMAP with cosine distance)."""
+    if method == "pca":
+        mean, comp = _pca(sample, np.arange(len(sample)))
+        return lambda x: (x - mean) @ comp.T
+    if method != "umap":
+        raise ConfigError(f"unknown map projection {method!r}; choose from: {', '.join(PROJECTIONS)}")
+    try:
+        import umap  # noqa: PLC0415 - an optional third-party dependency, imported only when asked for
+    except ImportError:
+        raise ConfigError(UMAP_HINT) from None
+    reducer = umap.UMAP(n_components=2, metric="cosine", random_state=seed)
+    reducer.fit(sample)
+    return lambda x: np.asarray(reducer.transform(x), dtype=np.float64)
+
+
 def embedding_map(read_rows: Any, n: int, suspects: np.ndarray, poisoned: np.ndarray | None, *,
-                  seed: int = 0, max_points: int = MAP_POINTS, chunk: int = 65536) -> str:
-    """2-D PCA map of the image embeddings (fitted on a seeded sample of 20,000 rows, every row
-    projected in chunks): a scatter up to ``max_points`` rows, a density raster beyond; the
-    suspects (and, with ground truth, the poisoned rows) drawn on top.
+                  seed: int = 0, max_points: int = MAP_POINTS, chunk: int = 65536, projection: str = "pca") -> str:
+    """2-D map of the image embeddings, PCA (fitted on a seeded sample of 20,000 rows) or UMAP (10,000
+    rows; ``clipguard[umap]``), every row projected in chunks: a scatter up to ``max_points`` rows, a
+    density raster beyond; the suspects (and, with ground truth, the poisoned rows) drawn on top.
 
     Args:
         read_rows: ``rows -> (len(rows), d)`` embeddings (normalised here).
         n: rows; ``suspects``, ``poisoned``: (n,) bool masks.
+        projection: ``"pca"`` or ``"umap"`` (:data:`PROJECTIONS`).
+
+    Raises:
+        ConfigError: an unknown projection, or UMAP asked for without umap-learn installed.
     """
     rng = np.random.default_rng(seed)
-    fit = np.sort(rng.choice(n, min(n, 20_000), replace=False))
-    sample = _unit(read_rows(fit))
-    mean, comp = _pca(sample, np.arange(len(fit)))
+    fit = np.sort(rng.choice(n, min(n, FIT_ROWS.get(projection, 20_000)), replace=False))
+    project = _projector(projection, _unit(read_rows(fit)), seed)
     xy = np.empty((n, 2))
     for s in range(0, n, chunk):
         rows = np.arange(s, min(s + chunk, n))
-        xy[rows] = (_unit(read_rows(rows)) - mean) @ comp.T
+        xy[rows] = project(_unit(read_rows(rows)))
     fig, ax = plt.subplots(figsize=(6.2, 4.6))
     fig.subplots_adjust(left=0.12, bottom=0.12)
     if n > max_points:
@@ -142,9 +172,14 @@ def embedding_map(read_rows: Any, n: int, suspects: np.ndarray, poisoned: np.nda
         ax.scatter(xy[poisoned, 0], xy[poisoned, 1], s=8, facecolors="none", edgecolors="tab:red", lw=0.6,
                    label=f"poisoned (ground truth, {int(poisoned.sum())})")
     ax.scatter(xy[suspects, 0], xy[suspects, 1], s=6, c="tab:blue", label=f"suspects ({int(suspects.sum())})")
-    ax.set_xlabel("principal component 1 of the image embeddings")
-    ax.set_ylabel("principal component 2")
-    ax.set_title(f"embedding map, PCA ({n:,} samples{', density' if n > max_points else ''})", fontsize=9)
+    if projection == "pca":
+        ax.set_xlabel("principal component 1 of the image embeddings")
+        ax.set_ylabel("principal component 2")
+    else:
+        ax.set_xlabel("UMAP 1 of the image embeddings (cosine)")
+        ax.set_ylabel("UMAP 2")
+    ax.set_title(f"embedding map, {projection.upper()} ({n:,} samples{', density' if n > max_points else ''})",
+                 fontsize=9)
     ax.legend(fontsize=7, markerscale=2)
     return png_uri(fig)
 

@@ -16,6 +16,7 @@ Example::
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -25,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
 
 from clipguard.data.dataset import load_rgb
 from clipguard.detect.store import default_detector, read_scan
 from clipguard.errors import ConfigError
 from clipguard.io.rows import EmbeddingRows
-from clipguard.report.figures import MAP_POINTS, embedding_map, roc_pr_curves, score_histograms, thumbnail_uri
+from clipguard.report.common import render, write_page
+from clipguard.report.figures import (MAP_POINTS, PROJECTIONS, UMAP_HINT, embedding_map, roc_pr_curves,
+                                      score_histograms, thumbnail_uri)
 from clipguard.utils.fs import is_url
-from clipguard.utils.io import atomic_path
 
 __all__ = ["build_scan_report", "Suspect"]
 
@@ -109,7 +110,7 @@ def _rows_of(run: dict[str, Any], scan_dir: Path, n: int) -> EmbeddingRows | Non
 
 
 def _figures(table: pd.DataFrame, run: dict, detectors: list[str], det: str, rows: EmbeddingRows | None,
-             max_map_points: int, seed: int) -> dict[str, Any]:
+             max_map_points: int, seed: int, projection: str) -> dict[str, Any]:
     poisoned = table["poisoned"].to_numpy().astype(bool) if "poisoned" in table.columns else None
     figs: dict[str, Any] = {"histograms": score_histograms({d: table[f"{d}_score"].to_numpy() for d in detectors},
                                                            poisoned)}
@@ -117,7 +118,7 @@ def _figures(table: pd.DataFrame, run: dict, detectors: list[str], det: str, row
         figs["curves"] = roc_pr_curves(table, detectors, run.get("detection"))
     if rows is not None:
         figs["map"] = embedding_map(rows.image, len(rows), table[f"is_{det}_suspect"].to_numpy(bool), poisoned,
-                                    seed=seed, max_points=max_map_points)
+                                    seed=seed, max_points=max_map_points, projection=projection)
     return figs
 
 
@@ -131,12 +132,9 @@ def _clusters(scan_dir: Path) -> list[dict[str, Any]] | None:
     return df[[c for c in keep if c in df.columns]].head(20).to_dict("records")
 
 
-_ENV = Environment(loader=PackageLoader("clipguard.report", "templates"), autoescape=select_autoescape(["j2", "html"]))
-
-
 def build_scan_report(scan_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                       detector: str | None = None, top: int = 48, max_map_points: int = MAP_POINTS,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, projection: str = "pca") -> Path:
     """Write the HTML report of the scan in ``scan_dir`` (see the module docstring).
 
     Args:
@@ -145,15 +143,21 @@ def build_scan_report(scan_dir: str | os.PathLike, out: str | os.PathLike | None
         detector: whose ranking the suspect grid and the map follow (default: the scan's default).
         top: suspects in the grid.
         max_map_points: above this many rows the map is a density raster.
-        seed: the PCA's sample.
+        seed: the map's sample (and UMAP's seed).
+        projection: the embedding map's ``"pca"`` (default) or ``"umap"`` (needs ``clipguard[umap]``).
 
     Returns:
         The path of the page.
 
     Raises:
-        ConfigError: ``scan_dir`` holds no scan, or ``detector`` did not run in it.
+        ConfigError: ``scan_dir`` holds no scan, or ``detector`` did not run in it; an unknown projection, or
+            ``"umap"`` without umap-learn (the message says how to install it).
     """
     t0 = time.perf_counter()
+    if projection not in PROJECTIONS:
+        raise ConfigError(f"unknown map projection {projection!r}; choose from: {', '.join(PROJECTIONS)}")
+    if projection == "umap" and importlib.util.find_spec("umap") is None:
+        raise ConfigError(UMAP_HINT)
     scan_dir = Path(scan_dir)
     saved = read_scan(scan_dir)
     run, table = saved.run, saved.table.reset_index(drop=True)
@@ -164,18 +168,12 @@ def build_scan_report(scan_dir: str | os.PathLike, out: str | os.PathLike | None
     rows = _rows_of(run, scan_dir, len(table))
     meta = rows.metadata(["caption", "image"]) if rows is not None else None
     root = _image_root(rows.root) if rows is not None and isinstance(rows.root, Path) else None
-    page = _ENV.get_template("scan.html.j2").render(
-        title=f"clipguard scan report: {scan_dir}", run=run, detectors=detectors, detector=det, n=len(table),
-        suspects=_suspects(table, meta, detectors, det, top, root),
-        figures=_figures(table, run, detectors, det, rows, max_map_points, seed),
-        clusters=_clusters(scan_dir), metrics=run.get("detection"), generated=time.strftime("%Y-%m-%d %H:%M"),
-        json=lambda v: json.dumps(v, default=str))
-    path = Path(out) if out is not None else scan_dir / "report.html"
-    with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.chmod(0o644)  # a page to share (the temporary file was private)
-    log.info("report of %s written to %s in %.1f s (%.1f MB)", scan_dir, path, time.perf_counter() - t0,
-             path.stat().st_size / 1e6)
+    page = render(
+        "scan.html.j2", title=f"clipguard scan report: {scan_dir}", run=run, detectors=detectors, detector=det,
+        n=len(table), suspects=_suspects(table, meta, detectors, det, top, root),
+        figures=_figures(table, run, detectors, det, rows, max_map_points, seed, projection),
+        clusters=_clusters(scan_dir), metrics=run.get("detection"), projection=projection)
+    path = write_page(Path(out) if out is not None else scan_dir / "report.html", page, scan_dir, t0)
     return path
 
 
