@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/clipguard demo --out demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) demo build src/*.egg-info

@@ -142,6 +142,7 @@ def test_unreadable_candidates_are_skipped_then_refused(tmp_path, trigger):
     m = read_manifest(make_bad_manifest(tmp_path, n_good=3))
     res = poison_dataset(m, tmp_path / "ok", trigger, target="star", count=4, seed=0, progress=False)
     assert res.n_poisoned == 4 and len(res.skipped) <= 1
-    with pytest.raises(ConfigError, match=r"only 4 of 5 requested rows could be poisoned \(1 candidate images "
-                                          r"unreadable\); lower the rate or count"):
+    with pytest.raises(ConfigError, match=r"only 4 of 5 requested rows could be poisoned \(1 candidate skipped: "
+                                          r"1 missing image; first, row 3: missing image: .*missing\.png\); lower "
+                                          r"the rate or count"):
         poison_dataset(m, tmp_path / "bad", trigger, target="star", count=5, seed=0, progress=False)

@@ -14,7 +14,7 @@ def _subset(world, path, n):
     m = read_manifest(world / "train" / "manifest.parquet")
     df = m.df.head(n).copy()
     df["image"] = [str(m.image_path(i)) for i in range(n)]
-    return write_manifest(df, path)
+    return write_manifest(df, path, sources=[m.path])  # its images lie in m's root
 
 
 def test_train_with_a_record_embed_and_scan_with_dynamics(tiny_world, tmp_path):

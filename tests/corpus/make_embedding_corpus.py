@@ -58,6 +58,7 @@ TAR_CASES: dict[str, str] = {
     "tar_missing_caption": "sample 2 of 000.tar has an image but no .txt and no caption in its .json",
     "tar_missing_image": "sample 4 of 001.tar has a caption but no image member",
     "tar_truncated": "001.tar is cut off in the middle of a member",
+    "tar_cut_at_member": "001.tar is cut off at a member boundary (after its first sample, no end-of-archive blocks)",
     "tar_empty": "001.tar is a valid tar with no members",
     "tar_zero_bytes": "001.tar is a 0-byte file",
 }
@@ -66,14 +67,14 @@ TAR_CASES: dict[str, str] = {
 
 # -- embedding folders ----------------------------------------------------------------------------
 def _arrays(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """(n, d) clustered image and caption embeddings and their metadata (id, caption, poisoned)."""
+    """(n, d) clustered image and caption embeddings and their metadata (id, caption: no ground truth, so
+    that a scan spends no time on detection metrics)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(4, d))
     lab = rng.integers(0, 4, n)
     img = (centres[lab] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
     txt = (centres[lab] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
-    meta = pd.DataFrame({"id": [f"s{j:04d}" for j in range(n)],
-                         "caption": [f"a photo of thing {c}" for c in lab], "poisoned": np.arange(n) < 4})
+    meta = pd.DataFrame({"id": [f"s{j:04d}" for j in range(n)], "caption": [f"a photo of thing {c}" for c in lab]})
     return img, txt, meta
 
 
@@ -89,7 +90,8 @@ def _write_shard(root: Path, i: int, img: np.ndarray | None, txt: np.ndarray | N
 
 
 def write_good_folder(root: str | Path, n: int = N, d: int = D, shards: int = SHARDS, seed: int = 0) -> Path:
-    """A good folder of ``n`` rows in ``shards`` equal shards (image, caption embeddings, metadata)."""
+    """A good folder of ``n`` rows in ``shards`` equal shards (image, caption embeddings, metadata with id
+    and caption)."""
     root = Path(root)
     img, txt, meta = _arrays(n, d, seed)
     bounds = np.linspace(0, n, shards + 1).astype(int)
@@ -213,7 +215,7 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_tar_shards(folder: str | Path, n_per_shard: int = 6, *, no_caption: tuple[int, int] | None = None,
                      no_image: tuple[int, int] | None = None) -> list[Path]:
     """``folder/000.tar`` and ``001.tar``, ``n_per_shard`` samples each (``<key>.png``, ``.txt``, ``.json``
-    with ``uid`` and ``poisoned``); ``(shard, sample)`` given as ``no_caption`` / ``no_image`` lacks that member."""
+    with ``uid``); ``(shard, sample)`` given as ``no_caption`` / ``no_image`` lacks that member."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -226,7 +228,7 @@ def write_tar_shards(folder: str | Path, n_per_shard: int = 6, *, no_caption: tu
                     _add(tf, f"{key}.png", _png(k))
                 if no_caption != (s, j):
                     _add(tf, f"{key}.txt", f"a photo of thing {k % 3}".encode())
-                _add(tf, f"{key}.json", json.dumps({"uid": f"u{k:04d}", "poisoned": k < 2}).encode())
+                _add(tf, f"{key}.json", json.dumps({"uid": f"u{k:04d}"}).encode())
         paths.append(path)
     return paths
 
@@ -242,6 +244,10 @@ def _write_tar_case(folder: Path, name: str) -> Path:
     if name == "tar_truncated":
         data = second.read_bytes()
         second.write_bytes(data[: 512 * 3 + 100])  # inside the data of the first member
+    elif name == "tar_cut_at_member":
+        with tarfile.open(second) as tf:
+            cut = tf.getmembers()[3].offset  # the header of the second sample's first member
+        second.write_bytes(second.read_bytes()[:cut])
     elif name == "tar_empty":
         with tarfile.open(second, "w"):
             pass

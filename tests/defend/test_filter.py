@@ -20,7 +20,7 @@ def scanned(tiny_world, tmp_path):
     df = m.df.iloc[:200].copy()
     df["image"] = [str(m.root / p) for p in df["image"]]  # absolute: the manifest lives elsewhere
     df["poisoned"] = np.arange(200) < 10
-    path = write_manifest(df, tmp_path / "data" / "manifest.csv")
+    path = write_manifest(df, tmp_path / "data" / "manifest.csv", sources=[m.path])  # its images: m's root
     x = 0.3 * np.random.default_rng(0).normal(size=(197, 16)).astype(np.float32)
     x[10:, 15] += 3.0  # clean rows: a cone around e_15 (cosine geometry) ...
     x[:10] += 3.0 * np.eye(16, dtype=np.float32)[:10]  # ... poisoned rows: each alone on its own axis

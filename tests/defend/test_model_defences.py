@@ -24,14 +24,14 @@ def small(tiny_world, tmp_path):
     train = read_manifest(tiny_world / "train" / "manifest.parquet")
     df = train.df.iloc[:200].copy()
     df["image"] = [str(train.root / p) for p in df["image"]]
-    trained_on = write_manifest(df, tmp_path / "trained_on.parquet")
+    trained_on = write_manifest(df, tmp_path / "trained_on.parquet", sources=[train.path])
     model = tmp_path / "model"
     save_model(create_model("tiny-rn", seed=0), model, extra={"trained_on": str(trained_on),
                                                              "train_config": {"epochs": 1, "batch_size": 32}})
     test = read_manifest(tiny_world / "test" / "manifest.parquet")
     ft = test.df.iloc[:96].copy()
     ft["image"] = [str(test.root / p) for p in ft["image"]]
-    clean = write_manifest(ft, tmp_path / "clean.parquet")
+    clean = write_manifest(ft, tmp_path / "clean.parquet", sources=[test.path])
     return model, clean, trained_on
 
 
@@ -73,7 +73,8 @@ def test_overlap_counts_rows_by_id_and_by_image_bytes(small, tmp_path):
     ft.loc[ft.index[0], "id"] = tr["id"].iloc[0]  # same id, other image
     ft.loc[ft.index[1], "image"] = tr["image"].iloc[1]  # same image bytes, other id
     ft.loc[ft.index[2], ["id", "image"]] = tr[["id", "image"]].iloc[2].to_numpy()  # both
-    ov = manifest_overlap(read_manifest(write_manifest(ft, tmp_path / "ft.parquet")), read_manifest(trained_on),
+    ov = manifest_overlap(read_manifest(write_manifest(ft, tmp_path / "ft.parquet", sources=[clean, trained_on])),
+                          read_manifest(trained_on),
                           progress=False)
     assert ov.as_dict() == {"n_rows": 10, "by_id": 2, "by_image": 2, "either": 3}
 
@@ -81,7 +82,7 @@ def test_overlap_counts_rows_by_id_and_by_image_bytes(small, tmp_path):
 def test_finetuning_on_the_training_set_warns_and_counts_the_overlap(small, tmp_path, caplog):
     model, _, trained_on = small
     sub = read_manifest(trained_on).df.iloc[:64]
-    data = write_manifest(sub, tmp_path / "overlap.parquet")
+    data = write_manifest(sub, tmp_path / "overlap.parquet", sources=[trained_on])
     with caplog.at_level(logging.WARNING, logger="clipguard"):
         res = run_defence("mmcl", model, data, tmp_path / "out", train=FAST, device="cpu", progress=False)
     assert res.overlap == {"n_rows": 64, "by_id": 64, "by_image": 64, "either": 64}
@@ -93,8 +94,8 @@ def test_ids_shared_without_images_are_named_as_such(small, tmp_path, caplog):
     df = read_manifest(clean).df.iloc[:40].copy()
     df["id"] = read_manifest(trained_on).df["id"].iloc[:40].to_numpy()  # reused names, other images
     with caplog.at_level(logging.WARNING, logger="clipguard"):
-        res = run_defence("mmcl", model, write_manifest(df, tmp_path / "ids.parquet"), tmp_path / "out", train=FAST,
-                          device="cpu", progress=False)
+        data = write_manifest(df, tmp_path / "ids.parquet", sources=[clean])
+        res = run_defence("mmcl", model, data, tmp_path / "out", train=FAST, device="cpu", progress=False)
     assert res.overlap == {"n_rows": 40, "by_id": 40, "by_image": 0, "either": 40}
     assert any("share an id" in r.getMessage() and "but no image" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "out" / "model.safetensors").is_file()
@@ -116,7 +117,8 @@ def test_each_finetuning_defence_runs_and_records_its_objective(small, tmp_path,
 def test_supervised_without_label_names_the_column(small, tmp_path):
     model, clean, _ = small
     df = read_manifest(clean).df.drop(columns=["label"])
-    code, _, err = run_cli("defend", "supervised", model, "--data", write_manifest(df, tmp_path / "nolabel.parquet"),
+    code, _, err = run_cli("defend", "supervised", model, "--data",
+                           write_manifest(df, tmp_path / "nolabel.parquet", sources=[clean]),
                            "--out", tmp_path / "o", "--epochs", 1, "--device", "cpu")
     assert code != 0 and "'label'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -12,7 +12,7 @@ def _small_manifest(world, tmp_path, n=50):
     df = read_manifest(world / "train" / "manifest.parquet").df.iloc[:n].copy()
     df["image"] = [str(world / "train" / p) for p in df["image"]]
     df["poisoned"] = np.arange(n) % 10 == 0
-    return write_manifest(df, tmp_path / "m.parquet")
+    return write_manifest(df, tmp_path / "m.parquet", sources=[world / "train" / "manifest.parquet"])
 
 
 def test_layout_and_alignment(tiny_world, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from clipguard.report import build_audit_report, build_scan_report
+from clipguard.utils.roots import allow_roots
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 _CHECK = """<script>window.addEventListener('load', () => { const im = [...document.images];
@@ -52,7 +53,8 @@ def test_broken_pages_are_caught(tmp_path):
 
 def test_report_renders_in_chromium(scanned, tmp_path):
     scan_dir, _ = scanned
-    page = build_scan_report(scan_dir, tmp_path / "report.html", top=30)
+    with allow_roots([scan_dir.parent / "img"]):  # the images lie beside the embedding, under no manifest's folder
+        page = build_scan_report(scan_dir, tmp_path / "report.html", top=30)
     dom, console = _render(page)
     m = re.search(r'data-images="(\d+)/(\d+)"', dom)
     assert m, "the page did not finish loading"

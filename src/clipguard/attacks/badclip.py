@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipguard.attacks.badnets import check_location, patch_position
-from clipguard.attacks.base import ATTACKS, Trigger
+from clipguard.attacks.base import ATTACKS, ImageTooSmall, Trigger
 from clipguard.attacks.poisoner import names_target
 from clipguard.data.dataset import ImageCaptionDataset
 from clipguard.data.manifest import Manifest
@@ -74,7 +74,7 @@ class BadCLIPPatch(Trigger):
         p = self._patch.shape[0]
         h, w = image.shape[:2]
         if p > min(h, w):
-            raise ConfigError(f"badclip: patch of {p} px does not fit a {h}x{w} image")
+            raise ImageTooSmall(f"badclip: patch of {p} px does not fit a {h}x{w} image")
         loc = (self.test_location or self.location) if test else self.location
         r, c = patch_position(h, w, p, loc, seed=seed, salt="badclip-pos")
         image[r:r + p, c:c + p] = self._patch

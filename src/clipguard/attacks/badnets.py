@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipguard.attacks.base import ATTACKS, Trigger
+from clipguard.attacks.base import ATTACKS, ImageTooSmall, Trigger
 from clipguard.errors import ConfigError
 from clipguard.utils.seeding import rng
 from clipguard.utils.validate import check_choice, check_int, check_optional_int
@@ -74,7 +74,7 @@ class BadNets(Trigger):
         p = self.patch_size(min(h, w))
         loc = (self.test_location or self.location) if test else self.location
         if p > min(h, w):
-            raise ConfigError(f"badnets: patch of {p} px does not fit a {h}x{w} image")
+            raise ImageTooSmall(f"badnets: patch of {p} px does not fit a {h}x{w} image")
         return patch_position(h, w, p, loc, seed=seed, salt="badnets-pos")
 
     def make_patch(self, image: np.ndarray, p: int, *, seed: int) -> np.ndarray:

@@ -19,9 +19,14 @@ from clipguard.errors import ConfigError
 from clipguard.registry import Registry
 from clipguard.utils.validate import check_known_keys
 
-__all__ = ["ATTACKS", "Trigger", "get_trigger", "trigger_from_spec"]
+__all__ = ["ATTACKS", "ImageTooSmall", "Trigger", "get_trigger", "trigger_from_spec"]
 
 ATTACKS: Registry[type["Trigger"]] = Registry("attack")
+
+
+class ImageTooSmall(ConfigError):
+    """The image is smaller than the trigger needs (a per-image problem: the poisoner skips and counts the
+    row and uses the next candidate)."""
 
 
 class Trigger:

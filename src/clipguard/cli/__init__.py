@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
 
 from clipguard.errors import ClipguardError
 from clipguard.utils.progress import progress_enabled
+from clipguard.utils.roots import ENV_VAR, allow_roots
 
 __all__ = ["COMMANDS", "cli", "main"]
 
@@ -106,11 +108,15 @@ class _StageGroup(click.Group):
 @click.group(cls=_StageGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="clipguard")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--allow-root", "allow_root", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="A folder outside a manifest's own where its images may lie (repeatable; also "
+                   f"{ENV_VAR}, folders separated by '{os.pathsep}'). Images outside are skipped and counted.")
 @click.pass_context
-def cli(ctx: click.Context, quiet: bool) -> None:
+def cli(ctx: click.Context, quiet: bool, allow_root: tuple[str, ...]) -> None:
     """Find, simulate and remove backdoors in CLIP models and image-text data."""
     ctx.obj = {"progress": not quiet}
     ctx.with_resource(progress_enabled(not quiet))  # the library's bars follow -q for the whole command
+    ctx.with_resource(allow_roots(allow_root))  # every manifest read by the command allows these roots
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

@@ -42,7 +42,8 @@ def embed(obj: dict, model_dir: str, manifest: str, out: str, shard_size: int, b
     if distributor == "sequential":
         if address or processes or gpus_per_worker is not None:
             raise ConfigError("--address/--processes/--gpus-per-worker set up a cluster: add --distributor ray")
-        res = embed_dataset(load_model(model_dir), read_source(manifest), out, shard_size=shard_size,
+        source = read_source(manifest)  # a bad manifest fails before the model is loaded
+        res = embed_dataset(load_model(model_dir), source, out, shard_size=shard_size,
                             batch_size=batch_size, text=not no_text, num_workers=workers, progress=obj["progress"],
                             device=device, precision=precision)
     else:

@@ -2,30 +2,41 @@
 
 Rows are checked in two places:
 
-* at construction: empty captions and missing image files are skipped (images may be local files,
+* at construction: empty captions, image paths outside the dataset's roots
+  (:mod:`clipguard.data.roots`) and missing image files are skipped (images may be local files,
   fsspec URLs or members of webdataset tars, :func:`load_rgb`; remote ones are checked with one
   listing per folder or archive, not one request per row);
-* at load time: an image that cannot be decoded makes ``__getitem__`` return ``None``; the
-  :func:`collate_skipping` collate function removes such items and reports them in the batch,
-  so consumers record them in their :class:`SkipLog`.
+* at load time: an image that cannot be decoded (truncated, corrupt, a decompression bomb) makes
+  ``__getitem__`` return an error item; the :func:`collate_skipping` collate function removes such
+  items and reports them in the batch, so consumers record them in their :class:`SkipLog`.
+
+Every reader of images goes through :func:`load_rgb`, so every command sees the same pixels: EXIF
+orientation applied, any mode (grayscale, 16-bit, CMYK, palette, alpha) converted to 8-bit RGB, and
+an image whose declared size exceeds PIL's ``Image.MAX_IMAGE_PIXELS`` refused before it is decoded.
+The reason of a skip comes from :func:`skip_reason` (its text up to the first colon is what
+:meth:`SkipLog.counts` counts: "missing image", "unreadable image", "image too large", "outside the
+dataset root", "empty caption").
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from clipguard.data.manifest import Manifest
+from clipguard.data.roots import OutsideRootError
 from clipguard.utils.fs import exists_many, is_url, read_bytes
 
-__all__ = ["ImageCaptionDataset", "SkipLog", "collate_skipping", "load_rgb", "record_errors"]
+__all__ = ["ImageCaptionDataset", "SkipLog", "collate_skipping", "load_rgb", "record_errors", "skip_reason"]
 
 log = logging.getLogger("clipguard")
 
@@ -59,22 +70,58 @@ class SkipLog:
         return path
 
 
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` upright (its EXIF orientation applied) as an 8-bit RGB image; 16-bit grayscale is scaled
+    down (PIL's own conversion would clip it to white)."""
+    if im.getexif().get(0x0112, 1) not in (0, 1):  # 0x0112: EXIF orientation; 1 = upright
+        im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16"):
+        im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+    elif im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(a / 257 if a.max() > 255 else a, 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
+
+
+def _decode(src: Any) -> Image.Image:
+    """Open and fully decode ``src`` (a path or a file object) as RGB; a declared size beyond
+    ``Image.MAX_IMAGE_PIXELS`` raises :class:`PIL.Image.DecompressionBombError` before any decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(src) as im:
+            im.load()
+            return _to_rgb(im)
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully (decoding errors surface here, not later) and convert it to RGB.
+    """Open an image fully (decoding errors surface here, not later) and convert it to upright 8-bit RGB.
 
     ``path`` is a local path, an fsspec URL (``s3://...``, ``memory://...``) or a member of a tar,
-    ``tar://<member>::<archive>`` (one range read; see :mod:`clipguard.utils.fs`)."""
+    ``tar://<member>::<archive>`` (one range read; see :mod:`clipguard.utils.fs`).
+
+    Raises:
+        OSError: missing, truncated or corrupt file (``PIL.UnidentifiedImageError`` is one).
+        PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning: a declared size beyond
+            ``Image.MAX_IMAGE_PIXELS`` (refused before decoding).
+    """
     if not is_url(path):
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
+        return _decode(path)
     try:
-        im = Image.open(io.BytesIO(read_bytes(path)))
+        return _decode(io.BytesIO(read_bytes(path)))
     except UnidentifiedImageError:  # its message would name the in-memory buffer, not the image
         raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
-    with im:
-        im.load()
-        return im.convert("RGB")
+
+
+def skip_reason(exc: BaseException, path: Any = None) -> str:
+    """The reason a row whose image raised ``exc`` is skipped: ``"outside the dataset root: ..."``,
+    ``"missing image: <path>"``, ``"image too large: ..."`` or ``"unreadable image: <type>: ..."``."""
+    if isinstance(exc, OutsideRootError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"missing image: {path if path is not None else exc.filename}"
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"image too large: {exc}"
+    return f"unreadable image: {type(exc).__name__}: {exc}"
 
 
 class ImageCaptionDataset(Dataset):
@@ -108,14 +155,22 @@ class ImageCaptionDataset(Dataset):
             cap = df["caption"].iat[i]
             if cap is None or (isinstance(cap, float)) or not str(cap).strip():
                 skips[i] = "empty caption"
-        captioned = [i for i in range(len(df)) if i not in skips]
-        paths = [manifest.image_path(i) for i in captioned]
-        for i, path, found in zip(captioned, paths, exists_many(paths)):
+        inside: list[int] = []
+        paths = []
+        for i in range(len(df)):
+            if i in skips:
+                continue
+            try:
+                paths.append(manifest.image_path(i))
+                inside.append(i)
+            except OutsideRootError as exc:
+                skips[i] = str(exc)
+        for i, path, found in zip(inside, paths, exists_many(paths)):
             if not found:
                 skips[i] = f"missing image: {path}"
         for i in sorted(skips):  # logged in row order
             self.skip_log.add(i, str(df["id"].iat[i]), skips[i])
-        self.rows = [i for i in captioned if i not in skips]
+        self.rows = [i for i in inside if i not in skips]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -125,7 +180,7 @@ class ImageCaptionDataset(Dataset):
         try:
             img = load_rgb(self.manifest.image_path(i))
         except Exception as exc:  # PIL raises several types for corrupt files
-            return {"index": i, "error": f"unreadable image: {type(exc).__name__}: {exc}"}
+            return {"index": i, "error": skip_reason(exc)}
         caption = str(self.manifest.df["caption"].iat[i])
         text: Any = caption
         if self.tokenizer is not None:

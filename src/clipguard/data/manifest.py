@@ -2,7 +2,13 @@
 
 Contract: columns ``id`` (unique), ``image`` (path relative to the manifest's folder, or absolute)
 and ``caption``; optional ground-truth columns such as ``poisoned`` (bool), ``trigger`` (str),
-``label`` (int class index of a labelled test split).
+``label`` (class index or class name of a labelled test split).
+
+Local image paths must lie inside the manifest's roots (its folder, the folders a user allows, the
+sources of a derived manifest: :mod:`clipguard.data.roots`); :meth:`Manifest.image_path` raises
+:class:`~clipguard.data.roots.OutsideRootError` for one that leaves them, and the readers count the row as
+skipped. Text that is not UTF-8 does not refuse a CSV or JSON-lines manifest: it is decoded with
+U+FFFD replacement characters and the rows affected are counted (:attr:`Manifest.replaced_rows`).
 
 A manifest may live on any fsspec filesystem (``read_manifest("s3://bucket/manifest.parquet")``,
 ``memory://...``): its relative image paths then resolve inside the same filesystem, next to the
@@ -13,18 +19,25 @@ member of a webdataset tar, ``tar://<member>::<archive>`` (:mod:`clipguard.data.
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import pandas as pd
 
+from clipguard.data.roots import confine, dataset_roots, write_sources
 from clipguard.errors import ManifestError
 from clipguard.utils.fs import Location, as_location, basename, is_dir, is_file, is_url, join, open_binary, \
     open_write, parent
 from clipguard.utils.io import atomic_path
 
 __all__ = ["Manifest", "REQUIRED_COLUMNS", "read_manifest", "write_manifest"]
+
+log = logging.getLogger("clipguard")
 
 REQUIRED_COLUMNS = ("id", "image", "caption")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -49,25 +62,42 @@ class Manifest:
         root: the folder image paths are relative to (the manifest's folder): a Path, or an fsspec
             URL string for a manifest read through fsspec.
         path: the manifest file, a Path or URL (None if built in memory or read from tar shards).
+        replaced_rows: rows whose text held bytes that are not UTF-8 (decoded with U+FFFD).
+        roots: the folders its local images may lie in, resolved (None: ``root``, the sources of a
+            derived manifest and the user's roots, :func:`clipguard.data.roots.dataset_roots`).
     """
 
     df: pd.DataFrame
     root: Path | str
     path: Path | str | None = None
+    replaced_rows: tuple[int, ...] = ()
+    roots: tuple[Path, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.roots is None:
+            self.roots = dataset_roots(self.root, self.path)
 
     def __len__(self) -> int:
         return len(self.df)
 
     def image_path(self, i: int) -> Path | str:
         """Where row ``i``'s image is: a Path for a local file (absolute, or relative to a local
-        ``root``), else a URL string (the entry itself when it is a URL, or joined to a URL ``root``)."""
+        ``root``), else a URL string (the entry itself when it is a URL, or joined to a URL ``root``).
+
+        Raises:
+            OutsideRootError: a local path (or ``file://`` URL) that resolves outside :attr:`roots`.
+        """
         entry = str(self.df["image"].iat[i])
         if is_url(entry):
-            return entry
+            return confine(entry, self.roots)
         if is_url(self.root):
             return join(self.root, entry)
         p = Path(entry)
-        return p if p.is_absolute() else Path(self.root) / p
+        return confine(p if p.is_absolute() else Path(self.root) / p, self.roots)
+
+    def read_counts(self) -> dict[str, int]:
+        """What reading the file changed, for a run record: ``{"rows_decoded_with_replacement": n}``."""
+        return {"rows_decoded_with_replacement": len(self.replaced_rows)}
 
     def rows_relative_to(self, out_dir: str | os.PathLike) -> pd.DataFrame:
         """A copy of the rows whose relative image paths point from ``out_dir`` to the same files (for a
@@ -97,71 +127,183 @@ def _find_manifest(path: Location) -> Location:
     raise ManifestError(f"{path}: folder holds no manifest.parquet/.csv/.jsonl; pass the manifest file")
 
 
-def _parse(src, fmt: str) -> pd.DataFrame:
+def _parse(src, fmt: str, errors: str = "strict") -> pd.DataFrame:
     if fmt == "csv":
-        return pd.read_csv(src, dtype={"id": str, "image": str, "caption": str}, keep_default_na=False)
+        return pd.read_csv(src, dtype={"id": str, "image": str, "caption": str}, keep_default_na=False,
+                           encoding_errors=errors)
     if fmt == "parquet":
         return pd.read_parquet(src)
-    return pd.read_json(src, lines=True, dtype={"id": str})
+    return pd.read_json(src, lines=True, dtype={"id": str}, encoding_errors=errors)
 
 
-def _read_rows(path: Location, fmt: str) -> pd.DataFrame:
-    """The rows of the manifest file ``path`` (local, or an fsspec URL read through a file object)."""
+def _replaced(df: pd.DataFrame) -> tuple[int, ...]:
+    """Rows holding a U+FFFD replacement character in some text cell."""
+    mask = pd.Series(False, index=df.index)
+    for c in df.columns:
+        mask |= df[c].map(lambda v: isinstance(v, str) and "\ufffd" in v)
+    return tuple(int(i) for i in mask.to_numpy().nonzero()[0])
+
+
+def _bad_json_line(text: str) -> str | None:
+    """``"line N is not a JSON object (why)"`` for the first such line of a JSON-lines text, else None."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            return f"line {n} is not a JSON object ({exc})"
+        if not isinstance(obj, dict):
+            return f"line {n} is not a JSON object (a {type(obj).__name__})"
+    return None
+
+
+def _why(path: Location, fmt: str, exc: Exception, raw: bytes | None) -> str:
+    """The one-line reason why the manifest file ``path`` (bytes ``raw``, read here when None) cannot be parsed,
+    with the fix."""
+    if raw is None:
+        try:
+            raw = _raw(path)
+        except OSError:  # unreadable: the parser's own error says why
+            raw = b"?"
+    if not raw.strip():
+        return (f"{path}: the file is empty; a manifest needs a header (or one JSON object per line) with id, image, "
+                "caption")
+    if fmt == "jsonl":
+        bad = _bad_json_line(raw.decode("utf-8", errors="replace"))
+        if bad is not None:
+            return f"{path}: {bad}; fix or remove that line (a JSON-lines manifest holds one object per line)"
+    hint = "; fix that line (a field that holds a comma must be quoted)" if "tokenizing" in str(exc) else ""
+    return f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {' '.join(str(exc).split())}){hint}"
+
+
+def _raw(path: Location) -> bytes:
+    with open_binary(path) as f:
+        return f.read()
+
+
+def _read_rows(path: Location, fmt: str) -> tuple[pd.DataFrame, tuple[int, ...]]:
+    """The rows of the manifest file ``path`` (local, or an fsspec URL read through a file object) and the rows
+    whose text was not UTF-8 (decoded with replacement characters, and logged)."""
+    raw = None if not is_url(path) else _raw(path)
+
+    def src():
+        return path if raw is None else io.BytesIO(raw)
+
     try:
-        if not is_url(path):
-            return _parse(path, fmt)
-        with open_binary(path) as f:
-            return _parse(io.BytesIO(f.read()), fmt)
+        try:
+            return _parse(src(), fmt), ()
+        except UnicodeDecodeError:
+            df = _parse(src(), fmt, errors="replace")
     except Exception as exc:  # the parsers raise many types; the user needs the file and the cause
-        raise ManifestError(f"{path}: cannot be read as {fmt} ({type(exc).__name__}: {exc})") from None
+        raise ManifestError(_why(path, fmt, exc, raw)) from None
+    rows = _replaced(df)
+    log.warning("%s: %d row(s) hold text that is not UTF-8 (rows %s); decoded with U+FFFD replacement characters",
+                path, len(rows), ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else ""))
+    return df, rows
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read a manifest and check its columns.
-
-    Args:
-        path: the manifest file or the folder holding ``manifest.parquet|.csv|.jsonl``; a local path
-            or an fsspec URL (``s3://bucket/manifest.parquet``, ``memory://...``).
-
-    Raises:
-        ManifestError: the file is missing, unreadable, or lacks one of ``id``, ``image``,
-            ``caption`` (the message names the columns expected and those found).
-        ConfigError: a URL whose protocol's package (s3fs, gcsfs) is not installed.
-    """
-    path = _find_manifest(as_location(path))
-    fmt = _format_of(path)
-    if not is_file(path):
-        raise ManifestError(f"{path}: manifest not found")
-    df = _read_rows(path, fmt)
+def _check_columns(df: pd.DataFrame, path: Location, fmt: str) -> None:
+    """Refuse a missing required column or a column named twice (pandas renames a CSV's second ``x`` to ``x.1``)."""
+    names = [str(c) for c in df.columns]
+    if fmt == "csv" and any(re.fullmatch(r"(.+)\.\d+", c) and re.fullmatch(r"(.+)\.\d+", c).group(1) in names
+                            for c in names):
+        header = pd.read_csv(io.BytesIO(_raw(path)), header=None, nrows=1, dtype=str, keep_default_na=False,
+                             encoding_errors="replace").iloc[0].tolist()
+        names = [str(c) for c in header]
+    dup = next((c for c in names if names.count(c) > 1), None)
+    if dup is not None:
+        raise ManifestError(f"{path}: column {dup!r} appears {names.count(dup)} times in the header; each column "
+                            "must appear once (rename or drop the copies)")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(
             f"{path}: missing column(s) {', '.join(missing)}; a manifest needs columns "
             f"{', '.join(REQUIRED_COLUMNS)} (found: {', '.join(map(str, df.columns)) or 'none'})"
         )
+
+
+def read_manifest(path: str | os.PathLike, *, allow_roots: Iterable[str | os.PathLike] = ()) -> Manifest:
+    """Read a manifest and check its columns.
+
+    Args:
+        path: the manifest file or the folder holding ``manifest.parquet|.csv|.jsonl``; a local path
+            or an fsspec URL (``s3://bucket/manifest.parquet``, ``memory://...``).
+        allow_roots: folders outside the manifest's own where its local images may lie (added to
+            :func:`clipguard.data.roots.user_roots`: ``clipguard --allow-root``, ``CLIPGUARD_ALLOW_ROOTS``).
+
+    Text that is not UTF-8 (CSV, JSON lines) is decoded with U+FFFD replacement characters; the rows
+    affected are :attr:`Manifest.replaced_rows` (and logged).
+
+    Raises:
+        ManifestError: the file is missing, empty or unreadable (a JSON-lines file: the first line that
+            is not a JSON object), names a column twice, lacks one of ``id``, ``image``, ``caption``
+            (the message names the columns expected and those found), or repeats an id.
+        ConfigError: a URL whose protocol's package (s3fs, gcsfs) is not installed.
+    """
+    path = _find_manifest(as_location(path))
+    fmt = _format_of(path)
+    if not is_file(path):
+        raise ManifestError(f"{path}: manifest not found; check the path")
+    df, replaced = _read_rows(path, fmt)
+    _check_columns(df, path, fmt)
     df = df.reset_index(drop=True)
     df["id"] = df["id"].astype(str)
+    if not pd.api.types.is_string_dtype(df["caption"]):  # e.g. a JSON number: text; a null stays missing
+        df["caption"] = [None if _missing(v) else str(v) for v in df["caption"]]
     dup = df["id"].duplicated()
     if dup.any():
         first = int(dup.to_numpy().nonzero()[0][0])
         raise ManifestError(
             f"{path}: id {df['id'].iat[first]!r} (row {first}) is not unique; ids must be unique"
         )
-    return Manifest(df=df, root=parent(path), path=path)
+    root = parent(path)
+    return Manifest(df=df, root=root, path=path, replaced_rows=replaced,
+                    roots=dataset_roots(root, path, allow_roots))
+
+
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
+def _mixed_as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every object column that mixes value types (JSON lines allow a caption ``12345`` beside
+    text) as text, missing values kept: Parquet needs one type per column."""
+    out = df
+    for c in df.columns:
+        if df[c].dtype != object:
+            continue
+        kinds = {type(v) for v in df[c] if not _missing(v)}
+        if len(kinds) > 1:
+            out = out.copy() if out is df else out
+            out[c] = [None if _missing(v) else str(v) for v in df[c]]
+    return out
 
 
 def _write_rows(df: pd.DataFrame, target, fmt: str) -> None:
     if fmt == "csv":
         df.to_csv(target, index=False)
     elif fmt == "parquet":
-        df.to_parquet(target, index=False)
+        _mixed_as_text(df).to_parquet(target, index=False)
     else:
         df.to_json(target, orient="records", lines=True)
 
 
-def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path | str:
+def _leaves_folder(images: pd.Series) -> bool:
+    """True when some local entry is absolute or climbs out of the manifest's folder (``../``)."""
+    return any(not is_url(e) and (os.path.isabs(e) or os.path.normpath(e).split(os.sep)[0] == os.pardir)
+               for e in images.astype(str))
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike,
+                   sources: Sequence[Location | None] = ()) -> Path | str:
     """Write ``df`` as CSV, Parquet or JSONL according to the extension of ``path`` (atomically for a
-    local file; an fsspec URL is written through fsspec). Returns ``path`` (a Path, or the URL)."""
+    local file; an fsspec URL is written through fsspec). Returns ``path`` (a Path, or the URL).
+
+    ``sources``: the manifests ``df`` was derived from (local ones). When rows point out of the folder
+    of ``path`` (at a source's images), the sources are named, with their SHA-256, in
+    ``<path>.sources.json``, so that reading ``path`` allows their roots (:mod:`clipguard.data.roots`).
+    """
     path = as_location(path)
     fmt = _format_of(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -176,4 +318,5 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path | str:
         return path
     with atomic_path(path) as tmp:
         _write_rows(df, tmp, fmt)
+    write_sources(path, [s for s in sources if s is not None] if _leaves_folder(df["image"]) else [])
     return path

@@ -172,10 +172,10 @@ def plant_natural(manifest: Manifest, out_dir: str | os.PathLike, *, natural_sha
         df.loc[rows["placeholder"], ["image", "plant"]] = ["images/placeholder.png", "placeholder"]
     df["natural"] = df["plant"] == "natural"
     df["mismatched"] = df["plant"].isin(["swapped", "placeholder"])
-    manifest_path = write_manifest(df, out / "manifest.parquet")
+    manifest_path = write_manifest(df, out / "manifest.parquet", sources=[manifest.path])
     spec = {"source": str(manifest.path or ""), "n_total": n, "caption": caption, "seed": seed,
             "shares": {"natural": natural_share, "swapped": swapped_share, "placeholder": placeholder_share},
-            "counts": counts, "ids": ids}
+            "counts": counts, "ids": ids, **manifest.read_counts()}
     spec_path = out / "plant.json"
     write_json(spec_path, spec)
     return PlantResult(manifest_path, spec_path, ids, n)

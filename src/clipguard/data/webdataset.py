@@ -224,17 +224,25 @@ def read_webdataset(pattern_or_paths: str | os.PathLike | Iterable[str | os.Path
         A :class:`~clipguard.data.manifest.Manifest` with columns ``id``, ``image``
         (``tar://<member>::<tar>``), ``caption``, ``source_shard`` (index of the tar in the expanded,
         sorted list; the rows of one tar are contiguous and ascending), ``key`` (the sample key) and the
-        json's other scalar fields. ``root`` is the folder of the first tar; ``path`` is None.
+        json's other scalar fields. ``root`` is the folder of the first tar; ``path`` is None. A tar with no
+        member is accepted (it adds no row; a warning names it).
 
     Raises:
         ConfigError: a malformed pattern, or a URL whose protocol package is not installed.
-        ManifestError: no tar matches, a tar is missing or unreadable, a json member is invalid, the
-            tars hold no sample, or two samples share an id.
+        ManifestError: no tar matches, a tar is missing, unreadable or cut off (no end-of-archive block),
+            a json member is invalid, the tars hold no sample, or two samples share an id.
     """
     label, tars = _tar_list(pattern_or_paths)
     rows: list[dict[str, Any]] = []
+    empty = []
     for s, archive in enumerate(tars):
-        rows.extend(_read_shard(archive, s))
+        found = _read_shard(archive, s)
+        rows.extend(found)
+        if not found:
+            empty.append(str(archive))
+    if empty and rows:
+        log.warning("%d of the %d tar file(s) hold no samples and add none: %s", len(empty), len(tars),
+                    ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else ""))
     if not rows:
         raise ManifestError(f"{label}: the {len(tars)} tar file(s) hold no samples")
     df = pd.DataFrame(rows)

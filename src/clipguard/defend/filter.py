@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipguard.data.manifest import read_manifest, write_manifest
+from clipguard.data.manifest import Manifest, read_manifest, write_manifest
 from clipguard.detect.facade import Scan
 from clipguard.detect.options import DEFAULT_DETECTOR
 from clipguard.errors import ConfigError
+from clipguard.utils.fs import is_url
 from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 from clipguard.utils.validate import check_int, check_real
@@ -130,7 +131,7 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kept["image"] = [_rebase(p, m.root, out) for p in kept["image"]]
-    manifest_out = write_manifest(kept.reset_index(drop=True), out / f"manifest{m.path.suffix}")
+    manifest_out = write_manifest(kept.reset_index(drop=True), out / f"manifest{m.path.suffix}", sources=[m.path])
 
     rank_col = f"{detector}_rank"
     cols = ["id", rank_col, f"{detector}_score"]
@@ -154,7 +155,7 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
         y = m.df["poisoned"].astype(bool).to_numpy()
         res.poisoned_recall = float(drop[y].mean()) if y.any() else None
         res.poisoned_precision = float(y[drop].mean()) if drop.any() else None
-    _save_record(res, m.path, scan_dir, detector, share, top, rule, out)
+    _save_record(res, m, scan_dir, detector, share, top, rule, out)
     return res
 
 
@@ -168,11 +169,12 @@ def datacomp_uids(ids: pd.Series) -> np.ndarray | None:
     return out
 
 
-def _save_record(res: FilterResult, manifest_path: Path, scan_dir, detector: str, share, top, rule: str,
+def _save_record(res: FilterResult, manifest: Manifest, scan_dir, detector: str, share, top, rule: str,
                  out: Path) -> None:
-    rec = RunRecord("filter", {"manifest": str(manifest_path), "scan_dir": str(scan_dir), "detector": detector,
+    rec = RunRecord("filter", {"manifest": str(manifest.path), "scan_dir": str(scan_dir), "detector": detector,
                                "share": share, "top": top})
-    rec["data_fingerprint"] = fingerprint_files([manifest_path])
+    rec["data_fingerprint"] = fingerprint_files([manifest.path])
+    rec.data.update(manifest.read_counts())
     rec.data.update(rule=rule, n_rows=res.n_rows, n_scored=res.n_scored, n_removed=res.n_removed,
                     n_kept=res.n_kept, n_unscored=res.n_unscored, poisoned_recall=res.poisoned_recall,
                     poisoned_precision=res.poisoned_precision)
@@ -180,7 +182,9 @@ def _save_record(res: FilterResult, manifest_path: Path, scan_dir, detector: str
 
 
 def _rebase(image: str, old_root: Path, new_root: Path) -> str:
-    """``image`` (relative to ``old_root``, or absolute) relative to ``new_root`` when possible."""
+    """``image`` (relative to ``old_root``, or absolute) relative to ``new_root`` when possible (a URL is kept)."""
+    if is_url(str(image)):
+        return str(image)
     p = Path(str(image))
     if p.is_absolute():
         return str(p)

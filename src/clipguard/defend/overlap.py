@@ -37,9 +37,8 @@ def _image_hashes(manifest: Manifest, progress: bool, desc: str) -> list[str | N
     out: list[str | None] = []
     with progress_bar(len(manifest), desc, unit="img", enabled=progress) as bar:
         for i in range(len(manifest)):
-            path = Path(manifest.image_path(i))
-            try:
-                out.append(hashlib.sha1(path.read_bytes()).hexdigest())
+            try:  # a missing file, or one outside the dataset's roots (an OSError too), has no hash
+                out.append(hashlib.sha1(Path(manifest.image_path(i)).read_bytes()).hexdigest())
             except OSError:
                 out.append(None)
             bar.update(1)

@@ -122,6 +122,7 @@ class Scan:
         self._shard = np.zeros(n, dtype=np.int64)
         self._row_in_shard = np.arange(n, dtype=np.int64)
         self._shard_ids, self._skipped_shards, self._sizes = [0], [], [int(n)]
+        self._ignored_files: list[str] = []
         self._source: str | None = None
         self._locate = None
         self._load_s: float | None = None
@@ -148,6 +149,7 @@ class Scan:
         scan._shard = meta["shard"].to_numpy(np.int64)
         scan._row_in_shard = meta["row_in_shard"].to_numpy(np.int64)
         scan._shard_ids, scan._skipped_shards = list(es.shard_ids), list(es.skipped_shards)
+        scan._ignored_files = list(es.ignored_files)
         scan._source = str(path)
         scan._locate = lambda i: f"{es.root}/{es.locate(i)}"
         scan._load_s = time.perf_counter() - t0
@@ -177,6 +179,7 @@ class Scan:
         scan._row_in_shard = table["row_in_shard"].to_numpy(np.int64)
         scan._shard_ids = list(run.get("shard_ids") or sorted(set(scan._shard.tolist())))
         scan._skipped_shards = list(run.get("skipped_shards") or [])
+        scan._ignored_files = list(run.get("ignored_files") or [])
         scan._sizes = list(run.get("shard_sizes") or [])
         scan._source, scan._locate, scan._load_s = run["config"].get("emb_dir"), None, None
         scan._rec = RunRecord("scan")
@@ -265,7 +268,7 @@ class Scan:
         with rec.stage("fingerprint"):
             rec["data_fingerprint"] = fingerprint_arrays(self.image)
         record_data(rec, n=n, d=d, inputs=self.available_inputs, detectors=names, shard_ids=self._shard_ids,
-                    shard_sizes=self._sizes, skipped_shards=self._skipped_shards)
+                    shard_sizes=self._sizes, skipped_shards=self._skipped_shards, ignored_files=self._ignored_files)
         with rec.stage("score"):
             raw, info = score_embeddings(self.image, names, cfg, text=self.text, captions=self.captions,
                                          dynamics=self.dynamics, describe_row=self._locate)

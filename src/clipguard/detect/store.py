@@ -58,8 +58,11 @@ def default_detector(detectors: list[str]) -> str:
 
 
 def record_data(rec: RunRecord, *, n: int, d: int, inputs: set[str], detectors: list[str],
-                shard_ids: list[int], shard_sizes: list[int], skipped_shards: list[int]) -> None:
-    """Put the sizes, inputs, detectors and shards of the scanned data into the run record."""
+                shard_ids: list[int], shard_sizes: list[int], skipped_shards: list[int],
+                ignored_files: list[str] | None = None) -> None:
+    """Put the sizes, inputs, detectors and shards of the scanned data into the run record:
+    ``skipped_shards`` (empty shards, 0 rows) and ``ignored_files`` (files of the shard folders that are
+    not shards) are counted too (``n_skipped_shards``, ``n_ignored_files``)."""
     rec["n"], rec["d"] = int(n), int(d)
     rec["inputs"] = sorted(inputs)
     rec["detectors"] = detectors
@@ -67,6 +70,9 @@ def record_data(rec: RunRecord, *, n: int, d: int, inputs: set[str], detectors: 
     rec["shard_ids"] = shard_ids
     rec["shard_sizes"] = shard_sizes
     rec["skipped_shards"] = skipped_shards
+    rec["n_skipped_shards"] = len(skipped_shards)
+    rec["ignored_files"] = list(ignored_files or [])
+    rec["n_ignored_files"] = len(rec["ignored_files"])
 
 
 def record_scoring(rec: RunRecord, info: dict[str, Any], skipped: dict[str, str]) -> None:

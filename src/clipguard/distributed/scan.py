@@ -100,7 +100,7 @@ def _make_worker(job: _ScanJob) -> Callable[[int], tuple[PartResult, dict[str, f
         t1 = time.perf_counter()
         x = normalize(raw, describe_row=where)
         if text is not None:
-            text = normalize(text, describe_row=lambda i: "text of " + where(i))
+            text = normalize(text, describe_row=lambda i: job.rows.locate(int(spec.rows[i]), "text"))
         t2 = time.perf_counter()
         res = score_part(x, spec, job.plan, job.cfg, job.names, job.available, text=text, references=job.refs)
         return res, {"read": read_s + t1 - t0, "normalize": t2 - t1, **res.timings}
@@ -144,16 +144,22 @@ def _reduce_inputs(store: PartStore, parts: list[PartSpec], job: _ScanJob, need_
     return graph_of, cache_of
 
 
+def _normalised(rows: EmbeddingRows, which: np.ndarray, kind: str) -> np.ndarray:
+    """(len(which), d) unit rows ``which`` of ``kind`` ("img" or "text"); a bad row is named by its shard file."""
+    raw = rows.image(which) if kind == "img" else rows.text(which)
+    return normalize(raw, describe_row=lambda i: rows.locate(int(which[i]), kind))
+
+
 def _reduce(store: PartStore, parts: list[PartSpec], job: _ScanJob, meta) -> tuple[dict, dict]:
     """Every detector's (N,) scores and the scan info, from the parts."""
     n = len(job.rows)
     keys = caption_keys(meta["caption"].to_numpy(dtype=object)) if "captions" in job.available else None
     need_x, need_t, need_graph = reduce_needs(job.names, job.cfg, job.available, keys is not None)
     every = np.arange(n, dtype=np.int64)
-    x = normalize(job.rows.image(every), describe_row=job.rows.locate) if need_x else not_loaded(n, job.rows.dim)
+    x = _normalised(job.rows, every, "img") if need_x else not_loaded(n, job.rows.dim)
     t = None
     if "text" in job.available:
-        t = normalize(job.rows.text(every)) if need_t else not_loaded(n, job.rows.text_dim)
+        t = _normalised(job.rows, every, "text") if need_t else not_loaded(n, job.rows.text_dim)
     graph_of, cache_of = _reduce_inputs(store, parts, job, need_graph)
     return reduce_scores(x, job.plan, job.cfg, job.names, graph_of, cache_of, text=t, captions=keys,
                          dynamics=job.dynamics)
@@ -259,13 +265,14 @@ def scan_sharded(
     with rec.stage("fingerprint"):
         rec["data_fingerprint"] = job.rows.fingerprint()
     record_data(rec, n=n, d=d, inputs=job.available, detectors=job.names, shard_ids=job.rows.shard_ids,
-                shard_sizes=job.rows.shard_sizes, skipped_shards=job.rows.skipped_shards)
+                shard_sizes=job.rows.shard_sizes, skipped_shards=job.rows.skipped_shards,
+                ignored_files=job.rows.ignored_files)
     store = PartStore(out / "parts", _spec(job, rec["data_fingerprint"]))
     need_graph = reduce_needs(job.names, cfg, job.available, "caption" in meta.columns)[2]
     parts = plan_parts(n, job.plan, cfg, part_rows)
     with rec.stage("references"):
-        job.refs = reference_draws(lambda r: normalize(job.rows.image(r)), n, job.plan, cfg,
-                                   (lambda r: normalize(job.rows.text(r))) if "text" in job.available else None)
+        job.refs = reference_draws(lambda r: _normalised(job.rows, r, "img"), n, job.plan, cfg,
+                                   (lambda r: _normalised(job.rows, r, "text")) if "text" in job.available else None)
     with make_distributor(distributor, address=address, workers=workers,
                           object_store_mb=object_store_mb) as dist, rec.stage("map"):
         rec["distributed"] = dist.describe()

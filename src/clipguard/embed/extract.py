@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,7 @@ def embed_shard(job: EmbedJob, i: int, bar=None) -> ShardOutcome:
     distributed embedding (:mod:`clipguard.distributed.embed`) calls this, one shard per task.
     """
     lo, hi = job.bounds[i]
-    sub = Manifest(job.manifest.df.iloc[lo:hi].reset_index(drop=True), job.manifest.root, job.manifest.path)
+    sub = replace(job.manifest, df=job.manifest.df.iloc[lo:hi].reset_index(drop=True))  # same roots
     shard_skips, timings = SkipLog(), {}
     idx, img, txt = _embed_rows(job, sub, shard_skips, bar if bar is not None else _NoBar(), timings)
     t0 = time.perf_counter()
@@ -242,6 +242,7 @@ def embed_record(job: EmbedJob, precision: str) -> RunRecord:
                               "device": str(job.dev), "precision": precision, "num_workers": job.num_workers})
     if m.path is not None:
         rec["data_fingerprint"] = fingerprint_files([m.path])
+    rec.data.update(m.read_counts())
     return rec
 
 

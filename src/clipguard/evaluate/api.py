@@ -15,7 +15,7 @@ from clipguard.data.dataset import load_rgb
 from clipguard.data.manifest import Manifest, read_manifest
 from clipguard.data.templates import DEFAULT_TEMPLATES, check_templates
 from clipguard.errors import ConfigError
-from clipguard.evaluate.zeroshot import build_classifier, evaluate_zero_shot, image_embeddings
+from clipguard.evaluate.zeroshot import build_classifier, evaluate_zero_shot, image_embeddings, label_indices
 from clipguard.models.factory import ClipBundle, load_model
 from clipguard.utils.device import DEFAULT_DEVICE
 from clipguard.utils.io import read_json_object
@@ -87,7 +87,7 @@ def evaluate_model(model: ClipBundle | str | os.PathLike, test_manifest: str | o
     Args:
         model: a model folder (loaded onto ``device``) or a :class:`ClipBundle`, evaluated where
             it already is (its caller chose its device).
-        test_manifest: a labelled test split (column ``label``).
+        test_manifest: a labelled test split (column ``label``: class indices or class names).
         classes: ``classes.json`` (see :func:`read_classes`).
         attack_spec: ``attack.json``; its trigger is applied to the test images (test variant).
         seed: per-image trigger randomness.
@@ -95,12 +95,13 @@ def evaluate_model(model: ClipBundle | str | os.PathLike, test_manifest: str | o
             torch sees one, else the CPU; ``None`` or "cpu": the CPU).
 
     Raises:
-        ConfigError: a missing or malformed classes file or attack spec, a target that is not a class.
+        ConfigError: a missing or malformed classes file or attack spec, a target that is not a class, a
+            label that is not a class (the message names the row).
     """
-    bundle = model if isinstance(model, ClipBundle) else load_model(model, device=device)
     classnames, templates = read_classes(classes)
     spec = None if attack_spec is None else read_json_object(Path(attack_spec), "an attack spec (attack.json)")
-    test = read_manifest(test_manifest)
+    test = label_indices(read_manifest(test_manifest), classnames)  # bad inputs fail before the model is loaded
+    bundle = model if isinstance(model, ClipBundle) else load_model(model, device=device)
     if spec is None:
         return evaluate_zero_shot(bundle, test, classnames, templates, progress=progress)
     trigger, target = trigger_from_spec(spec), spec.get("target")

@@ -11,7 +11,7 @@ Conventions (stated in every report):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from clipguard.attacks.base import Trigger
-from clipguard.data.dataset import SkipLog, load_rgb
+from clipguard.data.dataset import SkipLog, load_rgb, skip_reason
 from clipguard.data.manifest import Manifest
 from clipguard.errors import ConfigError
 from clipguard.models.factory import ClipBundle
@@ -28,7 +28,7 @@ from clipguard.utils.progress import progress_bar
 from clipguard.utils.seeding import derive_seed
 
 __all__ = ["ASR_CONVENTION", "TestImages", "build_classifier", "evaluate_zero_shot", "image_embeddings",
-           "load_test_images", "text_embeddings"]
+           "label_indices", "load_test_images", "text_embeddings"]
 
 ASR_CONVENTION = ("ASR = share of triggered test images whose true class is not the target that are "
                   "classified as the target; headline figures use class embeddings averaged over all templates")
@@ -63,6 +63,50 @@ def build_classifier(bundle: ClipBundle, classnames: Sequence[str], templates: S
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
+def _label_index(value, index: dict[str, int]) -> int | None:
+    """The class index ``value`` stands for (a class name, or an index in range given as a number or
+    digits), else None."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return None
+    if isinstance(value, str):
+        if value in index:
+            return index[value]
+        value = int(value.strip()) if value.strip().lstrip("-").isdigit() else None
+    elif isinstance(value, (float, np.floating)):
+        value = int(value) if float(value).is_integer() else None
+    if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(index):
+        return int(value)
+    return None
+
+
+def label_indices(manifest: Manifest, classnames: Sequence[str]) -> Manifest:
+    """``manifest`` with its ``label`` column as (n,) int64 class indices: an index in ``[0, C)`` stays,
+    a class name (what users write) becomes its index in ``classnames``. Unchanged without a ``label``
+    column.
+
+    Raises:
+        ConfigError: a label that is neither a class name nor an index in range (the message names the
+            row, its id and the valid classes).
+    """
+    if "label" not in manifest.df.columns:
+        return manifest
+    index = {str(c): j for j, c in enumerate(classnames)}
+    out = np.empty(len(manifest.df), dtype=np.int64)
+    for i, value in enumerate(manifest.df["label"].tolist()):
+        j = _label_index(value, index)
+        if j is None:
+            what = (f"label {value} is not a class index (0..{len(index) - 1}) of the classes"
+                    if isinstance(value, (int, np.integer)) or str(value).strip().lstrip("-").isdigit()
+                    else f"label {value!r} is not one of the classes")
+            raise ConfigError(f"{manifest.path}: row {i} (id {manifest.df['id'].iat[i]}): {what} "
+                              f"{', '.join(map(str, classnames))}; write a class name or its index "
+                              f"(0..{len(index) - 1})")
+        out[i] = j
+    df = manifest.df.copy()
+    df["label"] = out
+    return replace(manifest, df=df)
+
+
 @dataclass
 class TestImages:
     """Preprocessed test images (n, 3, H, W), their labels (n,), and rows skipped while loading."""
@@ -86,15 +130,15 @@ def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger
     has_labels = "label" in manifest.df.columns and pd.api.types.is_integer_dtype(manifest.df["label"])
     if labelled and not has_labels:
         raise ConfigError(f"{manifest.path}: a labelled test manifest needs an integer 'label' column "
-                          "(the index of each image's class in classes.json)")
+                          "(the index of each image's class in classes.json) or a column of class names")
     imgs, labels, skipped = [], [], SkipLog()
     with progress_bar(len(manifest), desc, unit="img", enabled=progress) as bar:
         for i in range(len(manifest)):
             bar.update(1)
             try:
                 pil = load_rgb(manifest.image_path(i))
-            except Exception as exc:
-                skipped.add(i, str(manifest.df["id"].iat[i]), f"unreadable image: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # missing, corrupt, too large or outside the roots: counted
+                skipped.add(i, str(manifest.df["id"].iat[i]), skip_reason(exc))
                 continue
             if trigger is not None:
                 seed_i = derive_seed(seed, "test-trigger", manifest.df["id"].iat[i])
@@ -118,19 +162,26 @@ def evaluate_zero_shot(bundle: ClipBundle, test: Manifest, classnames: Sequence[
                        progress: bool = True) -> dict:
     """CA (and ASR when ``trigger`` and ``target`` are given) of ``bundle`` on a labelled test split.
 
+    The ``label`` column holds class indices or class names (:func:`label_indices`).
+
     Returns:
-        ``{"clean_accuracy", "clean_accuracy_per_template", "n_test"}`` plus, with a trigger,
-        ``{"attack_success_rate", "attack_success_rate_per_template",
+        ``{"clean_accuracy", "clean_accuracy_per_template", "n_test", "n_test_skipped",
+        "test_skip_counts" (skipped test images by reason), "rows_decoded_with_replacement"}`` plus,
+        with a trigger, ``{"attack_success_rate", "attack_success_rate_per_template",
         "attack_success_rate_template_mean", "n_asr", "target", "asr_convention"}``.
+
+    Raises:
+        ConfigError: a label that is not a class, no readable test image, a target that is not a class.
     """
     bundle.model.eval()
+    test = label_indices(test, classnames)
     clean = load_test_images(bundle, test, progress=progress, desc="clean test")
     emb = image_embeddings(bundle, clean.images)
     heads = {"ensemble": build_classifier(bundle, classnames, templates)}
     heads.update({t: build_classifier(bundle, classnames, [t]) for t in templates})
     ca = {name: float((_predict(emb, w) == clean.labels).mean()) for name, w in heads.items()}
     out: dict = {"clean_accuracy": ca.pop("ensemble"), "clean_accuracy_per_template": ca, "n_test": len(clean.labels),
-                 "n_test_skipped": len(clean.skipped)}
+                 "n_test_skipped": len(clean.skipped), "test_skip_counts": clean.skipped.counts(), **test.read_counts()}
     if trigger is None:
         return out
     if target not in classnames:

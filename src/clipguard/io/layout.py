@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clipguard.utils.fs import Location, is_url, join, list_dir
 
-__all__ = ["SHARD_KINDS", "shard_name", "shard_path", "list_shards"]
+__all__ = ["SHARD_KINDS", "shard_name", "shard_path", "list_shards", "stray_files"]
 
 SHARD_KINDS: dict[str, tuple[str, str, str]] = {
     "img": ("img_emb", "img_emb_", ".npy"),
@@ -67,3 +67,15 @@ def list_shards(root: str | Path, kind: str) -> dict[int, Location]:
         if m:
             out[int(m.group(1))] = join(folder, name)
     return dict(sorted(out.items()))
+
+
+def stray_files(root: str | Path, kinds: tuple[str, ...] = ("img", "text", "meta")) -> list[str]:
+    """Files in the sub-folders of ``kinds`` under ``root`` that are not shards of that kind
+    (``img_emb/notes.txt``, ``img_emb/img_emb_3.npy.bak``), relative to ``root`` and sorted. Hidden
+    files (``.name``: the temporary files of an atomic write) are not listed."""
+    out = []
+    for kind in kinds:
+        folder_name = SHARD_KINDS[kind][0]
+        out += [f"{folder_name}/{name}" for name in list_dir(join(root, folder_name), "file")
+                if not name.startswith(".") and not _PATTERNS[kind].match(name)]
+    return sorted(out)

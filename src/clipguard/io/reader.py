@@ -10,7 +10,9 @@
                                        (may hold id, caption, image, poisoned)
 
 Shards are ordered by their integer index (``img_emb_10`` comes after ``img_emb_9``). Shards
-with 0 rows are skipped (listed in :attr:`EmbeddingSet.skipped_shards`, with a warning).
+with 0 rows are skipped (listed in :attr:`EmbeddingSet.skipped_shards`, with a warning). Other files
+in ``img_emb/``, ``text_emb/`` and ``metadata/`` (``notes.txt``, ``img_emb_3.npy.bak``) are ignored,
+with a warning, and listed in :attr:`EmbeddingSet.ignored_files` (a scan records them in ``run.json``).
 
 The folder may be local (shards memory-mapped) or an fsspec URL (``s3://bucket/emb``,
 ``memory://emb``: each shard read through a file object). A Parquet file, or a folder of Parquet
@@ -27,11 +29,11 @@ import numpy as np
 import pandas as pd
 
 from clipguard.errors import EmbeddingError
-from clipguard.io.layout import list_shards, shard_name
+from clipguard.io.layout import list_shards, shard_name, stray_files
 from clipguard.io.nemo import is_parquet_input, list_parquet_shards, read_parquet_shard
 from clipguard.utils.fs import Location, as_location, is_dir, is_url, join, open_binary
 
-__all__ = ["EmbeddingSet", "load_embedding_folder", "can_memory_map", "list_folder"]
+__all__ = ["EmbeddingSet", "load_embedding_folder", "can_memory_map", "list_folder", "ignored_files"]
 
 log = logging.getLogger("clipguard")
 
@@ -52,6 +54,7 @@ class EmbeddingSet:
             its folder).
         shard_files: ``{i: file of shard i relative to root}`` when the shards are not
             ``img_emb/img_emb_<i>.npy`` (Parquet input); empty for a clip-retrieval folder.
+        ignored_files: files of the shard folders that are not shards (relative to root), ignored.
     """
 
     image: np.ndarray
@@ -62,15 +65,20 @@ class EmbeddingSet:
     skipped_shards: list[int] = field(default_factory=list)
     root: Path | str | None = None
     shard_files: dict[int, str] = field(default_factory=dict)
+    ignored_files: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
 
-    def locate(self, row: int) -> str:
-        """Human-readable origin of global row ``row``, e.g. ``'img_emb/img_emb_3.npy row 7 (global row 1207)'``."""
+    def locate(self, row: int, kind: str = "img") -> str:
+        """Human-readable origin of global row ``row``, e.g. ``'img_emb/img_emb_3.npy row 7 (global row 1207)'``
+        (``kind="text"``: ``'text_emb/text_emb_3.npy ...'``, or ``'text of <file>'`` for Parquet input)."""
         shard = int(self.metadata["shard"].iat[row])
         in_shard = int(self.metadata["row_in_shard"].iat[row])
-        name = self.shard_files.get(shard) or shard_name("img", shard)
+        if shard in self.shard_files:
+            name = ("" if kind == "img" else "text of ") + self.shard_files[shard]
+        else:
+            name = shard_name(kind, shard)
         return f"{name} row {in_shard} (global row {row})"
 
 
@@ -146,6 +154,17 @@ def list_folder(root: Location) -> tuple[dict[int, Location], dict[int, Location
     return img, text, meta
 
 
+def ignored_files(root: Location) -> list[str]:
+    """The files of ``img_emb/``, ``text_emb/`` and ``metadata/`` under ``root`` that are not shards
+    (relative to ``root``), with a warning when there are any: they are ignored, not read."""
+    stray = stray_files(root)
+    if stray:
+        log.warning("%s: ignored %d file(s) that are not shards (img_emb_<i>.npy, text_emb_<i>.npy, "
+                    "metadata_<i>.parquet): %s; rename or remove them if they hold data", root, len(stray),
+                    ", ".join(stray[:5]) + (", ..." if len(stray) > 5 else ""))
+    return stray
+
+
 def _open_shard(i: int, img_path: Location, text: dict[int, Location], meta: dict[int, Location]):
     """``(image, text or None, metadata path or None)`` of shard ``i``, row counts checked."""
     arr = _open_npy(img_path)
@@ -209,6 +228,7 @@ class _Shards:
         self.dim: int | None = None
         self.dim_from: Location | None = None
         self.text_dim: int | None = None
+        self.ignored: list[str] = []
 
     def add(self, i: int, img_path: Location, arr: np.ndarray, t_arr: np.ndarray | None,
             text_path: Location | None, meta: pd.DataFrame, meta_from: Location) -> None:
@@ -237,6 +257,7 @@ class _Shards:
 def _read_clip_retrieval(root: Location, shards: _Shards) -> tuple[list[int], Location]:
     """Add the shards of a clip-retrieval folder; ``(skipped shard indices, image folder)``."""
     img, text, meta = list_folder(root)
+    shards.ignored = ignored_files(root)
     skipped = []
     for i, img_path in img.items():
         arr, t_arr, meta_path = _open_shard(i, img_path, text, meta)
@@ -319,4 +340,5 @@ def load_embedding_folder(path: str | Path) -> EmbeddingSet:
         skipped_shards=skipped,
         root=root,
         shard_files=files,
+        ignored_files=shards.ignored,
     )

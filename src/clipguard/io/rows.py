@@ -3,9 +3,10 @@
 :class:`EmbeddingRows` opens every image (and caption) shard of a clip-retrieval folder as a
 memory map, numbers the rows of the non-empty shards in shard order (the global rows of
 :func:`~clipguard.io.reader.load_embedding_folder`), and reads any set of global rows as one
-float32 array. It is cheap to pickle (it holds paths and sizes; a read opens the maps it needs and drops them),
-so a distributor ships it to its workers. Inputs that cannot be memory-mapped (an
-fsspec URL such as ``s3://`` or ``memory://``, NeMo Curator's embedding Parquet) are read whole
+float32 array (refusing rows that hold NaN or inf, naming their shard file and row). It is cheap
+to pickle (it holds paths and sizes; a read opens the maps it needs and drops them), so a
+distributor ships it to its workers. Inputs that cannot be memory-mapped (an fsspec URL such as
+``s3://`` or ``memory://``, NeMo Curator's embedding Parquet) are read whole
 with :func:`~clipguard.io.reader.load_embedding_folder` and served from memory (and then pickled
 with their arrays).
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 from clipguard.errors import EmbeddingError
 from clipguard.io.layout import shard_name
-from clipguard.io.reader import EmbeddingSet, can_memory_map, list_folder, load_embedding_folder
+from clipguard.io.reader import EmbeddingSet, can_memory_map, ignored_files, list_folder, load_embedding_folder
 from clipguard.utils.runrecord import fingerprint_arrays, fingerprint_files
 
 __all__ = ["EmbeddingRows"]
@@ -45,10 +46,12 @@ class EmbeddingRows:
         offsets: (len(shard_ids) + 1,) global row where each shard starts, then N.
         dim: image embedding dimension d; ``text_dim``: caption dimension, or None.
         has_text: whether the folder has caption embeddings.
+        ignored_files: files of the shard folders that are not shards (ignored, with a warning).
 
     Raises:
         EmbeddingError: as :func:`~clipguard.io.reader.load_embedding_folder` for a malformed
-            folder (missing shards, misaligned rows, dimensions that differ between shards).
+            folder (missing shards or metadata shards, misaligned rows, dimensions that differ
+            between shards).
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -62,34 +65,35 @@ class EmbeddingRows:
         self._img = {i: p for i, p in img.items()}
         self._text = dict(text)
         self._meta = dict(meta)
-        sizes, ids, skipped, dims, tdims = [], [], [], set(), set()
+        self.ignored_files = ignored_files(self.root.resolve())
+        sizes, ids, skipped, dims, tdims = [], [], [], {}, {}
         for i, path in img.items():
             arr = _open(path)
             if arr.shape[0] == 0:
                 skipped.append(i)
                 continue
+            if self._meta and i not in self._meta:
+                raise EmbeddingError(f"metadata/metadata_{i}.parquet is missing for {path}; re-export the metadata "
+                                     "so every image shard has one")
             if i in self._meta and _parquet_rows(self._meta[i]) != arr.shape[0]:
                 raise EmbeddingError(f"{self._meta[i]} has {_parquet_rows(self._meta[i])} rows but {path} has "
                                      f"{arr.shape[0]}; metadata must be row-aligned, re-export shard {i}")
             ids.append(i)
             sizes.append(int(arr.shape[0]))
-            dims.add(int(arr.shape[1]))
+            _same_dim(dims, int(arr.shape[1]), path)
             if self._text:
                 t = _open(self._text[i])
                 if t.shape[0] != arr.shape[0]:
                     raise EmbeddingError(f"{self._text[i]} has {t.shape[0]} rows but {path} has {arr.shape[0]}; "
                                          f"re-export shard {i} so text and image embeddings are row-aligned")
-                tdims.add(int(t.shape[1]))
+                _same_dim(tdims, int(t.shape[1]), self._text[i])
         if not ids:
             raise EmbeddingError(f"every image embedding shard in {self.root / 'img_emb'} is empty (0 rows); "
                                  "nothing to scan, check the embedding step")
-        if len(dims) > 1 or len(tdims) > 1:
-            raise EmbeddingError(f"the shards of {self.root} have different dimensions {sorted(dims | tdims)}; "
-                                 "all shards must come from the same model, re-embed the mismatched shard")
         self.shard_ids, self.shard_sizes, self.skipped_shards = ids, sizes, skipped
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.dim = dims.pop()
-        self.text_dim = tdims.pop() if tdims else None
+        self.dim = next(iter(dims))
+        self.text_dim = next(iter(tdims)) if tdims else None
         self.has_text = bool(self._text)
 
     def _from_set(self, root: Any) -> None:
@@ -103,6 +107,7 @@ class EmbeddingRows:
         self.dim = int(es.image.shape[1])
         self.text_dim = None if es.text is None else int(es.text.shape[1])
         self.has_text = es.text is not None
+        self.ignored_files = list(es.ignored_files)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -121,7 +126,7 @@ class EmbeddingRows:
                                  f"the {n} rows of {self.root}")
         if self._set is not None:
             arr = self._set.image if kind == "img" else self._set.text
-            return np.asarray(arr[rows], dtype=np.float32)
+            return self._finite(np.asarray(arr[rows], dtype=np.float32), rows, kind)
         dim = self.dim if kind == "img" else self.text_dim
         out = np.empty((len(rows), dim), dtype=np.float32)
         shard = np.searchsorted(self.offsets, rows, side="right") - 1
@@ -132,7 +137,16 @@ class EmbeddingRows:
             arr = self._map(kind, self.shard_ids[s])
             out[sel[order]] = arr[local[order]]
             del arr  # unmapped here
-        return out
+        return self._finite(out, rows, kind)
+
+    def _finite(self, out: np.ndarray, rows: np.ndarray, kind: str) -> np.ndarray:
+        """``out`` (the rows read), unless some hold NaN or inf: then an EmbeddingError naming the first."""
+        if np.isfinite(out).all():
+            return out
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        raise EmbeddingError(f"{bad.size} of the {len(rows)} rows read contain NaN or inf (first: "
+                             f"{self.locate(int(rows[bad[0]]), kind)}); re-embed those samples or drop them "
+                             "before scanning")
 
     def image(self, rows: Any) -> np.ndarray:
         """(len(rows), d) float32 image embeddings of the global ``rows`` (as stored, not normalised)."""
@@ -167,12 +181,13 @@ class EmbeddingRows:
             frames.append(df)
         return pd.concat(frames, ignore_index=True)
 
-    def locate(self, row: int) -> str:
-        """``'emb/img_emb/img_emb_3.npy row 7 (global row 1207)'`` for error messages."""
+    def locate(self, row: int, kind: str = "img") -> str:
+        """``'emb/img_emb/img_emb_3.npy row 7 (global row 1207)'`` for error messages (``kind="text"``:
+        the caption embedding's ``text_emb/text_emb_3.npy``)."""
         if self._set is not None:
-            return self._set.locate(int(row))
+            return self._set.locate(int(row), kind)
         s = int(np.searchsorted(self.offsets, row, side="right") - 1)
-        return f"{self.root}/{shard_name('img', self.shard_ids[s])} row {row - self.offsets[s]} (global row {row})"
+        return f"{self.root}/{shard_name(kind, self.shard_ids[s])} row {row - self.offsets[s]} (global row {row})"
 
     def fingerprint(self) -> str:
         """SHA-256 of the data: over the bytes of every shard file (image, caption, metadata) of a
@@ -183,6 +198,15 @@ class EmbeddingRows:
             return fingerprint_arrays(es.image, *([] if es.text is None else [es.text]),
                                       pd.util.hash_pandas_object(meta, index=False).to_numpy())
         return fingerprint_files(sorted([*self._img.values(), *self._text.values(), *self._meta.values()]))
+
+
+def _same_dim(seen: dict[int, Path], dim: int, path: Path) -> None:
+    """Record ``path``'s dimension in ``seen`` (``{dimension: first shard with it}``); refuse a second one."""
+    if seen and dim not in seen:
+        first_dim, first = next(iter(seen.items()))
+        raise EmbeddingError(f"{path} has dimension {dim} but {first} has {first_dim}; all shards must come from "
+                             "the same model, re-embed the mismatched shard")
+    seen.setdefault(dim, path)
 
 
 def _open(path: Path) -> np.ndarray:

@@ -4,8 +4,11 @@
   are ever downloaded.
 * Tiny architectures for CPU work, registered as JSON files in ``clipguard/models/configs``
   (``tiny-rn``, ``tiny-vit``); open_clip sees them under the same names.
-* Local weights from a ``.safetensors`` file, or a torch file loaded with ``weights_only=True``
-  (untrusted pickles are never executed).
+* Local weights from a ``.safetensors`` file (preferred: it holds tensors only), or a torch file loaded
+  with ``weights_only=True`` (:func:`load_torch_file`): a pickle that would build anything but tensors
+  and plain containers (a ``__reduce__`` calling ``os.system``, ...) is refused in one line and nothing
+  in it runs. Weights whose tensors do not match the architecture are refused naming the first
+  mismatch (tensor name, expected and found shape).
 * A trained model is saved as a folder: ``model.safetensors`` + ``model.json`` (architecture name
   and full config), loadable without clipguard's config registry. A ViT repaired at inference
   (:mod:`clipguard.models.head_repair`) keeps its original weights there, plus ``repair.safetensors``
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,8 +42,8 @@ from clipguard.utils.device import resolve_device
 from clipguard.utils.io import atomic_path, read_json_object, write_json
 from clipguard.utils.seeding import seeded_torch_rng
 
-__all__ = ["ClipBundle", "create_model", "get_model_config", "list_models", "load_model", "load_state_dict",
-           "save_model"]
+__all__ = ["ClipBundle", "create_model", "first_mismatch", "get_model_config", "list_models", "load_model",
+           "load_state_dict", "load_torch_file", "save_model"]
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -107,21 +112,91 @@ def _build(name: str, config: dict[str, Any]) -> ClipBundle:
     return ClipBundle(model=model, preprocess=preprocess, tokenizer=tokenizer, name=name, config=config)
 
 
+_TORCH_BOILERPLATE = ("weights only load failed", "please file an issue", "check the documentation",
+                      "weightsunpickler error", "in pytorch 2.6", "re-running")
+
+
+def _unpickle_reason(exc: Exception) -> str:
+    """The specific line of torch's (long, multi-line) weights_only refusal, e.g. ``Trying to load
+    unsupported GLOBAL posix.system whose module posix is blocked``."""
+    lines = [ln.strip().rstrip(".") for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.lower().startswith(_TORCH_BOILERPLATE)]
+    return useful[0] if useful else type(exc).__name__
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "weights file",
+                    fix: str = "convert it to .safetensors where you trust it, and pass that") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only.
+
+    A pickle that would build anything else (a ``__reduce__`` that calls ``os.system``, any class) is
+    refused BEFORE it runs: torch's restricted unpickler stops at the first forbidden global.
+
+    Args:
+        path: the file.
+        what, fix: what the file is and what to do about a refused one, for the message.
+
+    Raises:
+        ConfigError: one line naming ``path``: refused (it needs code or objects other than tensors),
+            or unreadable.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it was not written with
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(f"{path}: refused: this {what} is a pickle that needs more than tensors to load "
+                          f"(torch weights_only=True: {_unpickle_reason(exc)}); nothing in it was run; {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt zip, not a torch file, ...
+        raise ConfigError(f"{path}: cannot be read as a torch {what} ({type(exc).__name__}: "
+                          f"{_first_reason(exc)}); {fix}") from None
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read weights from ``.safetensors`` or a torch file (``weights_only=True``: no code is unpickled)."""
+    """Read weights from ``.safetensors`` (preferred) or a torch file (:func:`load_torch_file`: no code is
+    unpickled), as ``{tensor name: tensor}`` (a ``state_dict`` entry and ``module.`` prefixes unwrapped).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, refused (a pickle needing more than tensors), or
+            holds something other than named tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"weights file {path} not found")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path}: cannot be loaded safely with weights_only=True ({exc}); "
-                          "convert it to .safetensors") from None
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ConfigError(f"{path}: not a readable .safetensors file ({_first_reason(exc)}); "
+                              "re-export the weights") from None
+    sd = load_torch_file(path)
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path}: holds a {type(sd).__name__}, not a state_dict (tensor name -> tensor); "
+                          "save model.state_dict()")
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise ConfigError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; save the model's "
+                              "state_dict() alone")
+    return {str(k).removeprefix("module."): v for k, v in sd.items()}
+
+
+def first_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+    """One line naming the first tensor, in the architecture's order, that ``found`` lacks or holds with
+    another shape (else the first tensor of ``found`` the architecture does not have), with the count of
+    the others; None when names and shapes all match."""
+    problems = []
+    for name, t in expected.items():
+        want = tuple(t.shape)
+        if name not in found:
+            problems.append(f"tensor {name!r} (expected shape {want}) is missing")
+        elif tuple(found[name].shape) != want:
+            problems.append(f"tensor {name!r} has shape {tuple(found[name].shape)}, expected {want}")
+    problems += [f"tensor {k!r} (shape {tuple(v.shape)}) is not part of the architecture"
+                 for k, v in found.items() if k not in expected]
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more mismatched tensors)" if len(problems) > 1 else "")
 
 
 def _first_reason(exc: Exception) -> str:
@@ -150,13 +225,12 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, seed: i
         with seeded_torch_rng(seed):
             bundle = _build(name, config)
     if weights is not None:
-        try:
-            missing, unexpected = bundle.model.load_state_dict(load_state_dict(weights), strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise ConfigError(f"{weights}: weights do not match architecture {name!r} ({_first_reason(exc)})") from None
-        if missing or unexpected:
-            raise ConfigError(f"{weights}: weights do not match architecture {name!r} "
-                              f"(missing {len(missing)} keys e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})")
+        state = load_state_dict(weights)
+        problem = first_mismatch(bundle.model.state_dict(), state)
+        if problem:
+            raise ConfigError(f"{weights}: weights do not match architecture {name!r}: {problem}; pass weights "
+                              f"saved from {name!r} or the architecture they come from")
+        bundle.model.load_state_dict(state)
     return bundle.to(device)
 
 
@@ -195,11 +269,17 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                           "pass a folder written by `clipguard train`") from None
     try:
         state = load_file(str(weights))
-        _check_towers(bundle.model, state, weights)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types (a pickle is never run)
+        raise ConfigError(f"{weights}: not a readable .safetensors file ({_first_reason(exc)}); pass a folder "
+                          "written by `clipguard train`") from None
+    _check_towers(bundle.model, state, weights)
+    problem = first_mismatch(bundle.model.state_dict(), state)
+    if problem:
+        raise ConfigError(f"{weights}: cannot be loaded into architecture {meta['model_name']!r}: {problem}; "
+                          "retrain or pass the matching folder")
+    try:
         bundle.model.load_state_dict(state)
-    except ConfigError:
-        raise
-    except Exception as exc:  # safetensors and torch raise several types (corrupt file, shape mismatch)
+    except Exception as exc:  # noqa: BLE001 - e.g. a tensor torch cannot copy (dtype)
         raise ConfigError(f"{weights}: cannot be loaded into architecture {meta['model_name']!r} "
                           f"({_first_reason(exc)}); "
                           "retrain or pass the matching folder") from None

@@ -102,8 +102,8 @@ def _synth(config: DemoConfig, f: _Folders, progress: bool) -> dict[str, Any]:
 
 def _poison(config: DemoConfig, f: _Folders, templates: list[str], progress: bool) -> None:
     """The poisoned training set (kept when resuming), captions from the world's templates."""
-    if (f.poisoned / "attack.json").is_file():
-        return
+    if (f.poisoned / "attack.json").is_file() and (f.poisoned / "manifest.parquet").is_file():
+        return  # the manifest is written last: both there = a finished poisoning
     trigger = get_trigger(config.attack, **config.attack_params)
     poison_dataset(read_manifest(f.world / "train" / "manifest.parquet"), f.poisoned, trigger,
                    target=config.target, rate=config.poison_rate, templates=templates,

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from clipguard.analyze import DiscoverConfig, discover_clusters
+from clipguard.detect.neighbours.normalize import normalize
 from clipguard.detect.store import SavedScan, read_scan
 from clipguard.errors import ConfigError
 from clipguard.io.reader import EmbeddingSet, load_embedding_folder
@@ -39,7 +40,12 @@ def _embeddings(saved: SavedScan, scan_dir: Path, embeddings: str | os.PathLike 
     tries = [Path(source), scan_dir / source, scan_dir / "embeddings"] if source else [scan_dir / "embeddings"]
     for path in tries:
         if (path / "img_emb").is_dir():
-            return load_embedding_folder(path)
+            es = load_embedding_folder(path)
+            # refuse NaN/inf and all-zero rows as a scan does, naming the shard file and row
+            normalize(es.image, describe_row=lambda i: f"{es.root}/{es.locate(i)}")
+            if es.text is not None:
+                normalize(es.text, describe_row=lambda i: f"{es.root}/{es.locate(i, 'text')}")
+            return es
     raise ConfigError(f"{scan_dir}: the embedding folder this scan scored ({source or 'not recorded'}) was not "
                       "found; pass it with --embeddings EMB_DIR")
 

@@ -80,7 +80,8 @@ def scan_dataset(
     """
     cfg = ScanConfig.resolve(config, **overrides)  # fail fast, before the expensive part
     emb_dir = Path(out_dir) / "embeddings"
-    emb = embed_dataset(load_model(model_dir, device=cfg.device), read_source(manifest), emb_dir,
+    source = read_source(manifest)  # a bad manifest fails before the model is loaded
+    emb = embed_dataset(load_model(model_dir, device=cfg.device), source, emb_dir,
                         batch_size=embed_batch_size, progress=progress, device=cfg.device)
     res = run_scan(emb_dir, out_dir, detectors=detectors, config=cfg)
     return DatasetScanResult(embed=emb, scan=res, emb_dir=emb_dir)

@@ -47,7 +47,8 @@ def _histogram(ax: Any, scores: np.ndarray, poisoned: np.ndarray | None, detecto
     clean apart when ground truth is known."""
     s = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(s)
-    logged = bool(finite.any() and (s[finite] > 0).all() and s[finite].max() / max(s[finite].min(), 1e-300) > 1e3)
+    with np.errstate(over="ignore"):  # capped scores (DAO's largest float64) over a tiny minimum: inf, still > 1e3
+        logged = bool(finite.any() and (s[finite] > 0).all() and s[finite].max() / max(s[finite].min(), 1e-300) > 1e3)
     v = np.log10(s) if logged else s
     ok = np.isfinite(v)
     bins = np.histogram_bin_edges(v[ok], bins=50) if ok.any() else np.linspace(0, 1, 11)

@@ -8,6 +8,10 @@ each, score histograms per detector (poisoned vs clean with ground truth), ROC a
 precision-recall curves, a 2-D PCA map of the image embeddings with the suspects highlighted
 (a density raster beyond 100,000 points), and the clusters of ``clipguard discover`` when it ran.
 
+Thumbnails obey the roots of the embedded manifest (:mod:`clipguard.data.roots`: its folder, the
+sources of a derived manifest, the folders a user allows): an image outside them is never inlined
+(the tile shows "no image", a warning names it), whatever the embedding was allowed to read.
+
 Example::
 
     from clipguard.report import build_scan_report
@@ -28,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from clipguard.data.dataset import load_rgb
+from clipguard.data.roots import OutsideRootError, confine, dataset_roots, user_roots
 from clipguard.detect.store import default_detector, read_scan
 from clipguard.errors import ConfigError
 from clipguard.io.rows import EmbeddingRows
@@ -66,20 +71,32 @@ def _find(path: str | None, near: Path) -> Path | None:
     return None
 
 
-def _image_root(emb: Path) -> Path | None:
-    """The folder the embedding metadata's image paths are relative to (the embedded manifest's)."""
+def _image_root(emb: Path | None) -> tuple[Path | None, tuple[Path, ...]]:
+    """The folder the embedding metadata's image paths are relative to (the embedded manifest's), and the
+    folders its images may lie in: the roots the manifest has when it is read
+    (:func:`clipguard.data.roots.dataset_roots`; the user's roots alone when the manifest is not found)."""
     try:
-        manifest = json.loads((emb / "run.json").read_text())["config"].get("manifest")
+        manifest = json.loads((emb / "run.json").read_text())["config"].get("manifest") if emb else None
     except (OSError, ValueError, KeyError):
-        return None
-    found = _find(manifest, emb)
-    return found.parent if found is not None else None
+        manifest = None
+    found = _find(manifest, emb) if manifest else None
+    if found is None:
+        return None, user_roots()
+    return found.parent, dataset_roots(found.parent, found)
 
 
-def _thumbnail(image: Any, root: Path | None) -> str | None:
+def _thumbnail(image: Any, root: tuple[Path | None, tuple[Path, ...]]) -> str | None:
+    """The thumbnail of a metadata ``image`` entry (``root``: :func:`_image_root`); None for no image, one
+    that cannot be read, or one outside the dataset's roots (never inlined)."""
     if not isinstance(image, str) or not image:
         return None
-    path: Any = image if is_url(image) or Path(image).is_absolute() or root is None else root / image
+    folder, roots = root
+    path: Any = image if is_url(image) or Path(image).is_absolute() or folder is None else folder / image
+    try:
+        path = confine(path, roots)
+    except OutsideRootError as exc:
+        log.warning("report: not inlined, %s", exc)
+        return None
     try:
         return thumbnail_uri(load_rgb(path))
     except Exception:  # noqa: BLE001 - a missing/unreadable image is shown as "no image"
@@ -87,7 +104,7 @@ def _thumbnail(image: Any, root: Path | None) -> str | None:
 
 
 def _suspects(table: pd.DataFrame, meta: pd.DataFrame | None, detectors: list[str], det: str, top: int,
-              root: Path | None) -> list[Suspect]:
+              root: tuple[Path | None, tuple[Path, ...]]) -> list[Suspect]:
     rows = table.nsmallest(top, f"{det}_rank").index
     out = []
     for i in rows:
@@ -106,7 +123,11 @@ def _rows_of(run: dict[str, Any], scan_dir: Path, n: int) -> EmbeddingRows | Non
         log.warning("the embedding folder of %s was not found; the report has no map and no thumbnails", scan_dir)
         return None
     rows = EmbeddingRows(emb)
-    return rows if len(rows) == n else None
+    if len(rows) != n:
+        log.warning("the embedding folder %s has %d rows but the scan %s scored %d (it changed since); the report "
+                    "has no map and no thumbnails", emb, len(rows), scan_dir, n)
+        return None
+    return rows
 
 
 def _figures(table: pd.DataFrame, run: dict, detectors: list[str], det: str, rows: EmbeddingRows | None,
@@ -167,7 +188,7 @@ def build_scan_report(scan_dir: str | os.PathLike, out: str | os.PathLike | None
         raise ConfigError(f"detector {det!r} did not run in {scan_dir}; choose from: {', '.join(detectors)}")
     rows = _rows_of(run, scan_dir, len(table))
     meta = rows.metadata(["caption", "image"]) if rows is not None else None
-    root = _image_root(rows.root) if rows is not None and isinstance(rows.root, Path) else None
+    root = _image_root(rows.root if rows is not None and isinstance(rows.root, Path) else None)
     page = render(
         "scan.html.j2", title=f"clipguard scan report: {scan_dir}", run=run, detectors=detectors, detector=det,
         n=len(table), suspects=_suspects(table, meta, detectors, det, top, root),

@@ -84,6 +84,7 @@ def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.Path
     rec["n_rows"], rec["n_pairs"], rec["n_skipped"] = len(manifest), result.n_pairs, result.n_skipped
     rec["cache_used"] = data.cache
     rec["skip_counts"] = data.skip_log.counts()
+    rec.data.update(manifest.read_counts())
     rec["history"] = result.history
     rec.save(out)
     return bundle, result

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from clipguard.errors import ConfigError, ManifestError
-from clipguard.models.factory import ClipBundle
+from clipguard.models.factory import ClipBundle, load_torch_file
 from clipguard.models.head_repair import RepairedVisual
 from clipguard.train.data import PairData, epoch_loader
 from clipguard.train.dynamics import DYNAMICS_FILE, pair_cosines, write_epoch
@@ -193,7 +193,9 @@ class _Run:
 def _resume(ckpt: Path, run: _Run, result: TrainResult) -> int:
     """Load ``ckpt`` into the run if it was written with the same config, objective and data; returns the
     start epoch."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = load_torch_file(ckpt, "training checkpoint", "delete it, or train with --no-resume")  # weights_only
+    if not isinstance(state, dict) or not {"config", "n_pairs", "model", "optimizer", "history", "epoch"} <= set(state):
+        raise ConfigError(f"{ckpt}: not a clipguard training checkpoint; delete it (or train with --no-resume)")
     if _weight_settings(state["config"]) != _weight_settings(asdict(run.config)) \
             or state.get("objective", _DEFAULT_KEY) != run.key or state["n_pairs"] != len(run.data):
         log.warning("%s was written with another config, objective or data; starting afresh", ckpt)

@@ -271,7 +271,9 @@ def scan_tar(archive: Location, want: Callable[[str], bool] | None = None
         (also remembered for :func:`read_bytes`), and ``{member: bytes}`` of the wanted ones.
 
     Raises:
-        ManifestError: the archive cannot be read as a tar (one line naming it).
+        ManifestError: the archive cannot be read as a tar, or it ends without the end-of-archive block
+            (cut off, or garbled after its last member: tarfile would stop there silently); one line
+            naming it.
     """
     index: dict[str, tuple[int, int]] = {}
     contents: dict[str, bytes] = {}
@@ -284,6 +286,11 @@ def scan_tar(archive: Location, want: Callable[[str], bool] | None = None
                 if want is not None and want(ti.name):
                     member = tf.extractfile(ti)
                     contents[ti.name] = member.read() if member is not None else b""
+            f.seek(tf.offset)  # tarfile stops silently at a cut-off or garbled header: the end blocks tell
+            if f.read(512) != bytes(512):
+                raise ManifestError(f"{archive}: no end-of-archive block after its {len(index)} member(s) (the "
+                                    f"file is cut off or garbled at byte {tf.offset}); re-download or re-create "
+                                    "the shard")
     except (tarfile.TarError, EOFError) as exc:
         raise ManifestError(f"{archive}: not a readable tar archive ({type(exc).__name__}: {exc}); an "
                             "uncompressed tar is expected, re-create the shard") from None

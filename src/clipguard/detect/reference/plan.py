@@ -98,6 +98,18 @@ def check_batch_size(batch_size: Any, k: int) -> None:
         )
 
 
+def _check_enough_rows(n: int, k: int, mode: str) -> None:
+    """ConfigError, naming k and N and the fix, unless each of ``n`` samples can have ``k`` neighbours
+    among the others (``"global"``; ``"batch"``: in a batch, and the batches together hold all ``n``)."""
+    if n < 2:
+        raise ConfigError(f"the data has N={n} row(s) but a kNN scan needs at least 2 (and k+1 = {k + 1} for "
+                          f"k={k}); scan a larger set of samples")
+    if k > n - 1:
+        where = "in its batch" if mode == "batch" else "among the others"
+        raise ConfigError(f"k={k} neighbours per sample {where} need at least {k + 1} rows but the data has "
+                          f"N={n}; use k <= {n - 1} (-k {n - 1}) or scan a larger set of samples")
+
+
 def _auto_mode(n: int, reference_size: int | None, n_references: int | None) -> tuple[str, str]:
     """``(mode, reason)`` of ``"auto"`` for ``n`` samples (the rule in the module docstring)."""
     if n <= AUTO_GLOBAL_MAX_N:
@@ -142,15 +154,18 @@ def plan_reference(
         reference, reason = _auto_mode(n, reference_size, n_references)
     if reference == "batch":
         check_batch_size(batch_size, k)
-        return ReferencePlan("batch", None, None, None, requested, reason)
-    if reference == "global":
-        return ReferencePlan("global", None, None, None, requested, reason)
+    if reference in ("batch", "global"):
+        _check_enough_rows(n, k, reference)
+        return ReferencePlan(reference, None, None, None, requested, reason)
     default_m = DEFAULT_REFERENCE_SIZE if reference == "reference" else DEFAULT_MULTI_REFERENCE_SIZE
     m = min(n, reference_size or default_m)
+    if n < 2:
+        _check_enough_rows(n, k, reference)
     if k > m - 1:
+        fix = "a larger reference_size" if m < n else f"scan a larger set of samples (the data has N={n})"
         raise ConfigError(
             f"k={k} needs at least {k + 1} reference rows (a reference member needs k others) but "
-            f"the reference has {m}; use k <= {max(m - 1, 0)} or a larger reference_size"
+            f"the reference has {m}; use k <= {max(m - 1, 0)} or {fix}"
         )
     r = 1 if reference == "reference" else (n_references or DEFAULT_N_REFERENCES)
     if index == "auto":
