@@ -27,6 +27,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
+from urllib.parse import unquote, urlparse
 
 from clipguard.errors import ManifestError
 from clipguard.utils.fs import Location, is_url
@@ -110,8 +111,6 @@ def local_path_of_url(url: str) -> Path | None:
     """The local path a ``file://`` or ``local://`` URL names (None for any other URL, tar references included)."""
     for proto in ("file://", "local://"):
         if url.startswith(proto) and "::" not in url:
-            from urllib.parse import unquote, urlparse
-
             return Path(unquote(urlparse(url).path) if proto == "file://" else url[len(proto):])
     return None
 
