@@ -63,9 +63,12 @@ def run(args: list[str], limit_s: float | None = None) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "clipguard", "-q", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    peak, killed = 0, False
+    peak, killed, trace = 0, False, []
     while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
+        rss = _tree_rss(proc.pid)
+        peak = max(peak, rss)
+        if not trace or time.perf_counter() - t0 >= trace[-1][0] + 30:
+            trace.append((round(time.perf_counter() - t0), round(rss / 2**30, 3)))  # the plateau, every 30 s
         if limit_s is not None and time.perf_counter() - t0 > limit_s:
             proc.send_signal(signal.SIGKILL)
             killed = True
@@ -73,7 +76,8 @@ def run(args: list[str], limit_s: float | None = None) -> dict:
     err = proc.stderr.read()
     if proc.returncode != 0 and not killed:
         raise SystemExit(f"clipguard {' '.join(args)} failed: {err[-2000:]}")
-    return {"peak_rss_gib": round(peak / 2**30, 3), "seconds": round(time.perf_counter() - t0, 1), "killed": killed}
+    return {"peak_rss_gib": round(peak / 2**30, 3), "seconds": round(time.perf_counter() - t0, 1), "killed": killed,
+            "rss_trace_gib": trace}
 
 
 def main() -> None:
@@ -81,7 +85,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--work", type=Path, default=Path("/tmp/memory"))
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    p.add_argument("--embed-seconds", type=float, default=150.0)
+    p.add_argument("--embed-seconds", type=float, default=300.0)
+    p.add_argument("--embed-shard-size", type=int, default=10_000, help="rows per embedding shard (small, so that "
+                   "several shards finish within --embed-seconds and the per-shard memory is seen to plateau)")
     p.add_argument("--stages", nargs="+", default=["poison", "embed", "scan"], help="measure only these (the others "
                    "are taken from an earlier memory.json in --out)")
     a = p.parse_args()
@@ -99,10 +105,11 @@ def main() -> None:
     emb = a.work / "emb"
     if "embed" in a.stages:
         shutil.rmtree(emb, ignore_errors=True)
-        res["embed"] = run(["embed", str(model), str(a.work / "poisoned" / "manifest.parquet"), "--out", str(emb)],
-                           limit_s=a.embed_seconds)
+        res["embed"] = run(["embed", str(model), str(a.work / "poisoned" / "manifest.parquet"), "--out", str(emb),
+                            "--shard-size", str(a.embed_shard_size)], limit_s=a.embed_seconds)
         done = sorted(emb.glob("img_emb/img_emb_*.npy"))
         res["embed"]["rows_embedded"] = int(sum(np.load(f, mmap_mode="r").shape[0] for f in done))
+        res["embed"]["shard_size"] = a.embed_shard_size
     big = generate(a.work / f"emb_{a.n}", a.n, 512)
     if "scan" in a.stages:
         res["scan"] = run(["scan", str(big), "--out", str(a.work / "scan"), "--no-report"])
@@ -116,7 +123,9 @@ def main() -> None:
              f"| `poison --rate 0.001` (1M-row manifest) | {res['poison']['peak_rss_gib']} | {res['poison']['seconds']} | |",
              f"| `embed` (tiny-vit, untrained) | {res['embed']['peak_rss_gib']} | {res['embed']['seconds']} | "
              f"{'killed after ' + str(a.embed_seconds) + ' s, ' if res['embed']['killed'] else ''}"
-             f"{res['embed']['rows_embedded']:,} rows embedded in finished shards |",
+             f"{res['embed']['rows_embedded']:,} rows embedded in finished shards of "
+             f"{res['embed'].get('shard_size', 100_000):,}; RSS (s: GiB) "
+             + ", ".join(f"{t}: {g}" for t, g in res["embed"].get("rss_trace_gib", [])) + " |",
              f"| `scan` (default detectors, auto reference) | {res['scan']['peak_rss_gib']} | {res['scan']['seconds']} | "
              f"embeddings {res['scan']['embeddings_gib']} GiB on disk (float16) |", ""]
     (a.out / "memory.md").write_text("\n".join(lines))

@@ -48,7 +48,7 @@ DETECT_LAYERS: dict[str, int] = {
     "reference": 2,
     "detectors": 3,
     "config": 4,
-    "metrics": 4,
+    "metrics": 4, "share": 4,
     "engine": 5,
     "results": 6, "sharded": 6,
     "report": 7, "store": 7,

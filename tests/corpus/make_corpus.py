@@ -5,8 +5,12 @@ when :func:`make_corpus` runs. Layout of the folder it fills::
 
     root/data/                 the dataset root (the folder of its manifests)
         manifest.csv           the good rows, then one row per row-level case (a bad image, a bad
-                               caption, a path that escapes the root); ``label`` holds class names
-        manifest.jsonl         the good rows and captions that are not UTF-8, null, a number
+                               caption, a path that escapes the root, a line with more fields than
+                               the header); ``label`` holds class names
+        manifest.jsonl         the good rows, captions that are not UTF-8, null, a number, a line that
+                               names a key twice and a line that is not JSON
+        manifest.parquet       the good rows with captions stored as bytes (a binary column), one of
+                               them not UTF-8
         classes.json           the class list (``label`` names are mapped through it)
         images/                the images (good ones, then the cases)
         err_*.csv|.jsonl       one manifest per manifest-level case (each must be refused in one line)
@@ -29,6 +33,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 __all__ = ["CLASSES", "GOOD_ROWS", "LONG_CAPTION_CHARS", "make_corpus"]
@@ -150,12 +156,17 @@ def _caption_cases() -> dict[str, dict]:
                                    "expect": "ok", "kind": "caption"}}
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    """A CSV written as bytes, the :data:`NOT_UTF8` marker becoming bytes that are not UTF-8."""
+def _write_csv(path: Path, header: list[str], rows: list[list | str]) -> None:
+    """A CSV written as bytes, the :data:`NOT_UTF8` marker becoming bytes that are not UTF-8; a row given as
+    a string is written as it is (a malformed line)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
-    w.writerows(rows)
+    for row in rows:
+        if isinstance(row, str):
+            buf.write(row + "\n")
+        else:
+            w.writerow(row)
     path.write_bytes(buf.getvalue().encode("utf-8").replace(NOT_UTF8.encode(), _NOT_UTF8_BYTES))
 
 
@@ -177,10 +188,7 @@ def _error_manifests(data: Path, good_rows: list[list]) -> dict[str, dict]:
         b"id,image,caption,caption\n" + b"".join(f"{r[0]},{r[1]},{r[2]},{r[2]}\n".encode() for r in two))
     add("duplicate_id", "err_duplicate_id.csv", "is not unique",
         b"id,image,caption\n" + b"".join(f"same,{r[1]},{r[2]}\n".encode() for r in two))
-    add("csv_line_with_extra_field", "err_extra_field.csv", "line 3",
-        f"id,image,caption\n{two[0][0]},{two[0][1]},{two[0][2]}\n{two[1][0]},{two[1][1]},x,y\n".encode())
-    add("jsonl_line_not_json", "err_bad_line.jsonl", "line 2",
-        (json.dumps(dict(zip(["id", "image", "caption"], two[0]))) + "\n{not json\n").encode())
+    add("jsonl_without_json_object", "err_no_object.jsonl", "line 1 is not a JSON object", b"{not json\n[1, 2]\n")
     add("zero_byte_manifest", "err_empty.csv", "err_empty.csv", b"")
     add("missing_manifest", "err_never_written.csv", "not found", None)
     return cases
@@ -200,16 +208,46 @@ def _label_manifests(data: Path, good_rows: list[list]) -> dict[str, dict]:
     return out
 
 
+def _line_cases(good_rows: list[list]) -> tuple[dict[str, dict], dict[str, str]]:
+    """Lines the manifest reader leaves out (skipped and counted): ``({case: spec}, {case: raw line})``."""
+    cases = {"csv_extra_field": {"expect": "skip", "reason": "too many fields", "fmt": "csv"},
+             "jsonl_duplicate_key": {"expect": "skip", "reason": "duplicate key", "fmt": "jsonl"},
+             "jsonl_line_not_json": {"expect": "skip", "reason": "not a JSON object", "fmt": "jsonl"}}
+    image = good_rows[1][1]
+    raw = {"csv_extra_field": f"case_csv_extra_field,{image},a photo, of a red star,red",  # unquoted comma: 5 fields
+           "jsonl_duplicate_key": f'{{"id": "case_jsonl_duplicate_key", "image": "{image}", "caption": "a red star", '
+                                  f'"label": "red", "caption": "a blue star"}}',
+           "jsonl_line_not_json": f'{{"id": "case_jsonl_line_not_json", "image": "{image}", "caption": "a red'}
+    for case, c in cases.items():
+        c.update(id=f"case_{case}", image=image, kind="line")
+    return cases, raw
+
+
+def _write_parquet(data: Path, good_rows: list[list]) -> dict[str, dict]:
+    """``manifest.parquet``: the good rows and one case, captions stored as bytes (a binary column)."""
+    cases = {"parquet_binary_caption_not_utf8": {"caption": _NOT_UTF8_BYTES, "expect": "ok", "kind": "caption"}}
+    rows = [r[:2] + [r[2].encode()] + r[3:] for r in good_rows]
+    for case, c in cases.items():
+        c.update(id=f"case_{case}", image=good_rows[2][1], label="blue")
+        rows.append([c["id"], c["image"], c["caption"], c["label"]])
+    pq.write_table(pa.table({name: pa.array([r[j] for r in rows], type=pa.binary() if name == "caption" else
+                                            pa.string()) for j, name in enumerate(["id", "image", "caption", "label"])}),
+                   data / "manifest.parquet")
+    return cases
+
+
 def make_corpus(root: str | os.PathLike) -> dict:
     """Write the corpus into ``root`` (created) and describe it.
 
     Returns:
-        ``{"root", "data", "outside", "manifest" (the CSV of good rows + row cases), "jsonl",
+        ``{"root", "data", "outside", "manifest" (the CSV of good rows + row cases), "jsonl", "parquet",
         "classes", "good_ids", "rows": {case: {"id", "image", "caption", "expect", "reason"?, "kind"}},
-        "jsonl_rows": {case: ...}, "errors": {case: {"manifest", "text", "kind"}}}``: ``rows`` are
-        the row-level cases of ``manifest.csv`` and ``jsonl_rows`` those of ``manifest.jsonl`` (the
-        good rows, then captions: not UTF-8, null, a number), each with ``expect`` ``"skip"`` and its
-        counted ``reason``, or ``"ok"``; ``errors`` are the manifests every command must refuse with
+        "jsonl_rows": {case: ...}, "parquet_rows": {case: ...}, "errors": {case: {"manifest", "text",
+        "kind"}}}``: ``rows`` are the row-level cases of ``manifest.csv``, ``jsonl_rows`` those of
+        ``manifest.jsonl`` (captions: not UTF-8, null, a number; a line naming a key twice, a line that is
+        not JSON) and ``parquet_rows`` those of ``manifest.parquet`` (a binary caption that is not UTF-8),
+        each with ``expect`` ``"skip"`` and its counted ``reason``, or ``"ok"``; kind ``"line"`` marks a
+        line the manifest reader leaves out. ``errors`` are the manifests every command must refuse with
         one line holding ``text``.
     """
     root = Path(root)
@@ -221,36 +259,44 @@ def make_corpus(root: str | os.PathLike) -> dict:
         colour = CLASSES[i % len(CLASSES)]
         _good_image(rng, colour).save(data / "images" / f"good_{i:02d}.png")
         good_rows.append([f"good_{i:02d}", f"images/good_{i:02d}.png", f"a photo of a {colour} star", colour])
+    lines, raw = _line_cases(good_rows)
     cases = {**_image_cases(data / "images", rng), **_path_cases(root, data, good_rows[0][1]), **_caption_cases()}
-    rows = list(good_rows)
+    rows: list[list | str] = list(good_rows)
     for j, (case, c) in enumerate(cases.items()):
         c.update(id=f"case_{case}", image=c.get("image", good_rows[j % GOOD_ROWS][1]),
                  caption=c.get("caption", f"a photo of a {CLASSES[j % 3]} shape"), label=CLASSES[j % 3])
         rows.append([c["id"], c["image"], c["caption"], c["label"]])
+        if j == 3:  # the malformed line sits among the other cases
+            rows.append(raw["csv_extra_field"])
+    cases = {**cases, "csv_extra_field": lines["csv_extra_field"]}
     _write_csv(data / "manifest.csv", ["id", "image", "caption", "label"], rows)
     jsonl_cases = {"jsonl_not_utf8_caption": {"caption": NOT_UTF8, "expect": "ok"},
                    "jsonl_null_caption": {"caption": None, "expect": "skip", "reason": "empty caption"},
                    "jsonl_number_caption": {"caption": 12345, "expect": "ok"}}
-    lines = [dict(zip(["id", "image", "caption", "label"], r)) for r in good_rows]
+    out = [json.dumps(dict(zip(["id", "image", "caption", "label"], r)), ensure_ascii=False) for r in good_rows]
     for case, c in jsonl_cases.items():
         c.update(id=f"case_{case}", image=good_rows[0][1], label="red", kind="caption")
-        lines.append({k: c[k] for k in ("id", "image", "caption", "label")})
-    with open(data / "manifest.jsonl", "wb") as f:
-        for line in lines:
-            f.write(json.dumps(line, ensure_ascii=False).encode("utf-8").replace(NOT_UTF8.encode(), _NOT_UTF8_BYTES)
-                    + b"\n")
+        out.append(json.dumps({k: c[k] for k in ("id", "image", "caption", "label")}, ensure_ascii=False))
+        if case == "jsonl_null_caption":
+            out.insert(GOOD_ROWS // 2, raw["jsonl_duplicate_key"])
+    out.append(raw["jsonl_line_not_json"])  # a last line cut short (a file written halfway)
+    jsonl_cases.update({k: v for k, v in lines.items() if v["fmt"] == "jsonl"})
+    (data / "manifest.jsonl").write_bytes("\n".join(out).encode("utf-8").replace(NOT_UTF8.encode(), _NOT_UTF8_BYTES)
+                                          + b"\n")
+    parquet_cases = _write_parquet(data, good_rows)
     (data / "classes.json").write_text(json.dumps({"classes": CLASSES, "templates": ["a photo of a {} star."]}))
     errors = {**_error_manifests(data, good_rows), **_label_manifests(data, good_rows)}
     return {"root": root, "data": data, "outside": root / "outside", "manifest": data / "manifest.csv",
-            "jsonl": data / "manifest.jsonl", "classes": data / "classes.json",
-            "good_ids": [r[0] for r in good_rows], "rows": cases, "jsonl_rows": jsonl_cases, "errors": errors}
+            "jsonl": data / "manifest.jsonl", "parquet": data / "manifest.parquet", "classes": data / "classes.json",
+            "good_ids": [r[0] for r in good_rows], "rows": cases, "jsonl_rows": jsonl_cases,
+            "parquet_rows": parquet_cases, "errors": errors}
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python tests/corpus/make_corpus.py OUT_DIR")
     info = make_corpus(sys.argv[1])
-    for name, case in {**info["rows"], **info["jsonl_rows"], **info["errors"]}.items():
-        print(f"{case['kind']:9s} {name:28s} {case.get('expect', 'error')}")
+    for name, case in {**info["rows"], **info["jsonl_rows"], **info["parquet_rows"], **info["errors"]}.items():
+        print(f"{case['kind']:9s} {name:32s} {case.get('expect', 'error')}")
     print(f"{len(info['rows'])} row cases in {info['manifest']}, {len(info['jsonl_rows'])} in {info['jsonl']}, "
-          f"{len(info['errors'])} manifests to refuse")
+          f"{len(info['parquet_rows'])} in {info['parquet']}, {len(info['errors'])} manifests to refuse")

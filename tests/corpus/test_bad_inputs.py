@@ -4,10 +4,14 @@ Each (case, command) ends one of two ways, never in a traceback and never in a s
 
 * exit code 0, the row counted as skipped under its reason (``skipped.csv`` / ``run.json``), or read
   (decoded with replacement, converted to RGB, carried into the command's output), the good rows present;
+  a line the manifest reader leaves out (more fields than the header, not JSON, a key named twice) is
+  counted under its reason by every command (``read_skip_counts``; with the skips of those that list them);
 * exit code 2 and exactly one line naming the file (and the row) and the fix.
 
-The row-level cases share one manifest, so each command runs once over all of them; a manifest that
-must be refused runs once per command. The outcome table (case x command) is printed (``pytest -s``)
+The row-level cases share one manifest per format (CSV, JSON lines, Parquet), so each command runs once
+per format over all of them; a manifest that must be refused runs once per command. The commands that need a
+ViT with both towers (defend, heads analyze | repair | filter, reverse, audit: tests/corpus/model_commands.py)
+read the CSV manifest (the image corpus), and heads filter also meets damaged head profiles. The outcome table (case x command) is printed (``pytest -s``)
 and written to ``test-artifacts/bad_inputs.md``.
 """
 from __future__ import annotations
@@ -27,9 +31,11 @@ from clipguard.data.roots import OutsideRootError
 from clipguard.models import create_model, save_model
 from clipguard.utils.seeding import rng
 from corpus.make_corpus import GOOD_ROWS, make_corpus
+from corpus.model_commands import (MODEL_COMMANDS, damaged_profiles, model_error_runs, model_row_runs,
+                                   observed_model, EXPECTED_AS)
 from tests_helpers import assert_one_line_error, run_cli
 
-COMMANDS = ("poison", "plant", "train", "embed", "scan", "filter", "eval", "report")
+COMMANDS = ("poison", "plant", "train", "embed", "scan", "filter", "eval", "report", *MODEL_COMMANDS)
 ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "bad_inputs.md"
 
 
@@ -58,8 +64,17 @@ def _poison_seed(manifest: Path, expect_ok: set[str]) -> tuple[int, int]:
     raise AssertionError("no seed puts a readable candidate last")
 
 
+FORMATS = ("csv", "jsonl", "parquet")
+
+
+def _manifest_of(corpus: dict, fmt: str) -> Path:
+    return corpus["manifest" if fmt == "csv" else fmt]
+
+
 def _expect(case: dict, command: str) -> tuple[str, str | None]:
     """``("skip", reason)`` or ``("ok", None)``: what ``command`` must do with a row-level case."""
+    if case["kind"] == "line":  # left out by the manifest reader: every command counts it
+        return "skip", case["reason"]
     if command == "eval" and case["kind"] == "caption":  # eval reads images and labels, not captions
         return "ok", None
     if command == "poison" and case["kind"] == "caption":  # the poisoner writes its own caption
@@ -88,13 +103,13 @@ def _run_all(m: Path, rows: dict, classes: Path, model_dir: Path, out: Path) -> 
 
 @pytest.fixture(scope="module")
 def row_runs(corpus, model_dir, tmp_path_factory):
-    """Each command once over manifest.csv and once over manifest.jsonl; then the report of an embedding made
+    """Each command once over each manifest (CSV, JSON lines, Parquet); then the report of an embedding made
     with the outside folder allowed, written without it."""
     out = tmp_path_factory.mktemp("runs")
     results = {}
-    for fmt, rows in (("csv", corpus["rows"]), ("jsonl", corpus["jsonl_rows"])):
-        for command, r in _run_all(corpus[fmt if fmt == "jsonl" else "manifest"], rows, corpus["classes"], model_dir,
-                                   out / fmt).items():
+    for fmt in FORMATS:
+        rows = corpus["rows" if fmt == "csv" else f"{fmt}_rows"]
+        for command, r in _run_all(_manifest_of(corpus, fmt), rows, corpus["classes"], model_dir, out / fmt).items():
             results[fmt, command] = r
     results["csv", "embed --allow-root"] = run_cli("--allow-root", corpus["outside"], "embed", model_dir,
                                                     corpus["manifest"], "--out", out / "allowed", "--device", "cpu")
@@ -145,6 +160,18 @@ def error_runs(corpus, model_dir, row_runs, tmp_path_factory):
     return runs
 
 
+@pytest.fixture(scope="module")
+def model_runs(corpus, tmp_path_factory):
+    """defend, heads, reverse and audit over manifest.csv with a tiny ViT; then over each manifest that must be
+    refused, and heads filter over each damaged profile."""
+    root = tmp_path_factory.mktemp("model_runs")
+    save_model(create_model("tiny-vit-p8", seed=0), root / "vit")
+    rows = model_row_runs(corpus, root / "vit", root / "rows")
+    profiles = damaged_profiles(root / "rows" / "heads analyze", root / "profiles")
+    errors = model_error_runs(corpus, root / "vit", root / "rows" / "heads analyze", profiles, root / "errors")
+    return {"out": root / "rows", "rows": rows, "errors": errors, "profiles": profiles}
+
+
 # -- what each command did with each row ------------------------------------------------------------------
 def _skipped(path_or_glob: Path) -> dict[str, str]:
     """``{id: reason key}`` of skipped.csv file(s)."""
@@ -155,8 +182,13 @@ def _skipped(path_or_glob: Path) -> dict[str, str]:
     return {r.id: str(r.reason).split(":")[0] for r in df.itertuples()}
 
 
-def _observed(command: str, out: Path, ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    """``{id: ("skip", reason) | ("ok", None)}`` as ``command``'s outputs tell (eval: see _eval_counts)."""
+def _observed(command: str, out: Path, ids: list[str], lines: dict[str, str] | None = None
+              ) -> dict[str, tuple[str, str | None]]:
+    """``{id: ("skip", reason) | ("ok", None)}`` as ``command``'s outputs tell (eval: see _eval_counts).
+
+    plant and filter carry rows or remove them; a row absent from their output is ``("skip", reason)`` when
+    ``lines`` (``{id: reason}`` of the lines the reader leaves out) names it and the command's record counts
+    a line skipped under that reason, else ``("dropped", None)``."""
     if command == "poison":
         skips = _skipped(out / "poison" / "skipped.csv")
         done = set(json.loads((out / "poison" / "attack.json").read_text())["poisoned_ids"])
@@ -166,7 +198,10 @@ def _observed(command: str, out: Path, ids: list[str]) -> dict[str, tuple[str, s
         kept = set(read_manifest(out / command).df["id"])
         removed = (set(pd.read_csv(out / "filter" / "removed.csv", dtype={"id": str})["id"]) if command == "filter"
                    else set())
-        return {i: ("carried", None) if i in kept else ("removed", None) if i in removed else ("dropped", None)
+        record = json.loads((out / command / ("plant.json" if command == "plant" else "run.json")).read_text())
+        counted = record["read_skip_counts"]
+        return {i: ("carried", None) if i in kept else ("removed", None) if i in removed
+                else ("skip", (lines or {})[i]) if counted.get((lines or {}).get(i), 0) else ("dropped", None)
                 for i in ids}
     folder = {"train": out / "train", "embed": out / "embed" / "skipped",
               "scan": out / "scan" / "embeddings" / "skipped"}
@@ -192,21 +227,25 @@ def _report_tiles(html: str) -> dict[str, bool]:
 
 
 def _all_rows(corpus) -> dict[str, dict]:
-    """Every row-level case (both manifests), with the folder name of its manifest's runs under ``fmt``."""
-    return {**{k: {**v, "fmt": "csv"} for k, v in corpus["rows"].items()},
-            **{k: {**v, "fmt": "jsonl"} for k, v in corpus["jsonl_rows"].items()}}
+    """Every row-level case (the three manifests), with the folder name of its manifest's runs under ``fmt``."""
+    return {k: {**v, "fmt": fmt} for fmt in FORMATS for k, v in corpus["rows" if fmt == "csv" else f"{fmt}_rows"].items()}
+
+
+def _line_reasons(rows: dict) -> dict[str, str]:
+    """``{id: reason}`` of the lines the manifest reader leaves out."""
+    return {spec["id"]: spec["reason"] for spec in rows.values() if spec["kind"] == "line"}
 
 
 @pytest.fixture(scope="module")
-def table(corpus, row_runs, error_runs):
+def table(corpus, row_runs, error_runs, model_runs):
     """``{case: {command: outcome}}`` for every case and command (also written to test-artifacts/)."""
     rows = _all_rows(corpus)
     out = row_runs["out"]
-    cells: dict[str, dict[str, str]] = {case: {} for case in [*rows, *corpus["errors"]]}
-    for fmt in ("csv", "jsonl"):
+    cells: dict[str, dict[str, str]] = {case: {} for case in [*rows, *corpus["errors"], *model_runs["profiles"]]}
+    for fmt in FORMATS:
         mine = {case: spec for case, spec in rows.items() if spec["fmt"] == fmt}
         for command in ("poison", "plant", "train", "embed", "scan", "filter"):
-            seen = _observed(command, out / fmt, [spec["id"] for spec in mine.values()])
+            seen = _observed(command, out / fmt, [spec["id"] for spec in mine.values()], _line_reasons(mine))
             for case, spec in mine.items():
                 kind, reason = seen[spec["id"]]
                 cells[case][command] = f"{kind}: {reason}" if reason else kind
@@ -218,16 +257,37 @@ def table(corpus, row_runs, error_runs):
         has = tiles.get(spec["id"])
         cells[case]["report"] = ("n/a (csv report only)" if spec["fmt"] != "csv" else "n/a (not embedded)"
                                  if has is None else "ok (thumbnail)" if has else "refused (not inlined)")
-    for (case, command), r in error_runs.items():
+        if spec["kind"] == "line" and spec["fmt"] == "csv":  # not in the scan: counted by the embedding
+            cells[case]["report"] = "n/a (left out when read)"
+    _model_cells(cells, rows, model_runs["out"])
+    for (case, command), r in [*error_runs.items(), *model_runs["errors"].items()]:
         cells[case][command] = "error (one line)" if r.returncode == 2 else f"exit {r.returncode}"
-    for case in corpus["errors"]:
+    for case in [*corpus["errors"], *model_runs["profiles"]]:
         for command in COMMANDS:
             cells[case].setdefault(command, "n/a")
-    _write_table(cells, rows)
+    kinds = {**{case: f"{spec['kind']} ({spec['fmt']})" for case, spec in rows.items()},
+             **{case: "manifest/label" for case in corpus["errors"]},
+             **{case: "head profile" for case in model_runs["profiles"]}}
+    _write_table(cells, kinds)
     return cells
 
 
-def _write_table(cells: dict[str, dict[str, str]], rows: dict) -> None:
+def _model_cells(cells: dict[str, dict[str, str]], rows: dict, out: Path) -> None:
+    """The cells of the model commands: what their outputs tell per row (skipped.csv, scores), or for heads
+    analyze / repair (counts by reason only) the case's expectation, checked against the counts in
+    test_model_commands_count_each_row."""
+    csv_rows = {case: spec for case, spec in rows.items() if spec["fmt"] == "csv"}
+    for command in MODEL_COMMANDS:
+        seen = observed_model(command, out, [spec["id"] for spec in csv_rows.values()])
+        for case, spec in rows.items():
+            if spec["fmt"] != "csv":
+                cells[case][command] = "n/a (csv only)"
+                continue
+            kind, reason = seen[spec["id"]] if seen is not None else _expect(spec, EXPECTED_AS.get(command, "eval"))
+            cells[case][command] = f"{kind}: {reason}" if reason else kind
+
+
+def _write_table(cells: dict[str, dict[str, str]], kinds: dict[str, str]) -> None:
     flat = [v for per in cells.values() for v in per.values() if not v.startswith("n/a")]
     summary = (f"{len(cells)} cases x {len(COMMANDS)} commands: {len(flat)} (case, command) outcomes -- "
                f"{sum(v.startswith('skip') for v in flat)} counted skips, "
@@ -237,20 +297,22 @@ def _write_table(cells: dict[str, dict[str, str]], rows: dict) -> None:
     lines = ["# Bad inputs x commands", "", "Generated by tests/corpus/test_bad_inputs.py.", "", summary, "",
              "| case | kind | " + " | ".join(COMMANDS) + " |", "|---|---|" + "---|" * len(COMMANDS)]
     for case, per in cells.items():
-        kind = f"{rows[case]['kind']} ({rows[case]['fmt']})" if case in rows else "manifest/label"
-        lines.append(f"| {case} | {kind} | " + " | ".join(per[c] for c in COMMANDS) + " |")
-    lines += ["", "eval counts its skips by reason (the counts are checked); report: the scan report of an "
-              "embedding made with `--allow-root` on the outside folder, written without it.", ""]
+        lines.append(f"| {case} | {kinds[case]} | " + " | ".join(per[c] for c in COMMANDS) + " |")
+    lines += ["", "eval, heads analyze and heads repair count their skips by reason (the counts are checked); "
+              "report: the scan report of an embedding made with `--allow-root` on the outside folder, written "
+              "without it. defend trains on the CSV manifest and evaluates on it (`--test`; a labelled manifest "
+              "that must be refused is given there); heads filter also reads the damaged head profiles.", ""]
     ARTIFACT.parent.mkdir(exist_ok=True)
     ARTIFACT.write_text("\n".join(lines))
     print("\n" + "\n".join(lines))
 
 
 # -- the tests --------------------------------------------------------------------------------------------
-def test_no_run_ends_in_a_traceback(row_runs, error_runs):
-    for name, r in [*row_runs["results"].items(), *error_runs.items()]:
+def test_no_run_ends_in_a_traceback(row_runs, error_runs, model_runs):
+    for name, r in [*row_runs["results"].items(), *error_runs.items(), *model_runs["rows"].items(),
+                    *model_runs["errors"].items()]:
         assert "Traceback" not in r.stderr + r.stdout, (name, r.stderr[-2000:])
-    for name, r in row_runs["results"].items():
+    for name, r in [*row_runs["results"].items(), *model_runs["rows"].items()]:
         assert r.returncode == 0, (name, r.stderr[-2000:])
 
 
@@ -263,7 +325,7 @@ def _expected_counts(rows: dict, command: str) -> dict[str, int]:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_row_cases_are_counted_skips_or_read(corpus, row_runs, table, fmt):
     """Every row-level case is skipped under its reason, or read; the good rows are all there."""
     out = row_runs["out"] / fmt
@@ -275,12 +337,15 @@ def test_row_cases_are_counted_skips_or_read(corpus, row_runs, table, fmt):
         seen = _observed(command, out, corpus["good_ids"])
         if command != "poison":  # the poisoner reads only the candidates (captions that do not name the target)
             assert all(v == ("ok", None) for v in seen.values()), (command, seen)
-    source = read_manifest(corpus["manifest" if fmt == "csv" else "jsonl"])
-    for command in ("plant", "filter"):  # they carry every row; the scan's skipped rows are counted unscored
-        assert all(table[case][command] == "carried" for case in rows), command
+    source = read_manifest(_manifest_of(corpus, fmt))
+    for command in ("plant", "filter"):  # they carry every row read; the scan's skipped rows are counted unscored
+        for case, spec in rows.items():
+            assert table[case][command] == ("carried" if spec["kind"] != "line" else f"skip: {spec['reason']}"), case
         derived = read_manifest(out / command)  # its roots: its folder and (verified) the source's
         assert set(corpus["good_ids"]) <= set(derived.df["id"])
         for spec in rows.values():  # a carried row points at the same file, and one outside stays outside
+            if spec["kind"] == "line":
+                continue
             i, j = _row(derived, spec["id"]), _row(source, spec["id"])
             if spec.get("reason") == "outside the dataset root":
                 with pytest.raises(OutsideRootError):
@@ -292,26 +357,34 @@ def test_row_cases_are_counted_skips_or_read(corpus, row_runs, table, fmt):
     assert res["n_test"] == GOOD_ROWS + sum(_expect(s, "eval")[0] == "ok" for s in rows.values())
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_skip_counts_reach_run_json(corpus, row_runs, fmt):
-    """The skips are counted by reason in each command's record, and the rows decoded with replacement too."""
+    """The skips are counted by reason in each command's record, the rows decoded with replacement and the lines
+    the reader left out too."""
     out = row_runs["out"] / fmt
     rows = {case: spec for case, spec in _all_rows(corpus).items() if spec["fmt"] == fmt}
     expected = _expected_counts(rows, "embed")
+    lines = _expected_counts({c: s for c, s in rows.items() if s["kind"] == "line"}, "embed")
+    read = {"rows_decoded_with_replacement": 1, "rows_skipped_when_read": sum(lines.values()),
+            "read_skip_counts": lines}
     for record in (out / "train" / "run.json", out / "embed" / "run.json", out / "scan" / "embeddings" / "run.json"):
         run = json.loads(record.read_text())
         assert run["skip_counts"] == expected, record
-        assert run["rows_decoded_with_replacement"] == 1, record
+        assert {k: run[k] for k in read} == read, record
     spec = json.loads((out / "poison" / "attack.json").read_text())
     assert spec["skip_counts"] == _expected_counts(rows, "poison")
     assert spec["n_skipped"] == sum(spec["skip_counts"].values())
-    assert spec["rows_decoded_with_replacement"] == 1
-    assert json.loads((out / "plant" / "plant.json").read_text())["rows_decoded_with_replacement"] == 1
+    assert {k: spec[k] for k in read} == read
+    plant = json.loads((out / "plant" / "plant.json").read_text())
+    assert {k: plant[k] for k in read} == read
     filt = json.loads((out / "filter" / "run.json").read_text())
-    assert filt["n_unscored"] == sum(expected.values()) and filt["rows_decoded_with_replacement"] == 1
-    assert json.loads((out / "eval.json").read_text())["rows_decoded_with_replacement"] == 1
-    df = read_manifest(corpus["manifest" if fmt == "csv" else "jsonl"]).df.set_index("id")
-    case = "case_jsonl_not_utf8_caption" if fmt == "jsonl" else "case_not_utf8_caption"
+    assert filt["n_unscored"] == sum(expected.values()) - sum(lines.values())  # the lines were never rows
+    assert {k: filt[k] for k in read} == read
+    ev = json.loads((out / "eval.json").read_text())
+    assert {k: ev[k] for k in read} == read
+    df = read_manifest(_manifest_of(corpus, fmt)).df.set_index("id")
+    case = {"csv": "case_not_utf8_caption", "jsonl": "case_jsonl_not_utf8_caption",
+            "parquet": "case_parquet_binary_caption_not_utf8"}[fmt]
     assert df["caption"][case] == "a caf\ufffd with a \ufffd\ufffd sign"
 
 
@@ -350,8 +423,51 @@ def test_allowed_roots_let_the_outside_rows_in(corpus, row_runs, model_dir, monk
     assert "outside the dataset root" not in json.loads(r.stdout)["test_skip_counts"]
 
 
-def test_the_table_covers_every_case_and_command(corpus, table):
-    assert set(table) == set(corpus["rows"]) | set(corpus["jsonl_rows"]) | set(corpus["errors"])
+def test_model_commands_count_each_row(corpus, model_runs, table):
+    """defend, heads, reverse and audit: each case of the image corpus skipped under its reason or read, in
+    their records (counts by reason) and lists (skipped.csv), the good rows all read."""
+    out = model_runs["out"]
+    rows = {case: spec for case, spec in _all_rows(corpus).items() if spec["fmt"] == "csv"}
+    for command in MODEL_COMMANDS:
+        like = EXPECTED_AS.get(command, "eval")
+        for case, spec in rows.items():
+            kind, reason = _expect(spec, like)
+            assert table[case][command] == (f"{kind}: {reason}" if reason else kind), (case, command)
+        seen = observed_model(command, out, corpus["good_ids"])
+        assert seen is None or all(v == ("ok", None) for v in seen.values()), (command, seen)
+    n_ok = {like: GOOD_ROWS + sum(_expect(s, like)[0] == "ok" for s in rows.values()) for like in ("eval", "train")}
+    images, pairs = _expected_counts(rows, "eval"), _expected_counts(rows, "train")
+    read = {"rows_skipped_when_read", "read_skip_counts"}
+    defend = json.loads((out / "defend" / "run.json").read_text())
+    assert defend["defence"]["skip_counts"] == pairs and defend["defence"]["n_pairs"] == n_ok["train"]
+    for when in ("before", "after"):  # the --test evaluation
+        assert defend[when]["test_skip_counts"] == images and defend[when]["n_test"] == n_ok["eval"]
+    analyze = json.loads((out / "heads analyze" / "run.json").read_text())
+    for part, n in (("clean", "n_images"), ("test", "n_clean")):
+        assert analyze[part]["skip_counts"] == images and analyze[part][n] == n_ok["eval"], part
+    repair = json.loads((out / "heads repair" / "run.json").read_text())
+    assert repair["clean"]["skip_counts"] == images and repair["clean"]["n_images"] == n_ok["eval"]
+    filt = json.loads((out / "heads filter" / "run.json").read_text())
+    assert filt["skip_counts"] == images and filt["n_inputs"] == n_ok["eval"]
+    for command in ("reverse", "audit"):
+        run = json.loads((out / command / "run.json").read_text())
+        assert run["skip_counts"] == images and run["n_images_read"] == n_ok["eval"], command
+        assert run["n_skipped"] == sum(images.values()) and not read & set(run), command
+
+
+def test_model_commands_refuse_bad_manifests_and_profiles_in_one_line(corpus, model_runs):
+    for (case, command), r in model_runs["errors"].items():
+        spec = corpus["errors"].get(case) or model_runs["profiles"][case]
+        texts = [spec["text"], spec["row"]] if "row" in spec else [spec["text"]]
+        if case != "missing_manifest":
+            texts.append(Path(spec.get("manifest") or spec["file"]).name)
+        if spec["kind"] == "profile":
+            texts += [spec["file"], "clipguard heads analyze"]
+        assert_one_line_error(r, *texts)
+
+
+def test_the_table_covers_every_case_and_command(corpus, table, model_runs):
+    assert set(table) == set(_all_rows(corpus)) | set(corpus["errors"]) | set(model_runs["profiles"])
     for case, per in table.items():
         assert set(per) == set(COMMANDS), case
         assert not any(v.startswith(("exit", "dropped", "not read")) for v in per.values()), (case, per)

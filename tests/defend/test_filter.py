@@ -9,6 +9,7 @@ import pytest
 from clipguard.data import read_manifest, write_manifest
 from clipguard.defend import filter_manifest
 from clipguard.detect import Scan
+from clipguard.detect.share import null_pvalues, precision_cut
 from clipguard.errors import ConfigError
 from tests_helpers import run_cli
 
@@ -29,9 +30,9 @@ def scanned(tiny_world, tmp_path):
     return path, tmp_path / "scan", df
 
 
-def test_default_removes_the_scan_suspects_and_keeps_the_rest(scanned, tmp_path):
+def test_suspects_rule_removes_the_scan_suspects_and_keeps_the_rest(scanned, tmp_path):
     path, scan_dir, df = scanned
-    res = filter_manifest(path, scan_dir, tmp_path / "clean", detector="kdist")
+    res = filter_manifest(path, scan_dir, tmp_path / "clean", detector="kdist", share="suspects")
     n_flag = math.ceil(0.05 * 197)  # the scan's budget
     assert (res.n_rows, res.n_scored, res.n_removed, res.n_unscored) == (200, 197, n_flag, 3)
     kept = read_manifest(tmp_path / "clean" / "manifest.csv")
@@ -43,6 +44,33 @@ def test_default_removes_the_scan_suspects_and_keeps_the_rest(scanned, tmp_path)
     run = json.loads((tmp_path / "clean" / "run.json").read_text())
     assert run["n_removed"] == n_flag and run["poisoned_precision"] == 1.0
     assert run["poisoned_recall"] == res.poisoned_recall == n_flag / 10
+    assert run["cut"]["rule"] == "suspects" and "share_estimate" not in run
+
+
+def test_default_cuts_at_the_estimated_share_and_records_why(scanned, tmp_path):
+    """``share="auto"``: as many rows as the estimate (no ground truth used); run.json says so."""
+    path, scan_dir, _ = scanned
+    res = filter_manifest(path, scan_dir, tmp_path / "auto", detector="kdist")
+    est = res.share_estimate
+    scores = Scan.load(scan_dir).scores["kdist_score"].to_numpy()
+    assert res.rule == "auto" and est is not None and res.n_removed == precision_cut(scores, est, 0.5)
+    assert 10 <= res.n_removed <= 20 and res.poisoned_recall == 1.0 and res.poisoned_precision >= 0.5
+    assert est.low <= 10 / 197 <= est.high
+    exact = filter_manifest(path, scan_dir, tmp_path / "est", detector="kdist", share="estimate")
+    assert exact.rule == "estimate" and exact.n_removed == est.n_estimated
+    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    assert run["cut"] == {"rule": "auto", "n_removed": res.n_removed, "reason": res.reason}
+    assert run["share_estimate"]["n_estimated"] == est.n_estimated and "expected precision is >= 0.5" in res.reason
+
+
+def test_fdr_cut_is_benjamini_hochberg_on_the_null_pvalues(scanned, tmp_path):
+    path, scan_dir, _ = scanned
+    res = filter_manifest(path, scan_dir, tmp_path / "fdr", detector="kdist", fdr=0.1)
+    scores = Scan.load(scan_dir).scores["kdist_score"].to_numpy()
+    p = np.sort(null_pvalues(scores, res.share_estimate))
+    passing = [k for k in range(1, len(p) + 1) if p[k - 1] <= 0.1 * k / len(p)]
+    assert res.rule == "fdr" and res.n_removed == (max(passing) if passing else 0)
+    assert "Benjamini-Hochberg at FDR 0.1" in res.reason
 
 
 def test_share_and_top(scanned, tmp_path):
@@ -66,8 +94,12 @@ def test_relative_image_paths_are_rebased(tiny_world, tmp_path):
 
 def test_bad_requests_are_clear_errors(scanned, tmp_path, tiny_world):
     path, scan_dir, df = scanned
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="give one of --share, --top, --fdr, not --share and --top"):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share=0.1, top=3)
+    with pytest.raises(ConfigError, match="not --top and --fdr"):
+        filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", top=3, fdr=0.1)
+    with pytest.raises(ConfigError, match="'auto', 'estimate' or 'suspects'"):
+        filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share="most")
     with pytest.raises(ConfigError, match="choose one of: kdist"):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="dao")
     with pytest.raises(ConfigError, match=r"share must be a number in \(0, 1\]"):
@@ -106,6 +138,9 @@ def test_cli(scanned, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "removed 10 of 200 rows by kdist, kept 190 (3 unscored rows kept)" in r.stdout
     assert "1.000 of the poisoned rows removed; precision 1.000" in r.stdout
+    r = run_cli("filter", path, scan_dir, "--out", tmp_path / "auto", "--detector", "kdist")  # --share auto
+    assert r.returncode == 0, r.stderr
+    assert "cut: the largest top cut whose expected precision is >= 0.5" in r.stdout
     r = run_cli("filter", path, scan_dir, "--out", tmp_path / "x", "--detector", "nope")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "choose one of" in r.stderr
 
@@ -129,3 +164,17 @@ def test_datacomp_uids_are_sorted_u8_pairs():
     assert got.dtype == np.dtype("u8,u8")
     assert got.tolist() == [(1, 1), (1, 2), (2**64 - 1, 1)]
     assert datacomp_uids(pd.Series(["abc"])) is None
+
+
+def test_auto_without_ground_truth_runs_and_records_its_reason(tiny_world, tmp_path):
+    """No ``poisoned`` column anywhere: the estimate needs none; the cut and its reason are recorded."""
+    m = read_manifest(tiny_world / "train" / "manifest.parquet")
+    assert "poisoned" not in m.df.columns
+    x = 0.3 * np.random.default_rng(1).normal(size=(len(m), 16)).astype(np.float32)
+    x[:, 15] += 3.0
+    Scan(x, ids=m.df["id"]).find_suspects(["kdist"], k=5, reference="global").save(tmp_path / "scan")
+    res = filter_manifest(m.path, tmp_path / "scan", tmp_path / "clean", detector="kdist")
+    run = json.loads((tmp_path / "clean" / "run.json").read_text())
+    assert res.rule == "auto" and res.poisoned_recall is None and run["cut"]["reason"] == res.reason
+    assert res.n_removed <= 0.005 * len(m) + 1  # one Gaussian cloud: (almost) nothing
+    assert ("nothing removed" in res.reason) == (res.share_estimate.share == 0)

@@ -1,6 +1,7 @@
 """EmbeddingRows: random access to the rows of a folder, equal to the loaded folder."""
 from __future__ import annotations
 
+import importlib
 import pickle
 
 import numpy as np
@@ -44,3 +45,14 @@ def test_out_of_range_and_misaligned_text(folder):
     np.save(folder / "text_emb" / "text_emb_2.npy", np.zeros((6, 6), np.float32))
     with pytest.raises(EmbeddingError, match="text_emb_2.npy has 6 rows but .*img_emb_2.npy has 7"):
         EmbeddingRows(folder)
+
+
+def test_rows_read_in_blocks_of_maps_equal_one_read(folder, monkeypatch):
+    """Reading through a fresh memory map per block of rows (bounded mapped pages) changes no value."""
+    es = load_embedding_folder(folder)
+    pick = np.array([14, 0, 7, 5, 5, 12, 1, 2, 3, 4, 6])
+    monkeypatch.setattr(importlib.import_module("clipguard.io.rows"), "_READ_BLOCK_ROWS", 2)
+    rows = EmbeddingRows(folder)
+    got = rows.image(pick)
+    np.testing.assert_array_equal(got, es.image[pick])
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable  # the caller's own copy

@@ -58,7 +58,7 @@ def test_report_renders_in_chromium(scanned, tmp_path):
     dom, console = _render(page)
     m = re.search(r'data-images="(\d+)/(\d+)"', dom)
     assert m, "the page did not finish loading"
-    assert int(m.group(1)) == 30 + 3 and int(m.group(2)) == 0  # 30 thumbnails and 3 figures, all loaded
+    assert int(m.group(1)) == 30 + 4 and int(m.group(2)) == 0  # 30 thumbnails and 4 figures (the trade-off too), all loaded
     assert console == ""  # no console message, no error
     assert "data-pwned" not in dom.split("<body", 1)[0]  # the caption's script did not run ...
     assert "&lt;script&gt;document.documentElement.setAttribute" in dom  # ... it is shown as text

@@ -17,7 +17,7 @@ from tests_helpers import assert_one_line_error, run_cli
 def test_the_page_is_self_contained_and_has_every_section(scanned, tmp_path):
     scan_dir, _ = scanned
     html = build_scan_report(scan_dir, tmp_path / "r.html", top=30).read_text()
-    for heading in ("How well the detectors separate the known poison", "Top 30 suspects by fused",
+    for heading in ("How well the detectors separate the known poison", "How much to drop", "Top 30 suspects by fused",
                     "Score distributions", "ROC and precision-recall", "Embedding map", "What ran"):
         assert heading in html, heading
     srcs = re.findall(r'<img src="([^"]+)"', html)
@@ -72,3 +72,112 @@ def test_umap_map_when_installed_and_a_one_line_hint_when_not(scanned, tmp_path,
     assert 'alt="UMAP map of the image embeddings"' in html and "laid out in 2-D by UMAP" in html
     with pytest.raises(ConfigError, match="unknown map projection 'tsne'; choose from: pca, umap"):
         build_scan_report(scan_dir, tmp_path / "t.html", projection="tsne")
+
+
+@pytest.fixture(scope="module")
+def share_scan(tmp_path_factory):
+    """A scan (through the library; kdist and fused) whose estimate is positive: 600 rows, 30 poisoned scattered
+    far from 8 tight clusters (each an outlier on its own), ground truth in the metadata, no images."""
+    import numpy as np
+    import pandas as pd
+
+    from clipguard.detect import run_scan
+    from clipguard.io.writer import write_embedding_shard
+
+    root = tmp_path_factory.mktemp("share")
+    rng = np.random.default_rng(1)
+    n, bad, d = 600, 30, 16
+    centres = rng.normal(size=(8, d))
+    lab = rng.integers(0, 8, n)
+    x = (centres[lab] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+    x[:bad] = rng.normal(size=(bad, d))
+    t = (centres[lab] @ rng.normal(size=(d, d)) + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+    t[:bad] = rng.normal(size=(bad, d))
+    meta = pd.DataFrame({"id": [f"s{i}" for i in range(n)], "caption": [f"thing {c}" for c in lab],
+                         "poisoned": np.arange(n) < bad})
+    write_embedding_shard(root / "emb", 0, x, meta, t)
+    run_scan(root / "emb", root / "scan", k=8, detectors=["kdist", "fused"])  # two detectors: a quick page
+    return root / "scan"
+
+
+def _drop_section(html: str) -> str:
+    assert html.count("<h2>How much to drop</h2>") == 1
+    return html.split("<h2>How much to drop</h2>", 1)[1].split("<h2>", 1)[0]
+
+
+def _copy_scan(scan_dir, to, edit_run=None, edit_curve=None):
+    """A copy of ``scan_dir`` in ``to`` with its run.json (a dict) and tradeoff.csv (a DataFrame) edited in place."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(scan_dir, to)
+    if edit_run is not None:
+        run = json.loads((to / "run.json").read_text())
+        edit_run(run)
+        (to / "run.json").write_text(json.dumps(run))
+    if edit_curve is not None:
+        curve = pd.read_csv(to / "tradeoff.csv")
+        (to / "tradeoff.csv").write_text(edit_curve(curve).to_csv(index=False))
+    return to
+
+
+def test_how_much_to_drop_states_the_estimate_tabulates_the_curve_and_draws_it(share_scan, tmp_path, check_page):
+    import json
+
+    import pandas as pd
+
+    est = json.loads((share_scan / "run.json").read_text())["share_estimate"]
+    curve = pd.read_csv(share_scan / "tradeoff.csv")
+    assert est["share"] > 0.02 and curve["is_estimate"].sum() == 1  # the data makes a positive estimate
+    html = build_scan_report(share_scan, tmp_path / "r.html", top=4).read_text()
+    check_page(html)
+    sec = _drop_section(html)
+    pct2 = "{:.2f}%".format
+    assert (f"Estimated poisoned share: <b>{pct2(100 * est['share'])}</b> ({est['n_estimated']} of {est['n_rows']} "
+            f"rows), 95% interval\n<b>[{pct2(100 * est['low'])}, {pct2(100 * est['high'])}]</b>") in sec
+    assert "from the scores of <b>fused</b>" in sec
+    assert html.index("How much to drop") < html.index("Top 4 suspects by fused")
+    assert "In words: estimated poisoned share" in sec  # the recorded reason
+    rows = re.findall(r"<tr(?: [^>]*)?>(.*?)</tr>", sec, flags=re.S)[1:]
+    assert len(rows) == len(curve)
+    for row, r in zip(rows, curve.itertuples()):  # every curve row, in order, with its numbers
+        cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+        assert cells[0].startswith(pct2(100 * r.share_removed)) and cells[1] == str(r.n_removed)
+        assert cells[2] == f"{100 * r.expected_precision:.1f}%" and cells[5] == f"{100 * r.precision:.1f}%"
+    marked = re.findall(r'<tr class="estimate"[^>]*>(.*?)</tr>', sec)
+    assert len(marked) == 1 and f">{est['n_estimated']}<" in marked[0] and "(estimate)" in marked[0]
+    assert "<th>measured precision</th><th>measured recall</th>" in sec
+    figs = re.findall(r'<img src="(data:image/png;base64,[^"]+)" alt="precision against the share', sec)
+    assert len(figs) == 1 and figs[0] not in html.replace(sec, "")  # its own figure, inlined
+    assert "red dashed: the measured precision" in sec and "orange line: the estimated poisoned share" in sec
+
+    # without ground truth the curve has no measured columns: neither has the table
+    blind = _copy_scan(share_scan, tmp_path / "blind", edit_curve=lambda c: c.drop(columns=["precision", "recall"]))
+    sec = _drop_section(build_scan_report(blind, tmp_path / "b.html", top=4).read_text())
+    assert "measured" not in sec and sec.count('class="estimate"') == 1 and "<img " in sec
+
+
+def test_an_old_scan_a_skipped_estimate_or_a_lost_curve_gets_one_sentence(share_scan, tmp_path, check_page):
+    old = _copy_scan(share_scan, tmp_path / "old", edit_run=lambda r: r.pop("share_estimate"))
+    html = build_scan_report(old, tmp_path / "o.html", top=4).read_text()
+    check_page(html)
+    sec = _drop_section(html)
+    assert "This scan records no estimate of the poisoned share" in sec and "rerun `clipguard scan`" in sec
+    assert "<table" not in sec and "<img" not in sec and 'class="estimate"' not in html  # the stale curve is ignored
+
+    def skip(run):
+        run["share_estimate"] = {"skipped": "needs at least 20 finite scores, got 12 <i>", "detector": "fused"}
+    sec = _drop_section(build_scan_report(_copy_scan(share_scan, tmp_path / "skip", edit_run=skip),
+                                          tmp_path / "s.html", top=4).read_text())
+    assert ("The scan did not estimate the poisoned share from fused scores: needs at least 20 finite scores, "
+            "got 12 &lt;i&gt;.") in sec
+    assert "<table" not in sec and "<img" not in sec
+
+    lost = _copy_scan(share_scan, tmp_path / "lost")  # the estimate kept, its curve gone: the words, no table
+    (lost / "tradeoff.csv").unlink()
+    sec = _drop_section(build_scan_report(lost, tmp_path / "l.html", top=4).read_text())
+    assert "Estimated poisoned share: <b>" in sec
+    assert "The trade-off curve (tradeoff.csv) of this scan was not found" in sec
+    assert "<table" not in sec and "<img" not in sec

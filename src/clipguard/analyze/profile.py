@@ -148,16 +148,54 @@ class HeadProfile:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "HeadProfile":
-        """Read a profile written by :meth:`save` (``clipguard heads analyze``)."""
+        """Read a profile written by :meth:`save` (``clipguard heads analyze``).
+
+        Raises:
+            ConfigError: a missing, truncated or corrupt ``profile.safetensors``, one that lacks a tensor or
+                holds tensors whose shapes disagree ((L, H, D), (L, D), (L, H), (L,)), or a ``profile.json``
+                without a numeric ``zeta`` -- one line naming the file and the fix.
+        """
         folder = Path(folder)
         path = folder / "profile.safetensors"
+        fix = "write it again with `clipguard heads analyze`"
         if not path.is_file():
             raise ConfigError(f"{folder}: no profile.safetensors; write one with `clipguard heads analyze`")
         meta = read_json_object(folder / "profile.json", "a head profile", "write one with `clipguard heads analyze`")
-        t = load_file(str(path))
+        try:
+            t = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error type (and OSError) for a damaged file
+            raise ConfigError(f"{path}: not a readable safetensors file ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); {fix}") from None
+        _check_profile_tensors(t, path, fix)
+        try:
+            zeta, zeta_score = int(meta["zeta"]), float(meta.get("zeta_score", float("inf")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{folder / 'profile.json'}: no numeric 'zeta' ({type(exc).__name__}: {exc}); "
+                              f"{fix}") from None
         info = {k: v for k, v in meta.items() if k not in ("zeta", "zeta_score")}
-        return cls(t["head_prototypes"], t["mlp_means"], t["head_eps"], t["mlp_eps"], int(meta["zeta"]),
-                   float(meta.get("zeta_score", float("inf"))), info)
+        return cls(t["head_prototypes"], t["mlp_means"], t["head_eps"], t["mlp_eps"], zeta, zeta_score, info)
+
+
+def _check_profile_tensors(t: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    """Refuse, in one line, tensors that are not a head profile: a missing one, or shapes that disagree
+    (head_prototypes (L, H, D), mlp_means (L, D), head_eps (L, H), mlp_eps (L,))."""
+    missing = [k for k in ("head_prototypes", "mlp_means", "head_eps", "mlp_eps") if k not in t]
+    if missing:
+        raise ConfigError(f"{path}: not a head profile, missing tensor(s) {', '.join(missing)} (found: "
+                          f"{', '.join(sorted(t)[:8]) or 'none'}); {fix}")
+    proto = tuple(t["head_prototypes"].shape)
+    if len(proto) != 3:
+        raise ConfigError(f"{path}: head_prototypes has shape {proto}, expected (layers, heads, dim); {fix}")
+    L, H, D = proto
+    want = {"mlp_means": (L, D), "head_eps": (L, H), "mlp_eps": (L,)}
+    for name, shape in want.items():
+        if tuple(t[name].shape) != shape:
+            raise ConfigError(f"{path}: {name} has shape {tuple(t[name].shape)}, expected {shape} to match "
+                              f"head_prototypes {proto}; {fix}")
+    for name, x in t.items():
+        if name in want or name == "head_prototypes":
+            if not x.is_floating_point():
+                raise ConfigError(f"{path}: {name} holds {x.dtype}, not floating-point numbers; {fix}")
 
 
 def _split(n: int, shares: Sequence[float], seed: int) -> list[np.ndarray]:

@@ -254,7 +254,9 @@ def _spec(trigger: Trigger, manifest: Manifest, *, target: str, mode: str, rate:
 
 def _write(df: pd.DataFrame, out: Path, spec: dict, skipped: SkipLog, source: Manifest) -> PoisonResult:
     """The skip list and ``attack.json`` first, the manifest last (each atomically): a folder with a
-    ``manifest.parquet`` is a finished one, whatever killed an earlier run."""
+    ``manifest.parquet`` is a finished one, whatever killed an earlier run. The lines the source manifest's
+    reader left out are counted with the skips."""
+    skipped.add_read_skips(source)
     if len(skipped):
         skipped.save(out / "skipped.csv")
     spec["n_skipped"], spec["skip_counts"] = len(skipped), skipped.counts()

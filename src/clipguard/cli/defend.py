@@ -21,13 +21,21 @@ __all__ = ["defences", "defend", "filter_"]
 @out_option("Folder for the filtered manifest, removed.csv and run.json.")
 @click.option("--detector", default=default_of(filter_manifest, "detector"), show_default=True,
               help="Whose ranking decides.")
-@click.option("--share", type=float, default=None,
-              help="Remove the top SHARE of the scored rows [default: the scan's is_<detector>_suspect rows].")
+@click.option("--share", default="auto", show_default=True,
+              help="auto: from the poisoned share estimated from the scores, the largest top cut whose expected "
+                   "precision is >= 0.5 (nothing when no poison is found; run.json records the estimate and why); "
+                   "estimate: exactly the estimated number of rows; F: the top fraction F of the scored rows; "
+                   "suspects: the scan's is_<detector>_suspect rows.")
 @click.option("--top", type=int, default=None, help="Remove the top N rows instead.")
-def filter_(manifest: str, scan_dir: str, out: str, detector: str, share: float | None, top: int | None) -> None:
+@click.option("--fdr", type=float, default=None,
+              help="Remove the Benjamini-Hochberg cut at this false-discovery rate instead (e.g. 0.1).")
+@click.option("--seed", type=int, default=None, help="Seed of the estimate's bootstrap [default: the scan's seed].")
+def filter_(manifest: str, scan_dir: str, out: str, detector: str, share: str, top: int | None, fdr: float | None,
+            seed: int | None) -> None:
     """Write MANIFEST without the suspects that `clipguard scan` (output SCAN_DIR) ranked highest."""
-    res = filter_manifest(manifest, scan_dir, out, detector=detector, share=share, top=top)
-    msg = (f"removed {res.n_removed} of {res.n_rows} rows by {detector}, kept {res.n_kept}"
+    res = filter_manifest(manifest, scan_dir, out, detector=detector, share=share, top=top, fdr=fdr, seed=seed)
+    msg = (f"cut: {res.reason}\n"
+           f"removed {res.n_removed} of {res.n_rows} rows by {detector}, kept {res.n_kept}"
            + (f" ({res.n_unscored} unscored rows kept)" if res.n_unscored else "") + f" -> {res.manifest_path}")
     if res.poisoned_recall is not None:
         prec = "n/a" if res.poisoned_precision is None else f"{res.poisoned_precision:.3f}"

@@ -31,7 +31,7 @@ from clipguard.detect import (
     top_suspects,
 )
 from clipguard.detect.detectors import nest_params
-from clipguard.detect.store import default_detector
+from clipguard.detect.store import default_detector, format_tradeoff, read_share
 from clipguard.distributed import scan_sharded
 from clipguard.errors import ConfigError
 from clipguard.io.reader import can_memory_map
@@ -103,11 +103,27 @@ def _echo_result(res: ScanResult) -> None:
                    f"suspicious; {d['n_record_ids_unmatched']} record ids match no sample)")
     for det, why in res.skipped_detectors.items():
         click.echo(f"skipped {det}: {why}")
+    _echo_share(res)
     if res.metrics:
         w = max(10, *(len(d) for d in res.detectors))
         click.echo(f"{'detector':{w}s} {'AUROC':>7s} {'AUPRC':>7s} {'TPR@1%FPR':>10s}")
         for det, m in res.metrics.items():
             click.echo(f"{det:{w}s} {m['auroc']:7.4f} {m['auprc']:7.4f} {m['tpr_at_1pct_fpr']:10.4f}")
+
+
+def _echo_share(res: ScanResult) -> None:
+    """The estimated poisoned share (run.json ``share_estimate``) and the trade-off table."""
+    est, curve = read_share(res.out_dir)
+    if est is None:
+        return
+    if "skipped" in est:
+        click.echo(f"poisoned share: not estimated ({est['skipped']})")
+        return
+    click.echo(f"poisoned share: {est['reason'].split('; ')[0]}")
+    if curve is not None:
+        click.echo(f"trade-off (top rows by {est['detector']}_score; exp. = from the estimate) -> "
+                   f"{res.out_dir / 'tradeoff.csv'}")
+        click.echo(format_tradeoff(curve))
 
 
 def _echo_top(res: ScanResult, detector: str, n: int) -> None:

@@ -15,7 +15,10 @@ orientation applied, any mode (grayscale, 16-bit, CMYK, palette, alpha) converte
 an image whose declared size exceeds PIL's ``Image.MAX_IMAGE_PIXELS`` refused before it is decoded.
 The reason of a skip comes from :func:`skip_reason` (its text up to the first colon is what
 :meth:`SkipLog.counts` counts: "missing image", "unreadable image", "image too large", "outside the
-dataset root", "empty caption").
+dataset root", "empty caption"). The lines the manifest reader left out ("too many fields", "duplicate
+key": :attr:`~clipguard.data.manifest.Manifest.read_skips`) join a skip log through
+:meth:`SkipLog.add_read_skips`, as row -1 (they have no row in the manifest's table):
+:class:`ImageCaptionDataset` adds them when it is built.
 """
 from __future__ import annotations
 
@@ -50,6 +53,11 @@ class SkipLog:
     def add(self, row: int, id_: str, reason: str) -> None:
         self.entries.append((row, id_, reason))
         log.warning("skipped row %d (id %s): %s", row, id_, reason)
+
+    def add_read_skips(self, manifest: Manifest) -> None:
+        """Add the lines ``manifest``'s reader left out (:attr:`Manifest.read_skips`) as rows -1, not logged
+        again (the reader logged them); their reason names the line."""
+        self.entries.extend((-1, id_, reason) for _, id_, reason in manifest.read_skips)
 
     def counts(self) -> dict[str, int]:
         """Number of skipped rows per reason (the reason's text up to the first colon)."""
@@ -132,7 +140,8 @@ class ImageCaptionDataset(Dataset):
         transform: image transform (e.g. open_clip's preprocess) mapping a PIL image to a
             (3, H, W) float tensor; ``None`` returns the PIL image.
         tokenizer: optional callable mapping a list of captions to a (n, L) LongTensor.
-        skip_log: where skipped rows are recorded (a new one if omitted).
+        skip_log: where skipped rows are recorded (a new one if omitted); the lines the manifest's reader
+            left out are added first (:meth:`SkipLog.add_read_skips`).
 
     Items are dicts ``{"index": int, "image": Tensor(3,H,W), "text": LongTensor(L) | str}``
     where ``index`` is the row in the manifest; ``None`` for an image that cannot be decoded.
@@ -149,6 +158,7 @@ class ImageCaptionDataset(Dataset):
         self.transform = transform
         self.tokenizer = tokenizer
         self.skip_log = skip_log if skip_log is not None else SkipLog()
+        self.skip_log.add_read_skips(manifest)
         df = manifest.df
         skips: dict[int, str] = {}
         for i in range(len(df)):

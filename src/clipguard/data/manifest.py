@@ -7,8 +7,12 @@ and ``caption``; optional ground-truth columns such as ``poisoned`` (bool), ``tr
 Local image paths must lie inside the manifest's roots (its folder, the folders a user allows, the
 sources of a derived manifest: :mod:`clipguard.data.roots`); :meth:`Manifest.image_path` raises
 :class:`~clipguard.data.roots.OutsideRootError` for one that leaves them, and the readers count the row as
-skipped. Text that is not UTF-8 does not refuse a CSV or JSON-lines manifest: it is decoded with
-U+FFFD replacement characters and the rows affected are counted (:attr:`Manifest.replaced_rows`).
+skipped. One bad row never refuses a whole manifest: text that is not UTF-8 (a CSV or JSON-lines
+file, or a Parquet text column holding bytes) is decoded with U+FFFD replacement characters and the rows
+affected are counted (:attr:`Manifest.replaced_rows`); a CSV line with more fields than the header, a
+JSON line that is not a JSON object and one that names a key twice are skipped and counted
+(:attr:`Manifest.read_skips`, reasons "too many fields", "not a JSON object", "duplicate key"; the readers
+of images add them to their ``skipped.csv`` and ``skip_counts``, every command's run record counts them).
 
 A manifest may live on any fsspec filesystem (``read_manifest("s3://bucket/manifest.parquet")``,
 ``memory://...``): its relative image paths then resolve inside the same filesystem, next to the
@@ -18,14 +22,16 @@ member of a webdataset tar, ``tar://<member>::<archive>`` (:mod:`clipguard.data.
 """
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -65,6 +71,10 @@ class Manifest:
         replaced_rows: rows whose text held bytes that are not UTF-8 (decoded with U+FFFD).
         roots: the folders its local images may lie in, resolved (None: ``root``, the sources of a
             derived manifest and the user's roots, :func:`clipguard.data.roots.dataset_roots`).
+        read_skips: ``(line, id, reason)`` of the file's lines left out of ``df`` when it was read (a
+            CSV line with more fields than the header, a JSON line that is no JSON object or names a key
+            twice); ``line`` counts from 1 (the header is line 1 of a CSV), ``id`` is ``""`` when the
+            line has none.
     """
 
     df: pd.DataFrame
@@ -72,6 +82,7 @@ class Manifest:
     path: Path | str | None = None
     replaced_rows: tuple[int, ...] = ()
     roots: tuple[Path, ...] | None = None
+    read_skips: tuple[tuple[int, str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.roots is None:
@@ -95,9 +106,15 @@ class Manifest:
         p = Path(entry)
         return confine(p if p.is_absolute() else Path(self.root) / p, self.roots)
 
-    def read_counts(self) -> dict[str, int]:
-        """What reading the file changed, for a run record: ``{"rows_decoded_with_replacement": n}``."""
-        return {"rows_decoded_with_replacement": len(self.replaced_rows)}
+    def read_counts(self) -> dict[str, Any]:
+        """What reading the file changed, for a run record: ``{"rows_decoded_with_replacement": n,
+        "rows_skipped_when_read": m, "read_skip_counts": {reason: count}}`` (the lines of :attr:`read_skips`,
+        by reason: "too many fields", "not a JSON object", "duplicate key")."""
+        counts: dict[str, int] = {}
+        for _, _, reason in self.read_skips:
+            counts[reason.split(":")[0]] = counts.get(reason.split(":")[0], 0) + 1
+        return {"rows_decoded_with_replacement": len(self.replaced_rows), "rows_skipped_when_read": len(self.read_skips),
+                "read_skip_counts": counts}
 
     def rows_relative_to(self, out_dir: str | os.PathLike) -> pd.DataFrame:
         """A copy of the rows whose relative image paths point from ``out_dir`` to the same files (for a
@@ -127,13 +144,166 @@ def _find_manifest(path: Location) -> Location:
     raise ManifestError(f"{path}: folder holds no manifest.parquet/.csv/.jsonl; pass the manifest file")
 
 
-def _parse(src, fmt: str, errors: str = "strict") -> pd.DataFrame:
+_TEXT = {"id": str, "image": str, "caption": str}
+_TOO_MANY = re.compile(r"Expected \d+ fields in line \d+, saw \d+")
+ReadSkip = tuple[int, str, str]
+"""``(line, id, reason)`` of a line left out when a manifest file was read."""
+
+
+class _RaggedCsv(Exception):
+    """Some CSV line holds more fields than the header (the file is read again record by record)."""
+
+
+def _csv_frame(src, errors: str) -> pd.DataFrame:
+    """The CSV ``src`` parsed by pandas (``id``, ``image``, ``caption`` as text, empty cells kept as "").
+
+    Raises:
+        _RaggedCsv: a line with more fields than the header (pandas would refuse the file, or cut the
+            first data line silently when it is that line).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            df = pd.read_csv(src, dtype=_TEXT, keep_default_na=False, encoding_errors=errors, index_col=False)
+        except pd.errors.ParserError as exc:
+            if _TOO_MANY.search(str(exc)):
+                raise _RaggedCsv from None
+            raise
+    for w in caught:
+        if issubclass(w.category, pd.errors.ParserWarning) and "does not match length of data" in str(w.message):
+            raise _RaggedCsv
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return df
+
+
+def _csv_by_record(raw: bytes, errors: str) -> tuple[pd.DataFrame, tuple[ReadSkip, ...]]:
+    """The CSV bytes ``raw`` read record by record: each line with more fields than the header is left out
+    (a read skip naming its line), the others parsed as :func:`_csv_frame` does."""
+    text = raw.decode("utf-8", errors=errors)  # strict: UnicodeDecodeError, and the caller reads with "replace"
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))  # the csv module refuses fields over 128 KiB; pandas does not
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header: list[str] | None = None
+        keep, skips = [], []
+        for fields in reader:
+            if not fields:  # a blank line (pandas skips them too)
+                continue
+            if header is not None and len(fields) > len(header):
+                n, at = reader.line_num, header.index("id") if "id" in header else None
+                skips.append((n, fields[at] if at is not None else "",
+                              f"too many fields: line {n} has {len(fields)} fields, the header {len(header)}; quote "
+                              "a field that holds a comma, or remove the extra fields"))
+                continue
+            header = fields if header is None else header
+            keep.append(fields)
+    finally:
+        csv.field_size_limit(limit)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(keep)
+    return _csv_frame(io.StringIO(buf.getvalue()), "strict"), tuple(skips)
+
+
+class _Pairs(list):
+    """The key-value pairs of one JSON object, in their order (a key named twice appears twice)."""
+
+
+_PAIRS = json.JSONDecoder(object_pairs_hook=_Pairs)
+_ID_IN_TEXT = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _line_fault(line: str) -> tuple[str, str] | None:
+    """``(reason key, what)`` when the JSON line ``line`` cannot be a row: not a JSON object (``"not a JSON
+    object"``), or an object that names a key twice (``"duplicate key"``: which value is meant cannot be
+    told); None for a good object."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        return "not a JSON object", f"does not parse as JSON ({' '.join(str(exc).split())})"
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
+        return "not a JSON object", f"holds {kind}, not an object"
+    if line.count(":") <= len(obj):  # each key-value pair holds a colon: no room for a key named twice
+        return None
+    seen: set[str] = set()
+    for key, _ in _PAIRS.decode(line):
+        if key in seen:
+            return "duplicate key", f"names the key {key!r} more than once"
+        seen.add(key)
+    return None
+
+
+def _line_id(line: str) -> str:
+    """The ``id`` a JSON line gives (its last one, as JSON readers take it), found as text when the line does
+    not parse; "" when it has none."""
+    try:
+        obj = _PAIRS.decode(line)
+        ids = [v for k, v in obj if k == "id"] if isinstance(obj, _Pairs) else []
+    except ValueError:
+        ids = _ID_IN_TEXT.findall(line)
+    return str(ids[-1]) if ids else ""
+
+
+_LINE_FIX = {"not a JSON object": "fix or remove that line (a JSON-lines manifest holds one object per line)",
+             "duplicate key": "keep one of them"}
+
+
+def _jsonl_frame(raw: bytes, errors: str) -> tuple[pd.DataFrame, tuple[ReadSkip, ...]]:
+    """The JSON-lines bytes ``raw`` parsed by pandas, each line that is not a JSON object, or names a key twice,
+    left out (a read skip naming the line). A file with no good line at all is refused (ValueError)."""
+    text = raw.decode("utf-8", errors=errors)  # strict: UnicodeDecodeError, and the caller reads with "replace"
+    lines = text.split("\n")
+    skips, n_good = [], 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fault = _line_fault(line)
+        if fault is None:
+            n_good += 1
+            continue
+        key, what = fault
+        skips.append((n, _line_id(line), f"{key}: line {n} {what}; {_LINE_FIX[key]}"))
+    if skips and not n_good:
+        raise ValueError("no line of the file is a JSON object")
+    if skips:
+        drop = {n for n, _, _ in skips}
+        text = "\n".join(line for n, line in enumerate(lines, 1) if n not in drop)
+    return pd.read_json(io.StringIO(text), lines=True, dtype={"id": str}), tuple(skips)
+
+
+def _parse(path: Location, raw: bytes | None, fmt: str, errors: str = "strict"
+           ) -> tuple[pd.DataFrame, tuple[ReadSkip, ...]]:
+    """The rows of the manifest file ``path`` (read from ``raw`` when given) and the lines left out."""
     if fmt == "csv":
-        return pd.read_csv(src, dtype={"id": str, "image": str, "caption": str}, keep_default_na=False,
-                           encoding_errors=errors)
+        try:
+            return _csv_frame(path if raw is None else io.BytesIO(raw), errors), ()
+        except _RaggedCsv:
+            return _csv_by_record(_raw(path) if raw is None else raw, errors)
     if fmt == "parquet":
-        return pd.read_parquet(src)
-    return pd.read_json(src, lines=True, dtype={"id": str}, encoding_errors=errors)
+        return pd.read_parquet(path if raw is None else io.BytesIO(raw)), ()
+    return _jsonl_frame(_raw(path) if raw is None else raw, errors)
+
+
+def _decode_binary(df: pd.DataFrame, path: Location) -> tuple[pd.DataFrame, tuple[int, ...]]:
+    """``df`` with the bytes of its ``id``, ``image`` and ``caption`` columns (a Parquet binary column)
+    decoded as UTF-8, U+FFFD replacing what is not; the rows that needed a replacement."""
+    bad: set[int] = set()
+    for c in REQUIRED_COLUMNS:
+        if c not in df.columns or not pd.api.types.is_object_dtype(df[c]):
+            continue
+        values = df[c].tolist()
+        if not any(isinstance(v, (bytes, bytearray)) for v in values):
+            continue
+        for i, v in enumerate(values):
+            if isinstance(v, (bytes, bytearray)):
+                try:
+                    values[i] = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    values[i] = bytes(v).decode("utf-8", errors="replace")
+                    bad.add(i)
+        log.info("%s: column %r holds bytes; decoded as UTF-8", path, c)
+        df[c] = values
+    return df, tuple(sorted(bad))
 
 
 def _replaced(df: pd.DataFrame) -> tuple[int, ...]:
@@ -182,25 +352,31 @@ def _raw(path: Location) -> bytes:
         return f.read()
 
 
-def _read_rows(path: Location, fmt: str) -> tuple[pd.DataFrame, tuple[int, ...]]:
-    """The rows of the manifest file ``path`` (local, or an fsspec URL read through a file object) and the rows
-    whose text was not UTF-8 (decoded with replacement characters, and logged)."""
-    raw = None if not is_url(path) else _raw(path)
-
-    def src():
-        return path if raw is None else io.BytesIO(raw)
-
+def _read_rows(path: Location, fmt: str) -> tuple[pd.DataFrame, tuple[int, ...], tuple[ReadSkip, ...]]:
+    """The rows of the manifest file ``path`` (local, or an fsspec URL read through a file object), the rows
+    whose text was not UTF-8 (decoded with replacement characters) and the lines left out (both logged)."""
+    raw = None
     try:
+        raw = _raw(path) if is_url(path) else None
         try:
-            return _parse(src(), fmt), ()
+            df, skips = _parse(path, raw, fmt)
+            replaced: tuple[int, ...] = ()
         except UnicodeDecodeError:
-            df = _parse(src(), fmt, errors="replace")
+            df, skips = _parse(path, raw, fmt, errors="replace")
+            replaced = _replaced(df)
     except Exception as exc:  # the parsers raise many types; the user needs the file and the cause
         raise ManifestError(_why(path, fmt, exc, raw)) from None
-    rows = _replaced(df)
-    log.warning("%s: %d row(s) hold text that is not UTF-8 (rows %s); decoded with U+FFFD replacement characters",
-                path, len(rows), ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else ""))
-    return df, rows
+    if fmt == "parquet":
+        df, replaced = _decode_binary(df, path)
+    if replaced:
+        log.warning("%s: %d row(s) hold text that is not UTF-8 (rows %s); decoded with U+FFFD replacement "
+                    "characters", path, len(replaced),
+                    ", ".join(map(str, replaced[:10])) + (", ..." if len(replaced) > 10 else ""))
+    for n, id_, reason in skips[:10]:
+        log.warning("%s: skipped line %d (id %s): %s", path, n, id_ or "?", reason)
+    if len(skips) > 10:
+        log.warning("%s: %d more lines skipped", path, len(skips) - 10)
+    return df, replaced, skips
 
 
 def _check_columns(df: pd.DataFrame, path: Location, fmt: str) -> None:
@@ -232,12 +408,14 @@ def read_manifest(path: str | os.PathLike, *, allow_roots: Iterable[str | os.Pat
         allow_roots: folders outside the manifest's own where its local images may lie (added to
             :func:`clipguard.data.roots.user_roots`: ``clipguard --allow-root``, ``CLIPGUARD_ALLOW_ROOTS``).
 
-    Text that is not UTF-8 (CSV, JSON lines) is decoded with U+FFFD replacement characters; the rows
-    affected are :attr:`Manifest.replaced_rows` (and logged).
+    Text that is not UTF-8 (CSV, JSON lines, bytes in a Parquet text column) is decoded with U+FFFD
+    replacement characters; the rows affected are :attr:`Manifest.replaced_rows` (and logged). A CSV line
+    with more fields than the header, or a JSON line that is not a JSON object or names a key twice, is left
+    out and listed in :attr:`Manifest.read_skips` (and logged): one bad line does not refuse the file.
 
     Raises:
-        ManifestError: the file is missing, empty or unreadable (a JSON-lines file: the first line that
-            is not a JSON object), names a column twice, lacks one of ``id``, ``image``, ``caption``
+        ManifestError: the file is missing, empty or unreadable (a JSON-lines file without one JSON
+            object: the first line that is not one), names a column twice, lacks one of ``id``, ``image``, ``caption``
             (the message names the columns expected and those found), or repeats an id.
         ConfigError: a URL whose protocol's package (s3fs, gcsfs) is not installed.
     """
@@ -245,7 +423,7 @@ def read_manifest(path: str | os.PathLike, *, allow_roots: Iterable[str | os.Pat
     fmt = _format_of(path)
     if not is_file(path):
         raise ManifestError(f"{path}: manifest not found; check the path")
-    df, replaced = _read_rows(path, fmt)
+    df, replaced, skips = _read_rows(path, fmt)
     _check_columns(df, path, fmt)
     df = df.reset_index(drop=True)
     df["id"] = df["id"].astype(str)
@@ -259,7 +437,7 @@ def read_manifest(path: str | os.PathLike, *, allow_roots: Iterable[str | os.Pat
         )
     root = parent(path)
     return Manifest(df=df, root=root, path=path, replaced_rows=replaced,
-                    roots=dataset_roots(root, path, allow_roots))
+                    roots=dataset_roots(root, path, allow_roots), read_skips=skips)
 
 
 def _missing(v) -> bool:

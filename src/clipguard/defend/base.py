@@ -30,7 +30,7 @@ from clipguard.train.data import PairData, Views
 from clipguard.train.objective import Objective
 from clipguard.train.trainer import TrainConfig, train_clip
 
-__all__ = ["DEFENCES", "Defence", "DefenceJob", "DefenceOutcome", "make_defence"]
+__all__ = ["DEFENCES", "Defence", "DefenceJob", "DefenceOutcome", "make_defence", "skip_record"]
 
 DEFENCES: Registry = Registry("defence")
 """Every model defence by name (``clipguard defend METHOD``)."""
@@ -102,8 +102,17 @@ class Defence:
         result = train_clip(job.bundle, data, job.config, job.out_dir, objective=objective, workers=job.workers,
                             progress=job.progress, device=job.device)
         return DefenceOutcome(job.bundle, {"objective": objective.describe(), "history": result.history,
-                                           "n_pairs": result.n_pairs, "n_skipped": len(data.skip_log),
+                                           "n_pairs": result.n_pairs, **skip_record(data, job.out_dir),
                                            "train_seconds": round(result.seconds, 2)})
+
+
+def skip_record(data: PairData, out_dir: Path) -> dict[str, Any]:
+    """``{"n_skipped", "skip_counts"}`` (by reason) of the rows ``data`` left out; ``out_dir/skipped.csv``
+    lists each of them (when there is one)."""
+    if len(data.skip_log):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data.skip_log.save(out_dir / "skipped.csv")
+    return {"n_skipped": len(data.skip_log), "skip_counts": data.skip_log.counts()}
 
 
 def make_defence(method: str, params: dict[str, Any] | None = None) -> Defence:

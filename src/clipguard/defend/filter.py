@@ -14,12 +14,19 @@ suspicious), ``filter_manifest`` writes the manifest without the suspects. Outpu
                          the poisoned rows removed (recall) and of the removed rows poisoned
                          (precision)
 
-Which rows go:
+Which rows go (one rule; the run records it with its reason):
 
-* default: the scan's own budget, ``is_<detector>_suspect`` (the top ``suspect_share`` of the
-  scan, 1 % unless the scan was told otherwise);
+* ``share="auto"`` (default): from the poisoned share estimated from the detector's scores
+  (:func:`clipguard.detect.share.estimate_share`: tail excess over a null fitted to the bulk, no ground
+  truth), the largest top cut whose EXPECTED precision is still >= 0.5
+  (:func:`~clipguard.detect.share.precision_cut`; Storey's adaptive Benjamini-Hochberg at FDR 0.5);
+  0 rows when no excess is found;
+* ``share="estimate"``: exactly as many top rows as the estimate (``n_estimated``);
+* ``fdr=q``: the Benjamini-Hochberg cut at false-discovery rate q on the same null's p-values;
 * ``share=f``: the top ``ceil(f * n_scored)`` by ``<detector>_rank``;
-* ``top=n``: the top ``n`` by ``<detector>_rank``.
+* ``top=n``: the top ``n`` by ``<detector>_rank``;
+* ``share="suspects"``: the scan's own budget, ``is_<detector>_suspect`` (the top ``suspect_share``
+  of the scan, 1 % unless the scan was told otherwise).
 
 Rows the scan never scored (left out at embedding time: missing or unreadable image, empty
 caption) are kept and counted as ``n_unscored``: the trainer skips them again with the reason.
@@ -40,13 +47,14 @@ import pandas as pd
 from clipguard.data.manifest import Manifest, read_manifest, write_manifest
 from clipguard.detect.facade import Scan
 from clipguard.detect.options import DEFAULT_DETECTOR
+from clipguard.detect.share import ShareEstimate, bh_cut, estimate_share, null_pvalues, precision_cut
 from clipguard.errors import ConfigError
 from clipguard.utils.fs import is_url
 from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 from clipguard.utils.validate import check_int, check_real
 
-__all__ = ["FilterResult", "filter_manifest", "datacomp_uids"]
+__all__ = ["FilterResult", "filter_manifest", "datacomp_uids", "SHARE_RULES"]
 
 log = logging.getLogger("clipguard")
 
@@ -64,46 +72,91 @@ class FilterResult:
     removed: pd.DataFrame
     poisoned_recall: float | None = None
     poisoned_precision: float | None = None
+    rule: str = ""
+    reason: str = ""
+    share_estimate: ShareEstimate | None = None
 
 
-def _check_rule(share: float | None, top: int | None) -> None:
-    if share is not None and top is not None:
-        raise ConfigError("give --share or --top, not both")
-    if share is not None:
+SHARE_RULES = ("auto", "estimate", "suspects")
+"""The named values of ``share`` (besides a fraction in (0, 1])."""
+
+
+AUTO_MIN_PRECISION = 0.5
+"""``share="auto"`` removes top rows while their expected precision is at least this (expected FDR 0.5)."""
+
+
+def _check_rule(share: float | str | None, top: int | None, fdr: float | None) -> float | str | None:
+    """The one rule given (``share`` as a float, ``"auto"`` or ``"suspects"``; None when ``top``/``fdr`` decide)."""
+    if isinstance(share, str) and share not in SHARE_RULES:
+        try:
+            share = float(share)
+        except ValueError:
+            raise ConfigError(f"--share must be a fraction in (0, 1], 'auto', 'estimate' or 'suspects', got "
+                              f"{share!r}") from None
+    given = [n for n, v in (("--top", top), ("--fdr", fdr)) if v is not None]
+    if share not in (None, "auto") and given:
+        given.insert(0, "--share")
+    if len(given) > 1:
+        raise ConfigError(f"give one of --share, --top, --fdr, not {' and '.join(given)}")
+    if given:
+        share = None
+    if isinstance(share, float | int) and not isinstance(share, bool):
         check_real("share", share, low=0, high=1, low_open=True)
     if top is not None:
         check_int("top", top, minimum=0)
+    if fdr is not None:
+        check_real("fdr", fdr, low=0, high=1, low_open=True, high_open=True)
+    return share
 
 
-def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, manifest_path: Path) -> pd.DataFrame:
-    """The score table of the scan in ``scan_dir`` (ids as strings), checked against the manifest."""
+def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, manifest_path: Path
+                 ) -> tuple[pd.DataFrame, int]:
+    """``(the score table of the scan in scan_dir (ids as strings), checked against the manifest; the scan's seed)``."""
     scan = Scan.load(scan_dir)
     if detector not in scan.detectors:
         raise ConfigError(f"{scan_dir}: the scan did not run detector {detector!r}; choose one of: "
                           f"{', '.join(scan.detectors)}")
     scores = scan.scores.copy()
+    seed = int(scan.config.seed)
     scores["id"] = scores["id"].astype(str)
     unknown = ~scores["id"].isin(set(ids))
     if unknown.any():
         raise ConfigError(f"{scan_dir}: {int(unknown.sum())} of {len(scores)} scored ids are not in {manifest_path} "
                           f"(e.g. {scores['id'][unknown].iat[0]!r}); was the scan made from this manifest?")
-    return scores
+    return scores, seed
 
 
-def _to_remove(scores: pd.DataFrame, detector: str, share: float | None, top: int | None) -> tuple[pd.Series, str]:
-    """``(mask of the scored rows to remove, the rule in words)``."""
+def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, top: int | None,
+               fdr: float | None, seed: int) -> tuple[pd.Series, str, str, ShareEstimate | None]:
+    """``(mask of the scored rows to remove, rule, the cut in words, the share estimate or None)``."""
     rank_col, flag_col = f"{detector}_rank", f"is_{detector}_suspect"
     n_scored = len(scores)
     if top is not None:
-        return scores[rank_col] <= int(top), f"top {int(top)} by {rank_col}"
-    if share is not None:
-        n = math.ceil(share * n_scored)
-        return scores[rank_col] <= n, f"top {share:g} of {n_scored} scored ({n}) by {rank_col}"
-    return scores[flag_col].astype(bool), f"{flag_col} (the scan's suspect budget)"
+        return scores[rank_col] <= int(top), "top", f"top {int(top)} by {rank_col}", None
+    if share == "suspects":
+        return scores[flag_col].astype(bool), "suspects", f"{flag_col} (the scan's suspect budget)", None
+    if share is not None and share not in SHARE_RULES:
+        n = math.ceil(float(share) * n_scored)
+        return scores[rank_col] <= n, "share", f"top {float(share):g} of {n_scored} scored ({n}) by {rank_col}", None
+    values = scores[f"{detector}_score"].to_numpy(dtype=np.float64)
+    est = estimate_share(values, detector=detector, seed=seed)
+    if fdr is not None:
+        n = bh_cut(null_pvalues(values, est), fdr)
+        return (scores[rank_col] <= n, "fdr", f"Benjamini-Hochberg at FDR {fdr:g} on the p-values of the fitted "
+                f"null: {n} of {n_scored} rows ({est.describe()})", est)
+    if share == "estimate":
+        n = est.n_estimated
+        return (scores[rank_col] <= n, "estimate", f"cut at the estimated poisoned share: {n} of {n_scored} rows "
+                f"({est.reason})", est)
+    n = precision_cut(values, est, AUTO_MIN_PRECISION)
+    why = (f"the largest top cut whose expected precision is >= {AUTO_MIN_PRECISION:g}: {n} of {n_scored} rows"
+           if est.share > 0 else f"no poisoned share found, nothing removed ({n} of {n_scored} rows)")
+    return scores[rank_col] <= n, "auto", f"{why} ({est.reason})", est
 
 
 def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                    detector: str = DEFAULT_DETECTOR, share: float | None = None, top: int | None = None) -> FilterResult:
+                    detector: str = DEFAULT_DETECTOR, share: float | str | None = "auto", top: int | None = None,
+                    fdr: float | None = None, seed: int | None = None) -> FilterResult:
     """Write ``manifest`` without the suspects of ``detector`` in ``scan_dir`` to ``out_dir``.
 
     The scan is read with :meth:`clipguard.detect.Scan.load`.
@@ -113,19 +166,26 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
         scan_dir: the output folder of ``clipguard scan`` (``scores/`` and ``run.json`` inside).
         out_dir: folder for ``manifest.<ext>`` (the input's format), ``removed.csv``, ``run.json``.
         detector: whose ranking decides (a detector the scan ran).
-        share: remove the top ``ceil(share * n_scored)``; ``top``: remove the top ``top``;
-            neither: remove the scan's ``is_<detector>_suspect`` rows.
+        share: ``"auto"`` (default): from the poisoned share estimated from the detector's scores,
+            the largest top cut whose expected precision is >= 0.5 (nothing when the estimate is
+            0); ``"estimate"``: exactly the estimated number of rows; a fraction f: the top
+            ``ceil(f * n_scored)``; ``"suspects"``: the scan's ``is_<detector>_suspect`` rows.
+        top: remove the top ``top`` instead; fdr: remove the Benjamini-Hochberg cut at this
+            false-discovery rate instead (p-values of the null fitted by the estimate).
+        seed: seed of the estimate's bootstrap (default: the scan's seed).
 
     Raises:
-        ConfigError: both ``share`` and ``top``, a value out of range, a folder that holds no
-            scan, a detector the scan did not run, or scores that do not belong to the manifest.
+        ConfigError: more than one of ``share`` (other than "auto"), ``top``, ``fdr``; a value out of
+            range; a set too small to estimate (< 20 scored rows) with ``"auto"``/``fdr``; a folder
+            that holds no scan, a detector the scan did not run, or scores that do not belong to the
+            manifest.
         ManifestError: the manifest cannot be read.
     """
-    _check_rule(share, top)
+    share = _check_rule(share, top, fdr)
     m = read_manifest(manifest)
     ids = m.df["id"].astype(str)
-    scores = _scan_scores(scan_dir, detector, ids, m.path)
-    remove, rule = _to_remove(scores, detector, share, top)
+    scores, scan_seed = _scan_scores(scan_dir, detector, ids, m.path)
+    remove, rule, reason, est = _to_remove(scores, detector, share, top, fdr, scan_seed if seed is None else seed)
     drop = ids.isin(set(scores["id"][remove])).to_numpy()
     kept = m.df[~drop].copy()
     out = Path(out_dir)
@@ -150,12 +210,12 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
     if n_unscored:
         log.warning("%d manifest rows have no score (skipped when embedding); kept", n_unscored)
     res = FilterResult(manifest_out, len(m), len(scores), int(drop.sum()), len(kept), n_unscored,
-                       removed.reset_index(drop=True))
+                       removed.reset_index(drop=True), rule=rule, reason=reason, share_estimate=est)
     if m.has_ground_truth:
         y = m.df["poisoned"].astype(bool).to_numpy()
         res.poisoned_recall = float(drop[y].mean()) if y.any() else None
         res.poisoned_precision = float(y[drop].mean()) if drop.any() else None
-    _save_record(res, m, scan_dir, detector, share, top, rule, out)
+    _save_record(res, m, scan_dir, detector, {"share": share, "top": top, "fdr": fdr}, out)
     return res
 
 
@@ -169,15 +229,17 @@ def datacomp_uids(ids: pd.Series) -> np.ndarray | None:
     return out
 
 
-def _save_record(res: FilterResult, manifest: Manifest, scan_dir, detector: str, share, top, rule: str,
-                 out: Path) -> None:
+def _save_record(res: FilterResult, manifest: Manifest, scan_dir, detector: str, given: dict, out: Path) -> None:
     rec = RunRecord("filter", {"manifest": str(manifest.path), "scan_dir": str(scan_dir), "detector": detector,
-                               "share": share, "top": top})
+                               **given})
     rec["data_fingerprint"] = fingerprint_files([manifest.path])
     rec.data.update(manifest.read_counts())
-    rec.data.update(rule=rule, n_rows=res.n_rows, n_scored=res.n_scored, n_removed=res.n_removed,
+    rec.data.update(rule=res.rule, cut={"rule": res.rule, "n_removed": res.n_removed, "reason": res.reason},
+                    n_rows=res.n_rows, n_scored=res.n_scored, n_removed=res.n_removed,
                     n_kept=res.n_kept, n_unscored=res.n_unscored, poisoned_recall=res.poisoned_recall,
                     poisoned_precision=res.poisoned_precision)
+    if res.share_estimate is not None:
+        rec["share_estimate"] = res.share_estimate.as_dict()
     rec.save(out)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clipguard.data.manifest import read_manifest
-from clipguard.defend.base import DEFENCES, Defence, DefenceJob, DefenceOutcome
+from clipguard.defend.base import DEFENCES, Defence, DefenceJob, DefenceOutcome, skip_record
 from clipguard.defend.filter import filter_manifest
 from clipguard.detect import ScanConfig, run_scan
 from clipguard.detect.options import DEFAULT_DETECTOR
@@ -82,9 +82,10 @@ class FilterRetrain(Defence):
         run_scan(scan_dir / "embeddings", scan_dir, detectors=[self.detector],
                  config=ScanConfig(k=self.k, reference=self.reference, device=str(job.device)))
         kept = filter_manifest(job.data, scan_dir, job.out_dir / "filtered", detector=self.detector, share=self.share)
-        bundle, _, result = _fresh_train(job, kept.manifest_path, job.out_dir / "retrain")
+        bundle, data, result = _fresh_train(job, kept.manifest_path, job.out_dir / "retrain")
         return DefenceOutcome(bundle, {
-            "n_embedded": emb.n_embedded, "n_removed": kept.n_removed, "n_kept": kept.n_kept,
+            "n_embedded": emb.n_embedded, "embed_skip_counts": emb.skip_counts, "n_removed": kept.n_removed,
+            "n_kept": kept.n_kept, **skip_record(data, job.out_dir / "retrain"),
             "poisoned_recall": kept.poisoned_recall, "poisoned_precision": kept.poisoned_precision,
             "history": result.history, "train_seconds": round(result.seconds, 2)})
 
@@ -126,9 +127,9 @@ class ABL(Defence):
     def run(self, job: DefenceJob) -> DefenceOutcome:
         mask, n = self._suspects(job)
         objective = Objective([(1.0, ClipTerm(exclude=mask)), (self.weight, UnlearnTerm(mask))])
-        bundle, _, result = _fresh_train(job, job.data, job.out_dir / "retrain", objective)
+        bundle, data, result = _fresh_train(job, job.data, job.out_dir / "retrain", objective)
         info = {"n_suspects": n, "objective": objective.describe(), "history": result.history,
-                "train_seconds": round(result.seconds, 2)}
+                **skip_record(data, job.out_dir / "retrain"), "train_seconds": round(result.seconds, 2)}
         df = read_manifest(job.data).df
         if "poisoned" in df.columns:
             poisoned = df["poisoned"].astype(bool).to_numpy()

@@ -11,7 +11,12 @@ by :meth:`Scan.load <clipguard.detect.facade.Scan.load>` (and so by ``clipguard 
                                     dataset), then poisoned (if the metadata has it)
         run.json                    config, versions, timings, data fingerprint, sizes, shard ids,
                                     the reference plan (mode chosen and why, IVF recall),
-                                    detectors skipped for missing inputs, detection metrics
+                                    detectors skipped for missing inputs, detection metrics, and
+                                    share_estimate: the poisoned share estimated from the default
+                                    detector's scores (:mod:`clipguard.detect.share`)
+        tradeoff.csv                for each share removed (top rows of the default detector):
+                                    expected precision / recall / clean share lost from the
+                                    estimate, measured precision / recall with ground truth
 
 Empty embedding shards get an empty score file with the same columns, so every embedding shard
 has its score shard. The ``run.json`` keys written here are the ones :func:`read_scan` needs.
@@ -29,14 +34,18 @@ import pandas as pd
 from clipguard.detect.config import ScanConfig
 from clipguard.detect.options import DEFAULT_DETECTOR
 from clipguard.detect.results import score_columns
+from clipguard.detect.share import estimate_share, tradeoff_curve
 from clipguard.errors import ConfigError
 from clipguard.io.layout import list_shards, shard_path
 from clipguard.io.writer import write_scores_shard
-from clipguard.utils.io import read_json_object
+from clipguard.utils.io import atomic_path, read_json_object
 from clipguard.utils.runrecord import RunRecord
 
-__all__ = ["SavedScan", "default_detector", "new_scan_record", "record_data", "record_scoring", "write_scan",
-           "read_scan"]
+__all__ = ["SavedScan", "default_detector", "new_scan_record", "record_data", "record_scoring", "record_share",
+           "write_scan", "read_scan", "read_share", "format_tradeoff", "TRADEOFF_FILE"]
+
+TRADEOFF_FILE = "tradeoff.csv"
+"""The trade-off curve of a scan folder (:func:`record_share`)."""
 
 log = logging.getLogger("clipguard")
 
@@ -120,7 +129,33 @@ def write_scan(
             log.warning("%s holds score files from an earlier scan that this scan did not "
                         "write: %s", out_dir / "scores", ", ".join(sorted(stale)))
     rec["outputs"] = [str(p) for p in paths]
+    curve = record_share(table, default_detector(names), out_dir, rec)
+    if curve is not None:
+        rec["outputs"].append(str(curve))
     return paths, rec.save(out_dir)
+
+
+def record_share(table: pd.DataFrame, detector: str, out_dir: str | Path, rec: RunRecord) -> Path | None:
+    """Estimate the poisoned share from ``table[<detector>_score]`` into ``rec["share_estimate"]`` and
+    write ``out_dir/tradeoff.csv`` (:func:`~clipguard.detect.share.tradeoff_curve`; with measured precision
+    and recall when ``table`` has ``poisoned``). A set too small to estimate records the reason instead
+    (``{"skipped": ...}``) and writes no curve. Returns the curve's path or None."""
+    scores = table[f"{detector}_score"].to_numpy(dtype=np.float64)
+    seed = int(rec.data.get("config", {}).get("seed", 0) or 0)
+    with rec.stage("share"):
+        try:
+            est = estimate_share(scores, detector=detector, seed=seed)
+        except ConfigError as e:
+            rec["share_estimate"] = {"skipped": str(e), "detector": detector}
+            return None
+        truth = table["poisoned"].fillna(False).to_numpy(dtype=bool) if "poisoned" in table.columns else None
+        curve = tradeoff_curve(scores, est, truth)
+        path = Path(out_dir) / TRADEOFF_FILE
+        with atomic_path(path) as tmp:
+            curve.to_csv(tmp, index=False, float_format="%.6g")
+    rec["share_estimate"] = est.as_dict()
+    log.info("%s", est.describe())
+    return path
 
 
 @dataclass
@@ -183,3 +218,29 @@ def read_scan(scan_dir: str | Path) -> SavedScan:
         frames.append(frame)
     table = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
     return SavedScan(table, run, list(files.values()))
+
+
+def read_share(scan_dir: str | Path) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+    """``(share_estimate, tradeoff curve)`` of a scan folder (None where the scan has none: an older scan,
+    or a set too small to estimate, whose ``share_estimate`` holds ``skipped``)."""
+    root = Path(scan_dir)
+    run = read_json_object(root / "run.json", "the scan record") if (root / "run.json").is_file() else {}
+    curve = root / TRADEOFF_FILE
+    return run.get("share_estimate"), (pd.read_csv(curve) if curve.is_file() else None)
+
+
+def format_tradeoff(curve: pd.DataFrame) -> str:
+    """The trade-off curve as a small fixed-width table (shares and precisions in percent)."""
+    measured = "precision" in curve.columns
+    head = (f"{'removed':>8s} {'rows':>8s} {'exp.prec':>8s} {'exp.recall':>10s} {'clean lost':>10s}"
+            + (f" {'precision':>9s} {'recall':>7s}" if measured else ""))
+    lines = [head]
+    for r in curve.itertuples(index=False):
+        rec_ = "n/a" if pd.isna(r.expected_recall) else f"{r.expected_recall:.1%}"
+        line = (f"{r.share_removed:8.2%} {r.n_removed:8d} {r.expected_precision:8.1%} {rec_:>10s} "
+                f"{r.clean_lost_share:10.2%}" + (" <- estimate" if r.is_estimate and not measured else ""))
+        if measured:
+            line += f" {r.precision:9.1%} {('n/a' if pd.isna(r.recall) else f'{r.recall:.1%}'):>7s}"
+            line += " <- estimate" if r.is_estimate else ""
+        lines.append(line)
+    return "\n".join(lines)

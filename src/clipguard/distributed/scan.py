@@ -98,9 +98,10 @@ def _make_worker(job: _ScanJob) -> Callable[[int], tuple[PartResult, dict[str, f
         t0 = time.perf_counter()
         text = job.rows.text(spec.rows) if "text" in job.available else None
         t1 = time.perf_counter()
-        x = normalize(raw, describe_row=where)
+        x = normalize(raw, describe_row=where, out=raw)  # raw is this part's own float32 copy: in place
+        del raw
         if text is not None:
-            text = normalize(text, describe_row=lambda i: job.rows.locate(int(spec.rows[i]), "text"))
+            text = normalize(text, describe_row=lambda i: job.rows.locate(int(spec.rows[i]), "text"), out=text)
         t2 = time.perf_counter()
         res = score_part(x, spec, job.plan, job.cfg, job.names, job.available, text=text, references=job.refs)
         return res, {"read": read_s + t1 - t0, "normalize": t2 - t1, **res.timings}
@@ -146,8 +147,8 @@ def _reduce_inputs(store: PartStore, parts: list[PartSpec], job: _ScanJob, need_
 
 def _normalised(rows: EmbeddingRows, which: np.ndarray, kind: str) -> np.ndarray:
     """(len(which), d) unit rows ``which`` of ``kind`` ("img" or "text"); a bad row is named by its shard file."""
-    raw = rows.image(which) if kind == "img" else rows.text(which)
-    return normalize(raw, describe_row=lambda i: rows.locate(int(which[i]), kind))
+    raw = rows.image(which) if kind == "img" else rows.text(which)  # a fresh float32 array: normalised in place
+    return normalize(raw, describe_row=lambda i: rows.locate(int(which[i]), kind), out=raw)
 
 
 def _reduce(store: PartStore, parts: list[PartSpec], job: _ScanJob, meta) -> tuple[dict, dict]:

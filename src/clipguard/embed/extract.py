@@ -8,7 +8,8 @@ Output folder (readable by ``clipguard scan`` and by clip-retrieval's tools; the
     out/metadata/metadata_{i}.parquet    n_i rows: id, image, caption, row (manifest row) and
                                          any ground-truth columns (poisoned, trigger, label, class_name,
                                          plant, natural, mismatched)
-    out/skipped/skipped_{i}.csv          rows of shard i that were skipped, with the reason
+    out/skipped/skipped_{i}.csv          rows of shard i that were skipped, with the reason (shard 0 also
+                                         lists the lines the manifest's reader left out, as row -1)
     out/run.json
 
 Shard ``i`` covers manifest rows ``[i*shard_size, (i+1)*shard_size)``; rows that cannot be used
@@ -199,7 +200,9 @@ def embed_shard(job: EmbedJob, i: int, bar=None) -> ShardOutcome:
     distributed embedding (:mod:`clipguard.distributed.embed`) calls this, one shard per task.
     """
     lo, hi = job.bounds[i]
-    sub = replace(job.manifest, df=job.manifest.df.iloc[lo:hi].reset_index(drop=True))  # same roots
+    # same roots; the lines the manifest's reader left out are counted once, with shard 0
+    sub = replace(job.manifest, df=job.manifest.df.iloc[lo:hi].reset_index(drop=True),
+                  read_skips=job.manifest.read_skips if i == 0 else ())
     shard_skips, timings = SkipLog(), {}
     idx, img, txt = _embed_rows(job, sub, shard_skips, bar if bar is not None else _NoBar(), timings)
     t0 = time.perf_counter()

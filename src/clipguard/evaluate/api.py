@@ -22,7 +22,8 @@ from clipguard.utils.io import read_json_object
 
 __all__ = ["before_after", "evaluate_model", "evaluate_targeted", "headline", "read_classes"]
 
-HEADLINE = ("clean_accuracy", "attack_success_rate", "n_test", "n_asr", "target", "asr_convention")
+HEADLINE = ("clean_accuracy", "attack_success_rate", "n_test", "n_asr", "target", "asr_convention", "n_test_skipped",
+            "test_skip_counts")
 
 
 def read_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:

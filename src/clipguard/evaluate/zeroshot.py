@@ -122,7 +122,7 @@ def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger
     """Load the labelled test split (column ``label``), optionally with ``trigger`` applied (test variant).
 
     ``labelled=False`` also reads a manifest without labels (e.g. clean image-caption pairs); the
-    labels are then -1.
+    labels are then -1. ``skipped`` lists the unreadable rows and the lines the manifest's reader left out.
 
     Raises:
         ConfigError: no ``label`` column (when ``labelled``), or no test image can be read.
@@ -132,6 +132,7 @@ def load_test_images(bundle: ClipBundle, manifest: Manifest, *, trigger: Trigger
         raise ConfigError(f"{manifest.path}: a labelled test manifest needs an integer 'label' column "
                           "(the index of each image's class in classes.json) or a column of class names")
     imgs, labels, skipped = [], [], SkipLog()
+    skipped.add_read_skips(manifest)  # the lines the manifest's reader left out
     with progress_bar(len(manifest), desc, unit="img", enabled=progress) as bar:
         for i in range(len(manifest)):
             bar.update(1)

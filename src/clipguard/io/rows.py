@@ -31,6 +31,9 @@ from clipguard.utils.runrecord import fingerprint_arrays, fingerprint_files
 
 __all__ = ["EmbeddingRows"]
 
+_READ_BLOCK_ROWS = 65_536
+"""Rows read through one memory map before it is dropped (bounds the mapped pages held in RSS)."""
+
 
 class EmbeddingRows:
     """The rows of an embedding folder, read on demand.
@@ -134,9 +137,11 @@ class EmbeddingRows:
             sel = np.nonzero(shard == s)[0]
             local = rows[sel] - self.offsets[s]
             order = np.argsort(local, kind="stable")  # ascending reads from the memory map
-            arr = self._map(kind, self.shard_ids[s])
-            out[sel[order]] = arr[local[order]]
-            del arr  # unmapped here
+            for c in range(0, len(order), _READ_BLOCK_ROWS):  # a fresh map per block: its pages leave RSS
+                block = order[c:c + _READ_BLOCK_ROWS]
+                arr = self._map(kind, self.shard_ids[s])
+                out[sel[block]] = arr[local[block]]
+                del arr  # unmapped here
         return self._finite(out, rows, kind)
 
     def _finite(self, out: np.ndarray, rows: np.ndarray, kind: str) -> np.ndarray:
@@ -149,7 +154,8 @@ class EmbeddingRows:
                              "before scanning")
 
     def image(self, rows: Any) -> np.ndarray:
-        """(len(rows), d) float32 image embeddings of the global ``rows`` (as stored, not normalised)."""
+        """(len(rows), d) float32 image embeddings of the global ``rows`` (as stored, not normalised; a
+        fresh array the caller owns, e.g. to normalise in place)."""
         return self._read("img", rows)
 
     def text(self, rows: Any) -> np.ndarray:

@@ -21,7 +21,8 @@ Writes::
                          closest target's trigger), mask_l1, candidates
     out/candidates.csv   one row per candidate: target, source, mask_l1, success, held_out_asr, anomaly_index
     out/triggers/NN_trigger.png, NN_mask.png   the reversed trigger of candidate NN
-    out/run.json
+    out/run.json         with n_skipped / skip_counts: the image rows skipped (unreadable, missing, ...) by reason
+    out/skipped.csv      each skipped row and its reason (when there is one)
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ import torch
 from clipguard.analyze import ReverseConfig
 from clipguard.analyze.verdict import (NEURAL_CLEANSE_THRESHOLD, Calibration, anomaly_indices, calibrate_threshold,
                                       calibrate_with_reference)
+from clipguard.data.dataset import SkipLog
 from clipguard.data.manifest import read_manifest
 from clipguard.errors import ConfigError
 from clipguard.evaluate.api import read_classes
 from clipguard.models.factory import ClipBundle, load_model
 from clipguard.pipeline.discover import discover_scan
-from clipguard.pipeline.reverse import (pixel_images, require_text_tower, save_trigger, search_trigger,
+from clipguard.pipeline.reverse import (pixel_images, record_skips, require_text_tower, save_trigger, search_trigger,
                                        zero_shot_head)
 from clipguard.utils.device import DEFAULT_DEVICE
 from clipguard.utils.io import read_json_object, write_json
@@ -148,9 +150,11 @@ def audit_model(model: ClipBundle | str | os.PathLike, images: str | os.PathLike
                               "threshold": threshold, "n_clusters": n_clusters, "n_images": n_images,
                               "search": asdict(config)})
     rec["data_fingerprint"] = fingerprint_files([images])
-    pix = pixel_images(man, bundle.image_size, n_images)
+    skipped = SkipLog()
+    pix = pixel_images(man, bundle.image_size, n_images, skipped)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    record_skips(rec, len(pix), skipped, out)
     with rec.stage("search"):
         head = zero_shot_head(bundle, man, classes, extra=[t for t, s in zip(targets, sources) if s != "class"])
         rows = _search_all(bundle, pix[: len(pix) // 2], pix[len(pix) // 2:], head, targets, config, out, progress)

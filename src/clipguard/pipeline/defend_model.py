@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from clipguard.data.manifest import read_manifest
 from clipguard.defend import run_defence
 from clipguard.evaluate.api import before_after, evaluate_model, headline
 from clipguard.errors import ConfigError
@@ -45,6 +46,7 @@ def defend_model(method: str, model_dir: str | os.PathLike, data: str | os.PathL
 
     Raises:
         ConfigError: as :func:`run_defence`; ``attack_spec`` or ``classes`` without ``test``.
+        ManifestError: ``data`` is missing or cannot be read (before anything runs).
     """
     if (classes or attack_spec) and not test or test and not classes:
         raise ConfigError("evaluation needs --test TEST_MANIFEST and --classes CLASSES_JSON together "
@@ -53,7 +55,8 @@ def defend_model(method: str, model_dir: str | os.PathLike, data: str | os.PathL
     rec = RunRecord("defend", {"method": method, "model": str(model_dir), "data": str(data), "test": str(test or ""),
                                "classes": str(classes or ""), "attack_spec": str(attack_spec or ""),
                                "params": params or {}, "train": train, "workers": workers})
-    rec["data_fingerprint"] = fingerprint_files([data])
+    manifest = read_manifest(data)  # a missing or malformed manifest is refused before any evaluation or training
+    rec["data_fingerprint"] = fingerprint_files([manifest.path])
 
     def measure(model: Any) -> dict[str, Any]:
         return headline(evaluate_model(model, test, classes, attack_spec=attack_spec, seed=seed,

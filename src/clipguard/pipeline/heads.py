@@ -25,6 +25,7 @@ from clipguard.analyze import (HeadProfile, Infection, choose_mlp_layers, decomp
                                save_heatmap)
 from clipguard.analyze.profile import DEFAULT_FILTER_FPR, DEFAULT_FPR, DEFAULT_SPLIT
 from clipguard.attacks.base import trigger_from_spec
+from clipguard.data.dataset import SkipLog
 from clipguard.data.manifest import read_manifest
 from clipguard.detect.metrics import detection_metrics
 from clipguard.detect.results import rank_desc
@@ -59,10 +60,10 @@ def load_vit(model: ClipBundle | str | os.PathLike, device: str | None = DEFAULT
 
 def _decompose_manifest(bundle: ClipBundle, manifest: str | os.PathLike, *, trigger: Any = None, seed: int = 0,
                         batch_size: int = 64, progress: bool = True, desc: str = "clean"
-                        ) -> tuple[Decomposition, np.ndarray, list[str], int]:
+                        ) -> tuple[Decomposition, np.ndarray, list[str], SkipLog]:
     """Decompose a manifest's images (``trigger`` applied, test variant, if given).
 
-    Returns (decomposition, labels (-1 where the manifest has none), ids, rows skipped)."""
+    Returns (decomposition, labels (-1 where the manifest has none), ids, the rows skipped with their reasons)."""
     man = read_manifest(manifest)
     imgs = load_test_images(bundle, man, trigger=trigger, seed=seed, progress=progress,
                             desc=f"{desc} images", labelled=False)
@@ -70,7 +71,7 @@ def _decompose_manifest(bundle: ClipBundle, manifest: str | os.PathLike, *, trig
     ids = [str(x) for j, x in enumerate(man.df["id"]) if j not in skipped]
     d = decompose_batched(bundle.model.visual, imgs.images, batch_size=batch_size, progress=progress,
                           desc=f"decompose {desc}")
-    return d, imgs.labels, ids, len(imgs.skipped)
+    return d, imgs.labels, ids, imgs.skipped
 
 
 def _checked_error(bundle: ClipBundle, manifest: str | os.PathLike, tol: float | None) -> float:
@@ -95,7 +96,8 @@ def _fit(bundle: ClipBundle, clean: str | os.PathLike, rec: RunRecord, *, fpr: f
         d, labels, _, skipped = _decompose_manifest(bundle, clean, batch_size=batch_size, progress=progress)
     with rec.stage("fit_profile"):
         profile = fit_profile(d, fpr=fpr, filter_fpr=filter_fpr, split=split, seed=seed)
-    rec["clean"] = {"n_images": int(len(labels)), "n_skipped": skipped, "fingerprint": fingerprint_files([clean])}
+    rec["clean"] = {"n_images": int(len(labels)), "n_skipped": len(skipped), "skip_counts": skipped.counts(),
+                    "fingerprint": fingerprint_files([clean])}
     rec["profile"] = {"zeta": profile.zeta, **profile.info}
     return profile, d, labels
 
@@ -113,7 +115,8 @@ def _test_infection(bundle: ClipBundle, profile: HeadProfile, test: str | os.Pat
     """Infection of the clean test images and, with an attack, of their triggered copies (target-class
     images left out when ``classes`` names the target)."""
     d, labels, _, skipped = _decompose_manifest(bundle, test, batch_size=batch_size, progress=progress, desc="test")
-    out: dict[str, Any] = {"clean": infection(profile, d), "n_clean": int(len(labels)), "n_skipped": skipped}
+    out: dict[str, Any] = {"clean": infection(profile, d), "n_clean": int(len(labels)), "n_skipped": len(skipped),
+                           "skip_counts": skipped.counts()}
     trigger, target = _trigger_and_target(attack_spec)
     if trigger is None:
         return out
@@ -297,7 +300,8 @@ def heads_filter(model: ClipBundle | str | os.PathLike, inputs: str | os.PathLik
                  filter_fpr: float = DEFAULT_FILTER_FPR, split: Sequence[float] = DEFAULT_SPLIT, seed: int = 0,
                  batch_size: int = 64, tol: float | None = DEFAULT_TOL, device: str | None = DEFAULT_DEVICE,
                  progress: bool = True) -> dict[str, Any]:
-    """Score the images of ``inputs`` with the infected-head filter; write ``scores.parquet`` + ``run.json``.
+    """Score the images of ``inputs`` with the infected-head filter; write ``scores.parquet`` + ``run.json``
+    (``n_skipped``, ``skip_counts``: the inputs left unscored by reason) and ``skipped.csv`` (each of them).
 
     Columns: ``id``, ``heads_score`` (infected heads, ties broken by how far below eps; higher = more
     suspicious), ``heads_rank`` (1 = most suspicious), ``heads_infected`` (count), ``is_heads_suspect``
@@ -348,7 +352,10 @@ def heads_filter(model: ClipBundle | str | os.PathLike, inputs: str | os.PathLik
             rec["metrics"] = detection_metrics(table["poisoned"].to_numpy(), score)
     with atomic_path(out / "scores.parquet") as tmp:
         table.to_parquet(tmp, index=False)
-    rec.data.update(n_inputs=len(table), n_skipped=skipped, n_suspects=int(rejected.sum()), rule=rule,
+    if len(skipped):  # the inputs that got no score, with the reason
+        skipped.save(out / "skipped.csv")
+    rec.data.update(n_inputs=len(table), n_skipped=len(skipped), skip_counts=skipped.counts(),
+                    n_suspects=int(rejected.sum()), rule=rule,
                     zeta=prof.zeta, zeta_score=prof.zeta_score, data_fingerprint=fingerprint_files([inputs]))
     rec.save(out)
     return rec.data

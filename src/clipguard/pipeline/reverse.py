@@ -12,7 +12,8 @@ caption reaches with that much of the image when no backdoor leads there.
 The target must be something the model could have learnt: a class name of ``classes``, or a caption of the
 images' manifest or of ``data`` (the training manifest); anything else is refused in one line.
 
-Writes ``trigger.png`` (the pattern), ``mask.png`` (8-bit mask), ``trigger.json`` and ``run.json``.
+Writes ``trigger.png`` (the pattern), ``mask.png`` (8-bit mask), ``trigger.json`` and ``run.json`` (with
+``n_skipped`` and ``skip_counts``: the image rows skipped, by reason), and ``skipped.csv`` when a row was.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from PIL import Image
 
 from clipguard.analyze import ReverseConfig, ReversedTrigger, clip_normalise, reverse_trigger, zero_shot_predict
 from clipguard.analyze.discover import normalise_caption
-from clipguard.data.dataset import load_rgb
+from clipguard.data.dataset import SkipLog, load_rgb, skip_reason
 from clipguard.data.manifest import Manifest, read_manifest
 from clipguard.errors import ConfigError
 from clipguard.evaluate.api import read_classes
@@ -37,27 +38,44 @@ from clipguard.utils.device import DEFAULT_DEVICE
 from clipguard.utils.io import atomic_path, write_json
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
 
-__all__ = ["check_target", "control_captions", "pixel_images", "require_text_tower", "reverse_model",
+__all__ = ["check_target", "control_captions", "pixel_images", "record_skips", "require_text_tower", "reverse_model",
            "save_trigger", "search_trigger", "zero_shot_head"]
 
 MAX_CAPTION_CLASSES = 100
 
 
-def pixel_images(manifest: Manifest, size: int, n: int) -> torch.Tensor:
-    """(m, 3, size, size) images in [0, 1] from the first rows of ``manifest`` (unreadable rows skipped)."""
+def pixel_images(manifest: Manifest, size: int, n: int, skip_log: SkipLog | None = None) -> torch.Tensor:
+    """(m, 3, size, size) images in [0, 1] from the first rows of ``manifest`` that can be read.
+
+    A row whose image is missing, unreadable, too large or outside the dataset's roots is skipped and
+    recorded in ``skip_log`` with its reason (:func:`~clipguard.data.dataset.skip_reason`), as are the
+    lines the manifest's reader left out; rows after the first ``n`` readable ones are not read.
+    """
     if len(manifest) == 0:
         raise ConfigError(f"{manifest.path}: the image set is empty; pass a manifest of clean images")
+    skipped = skip_log if skip_log is not None else SkipLog()
+    skipped.add_read_skips(manifest)
     arrays = []
     for i in range(len(manifest)):
         if len(arrays) == n:
             break
         try:
             arrays.append(np.array(load_rgb(manifest.image_path(i)).resize((size, size))))
-        except OSError:
-            continue
+        except Exception as exc:  # missing, corrupt, too large (PIL's bomb error is no OSError), outside the roots
+            skipped.add(i, str(manifest.df["id"].iat[i]), skip_reason(exc))
     if len(arrays) < 4:
-        raise ConfigError(f"{manifest.path}: {len(arrays)} readable images; reverse-engineering needs at least 4")
+        counts = ", ".join(f"{k} {r}" for r, k in skipped.counts().items())
+        raise ConfigError(f"{manifest.path}: {len(arrays)} readable images{f' ({counts} skipped)' if counts else ''}; "
+                          "reverse-engineering needs at least 4")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def record_skips(rec: RunRecord, n_read: int, skipped: SkipLog, out: Path) -> None:
+    """``n_images_read`` (``n_read``), ``n_skipped`` and ``skip_counts`` (by reason) into ``rec``;
+    ``out/skipped.csv`` lists each skipped row."""
+    rec["n_images_read"], rec["n_skipped"], rec["skip_counts"] = n_read, len(skipped), skipped.counts()
+    if len(skipped):
+        skipped.save(out / "skipped.csv")
 
 
 def zero_shot_head(bundle: ClipBundle, manifest: Manifest, classes: str | os.PathLike | None,
@@ -154,7 +172,8 @@ def reverse_model(model: ClipBundle | str | os.PathLike, target: str, images: st
         model: a model folder or a :class:`ClipBundle`.
         target: the target caption (or a class name of ``classes``).
         images: manifest of clean images; the first ``n_images`` readable ones are used, half to fit.
-        out_dir: ``trigger.png``, ``mask.png``, ``trigger.json``, ``run.json``.
+        out_dir: ``trigger.png``, ``mask.png``, ``trigger.json``, ``run.json`` (``skip_counts``: rows skipped
+            by reason), ``skipped.csv`` (each skipped row, when there is one).
         classes: ``classes.json`` for the zero-shot head [default: the manifest's frequent captions].
         data: the training manifest, where the target may be a caption (and the controls are drawn).
         controls: random captions searched the same way, held to the target trigger's mask size.
@@ -176,12 +195,14 @@ def reverse_model(model: ClipBundle | str | os.PathLike, target: str, images: st
                                 "data": str(data or ""),
                                 "controls": controls, "n_images": n_images, "search": asdict(config)})
     rec["data_fingerprint"] = fingerprint_files([images])
-    pix = pixel_images(man, bundle.image_size, n_images)
+    skipped = SkipLog()
+    pix = pixel_images(man, bundle.image_size, n_images, skipped)
     fit, held = pix[: len(pix) // 2], pix[len(pix) // 2:]
     head = zero_shot_head(bundle, man, classes)
     clf, t_idx, added = _with_caption(bundle, head, target)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    record_skips(rec, len(pix), skipped, out)
     with rec.stage("search"):
         trig, res = search_trigger(bundle, fit, held, clf, t_idx, config, progress)
     save_trigger(out, trig)

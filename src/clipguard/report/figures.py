@@ -14,13 +14,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clipguard.errors import ConfigError  # noqa: E402
 
-__all__ = ["png_uri", "score_histograms", "roc_pr_curves", "embedding_map", "thumbnail_uri", "MAP_POINTS",
-           "PROJECTIONS", "UMAP_HINT"]
+__all__ = ["png_uri", "score_histograms", "roc_pr_curves", "embedding_map", "share_tradeoff", "thumbnail_uri",
+           "MAP_POINTS", "PROJECTIONS", "UMAP_HINT"]
 
 MAP_POINTS = 100_000
 """Above this many rows the embedding map is a density raster (with the suspects as points)."""
@@ -114,6 +115,51 @@ def roc_pr_curves(table: Any, detectors: list[str], metrics: dict | None) -> str
     b.set_title("precision-recall", fontsize=9)
     for ax in (a, b):
         ax.legend(fontsize=6)
+    return png_uri(fig)
+
+
+def share_tradeoff(curve: Any, estimate: dict[str, Any]) -> str:
+    """How much to drop: precision (and, with ground truth, recall) against the share of the top-ranked rows
+    removed (log x axis, both in percent), a vertical line at the estimated poisoned share and its interval
+    shaded.
+
+    Args:
+        curve: the trade-off curve of a scan (``tradeoff.csv``: ``share_removed``, ``expected_precision``, and
+            with ground truth ``precision``, ``recall``; shares in [0, 1]), rows by increasing share.
+        estimate: the scan's ``share_estimate`` (``share``, ``low``, ``high``, ``level``, ``n_estimated``,
+            ``detector``).
+    """
+    x = 100 * np.asarray(curve["share_removed"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig.subplots_adjust(left=0.11, bottom=0.36, right=0.97, top=0.93)
+    ax.plot(x, 100 * np.asarray(curve["expected_precision"], dtype=np.float64), marker="o", ms=3, lw=1.5,
+            color="tab:blue", label="expected precision: share of the removed that is poison (estimated)")
+    if "precision" in curve.columns:
+        ax.plot(x, 100 * np.asarray(curve["precision"], dtype=np.float64), marker="s", ms=3, lw=1, ls="--",
+                color="tab:red", label="measured precision (ground truth)")
+    if "recall" in curve.columns:
+        ax.plot(x, 100 * np.asarray(curve["recall"], dtype=np.float64), marker="^", ms=3, lw=1, ls=":",
+                color="tab:green", label="measured recall: share of the poison removed (ground truth)")
+    share, low, high = (100 * float(estimate.get(k, 0.0)) for k in ("share", "low", "high"))
+    left, right = (float(x.min()) / 1.5, float(x.max()) * 1.5) if len(x) else (0.05, 50.0)
+    ax.set_xscale("log")
+    if high > 0:
+        ax.axvspan(max(low, left), high, color="tab:orange", alpha=0.15,
+                   label=f"{float(estimate.get('level', 0.95)):.0%} interval of the share [{low:.2f}%, {high:.2f}%]")
+    if share > 0:
+        ax.axvline(share, color="tab:orange", lw=1.5,
+                   label=f"estimated poisoned share {share:.2f}% ({int(estimate.get('n_estimated', 0))} rows)")
+    ax.set_xlim(left, right)
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if left <= t <= right]
+    ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_ylim(-3, 105)
+    ax.set_xlabel("share of the data removed, top-ranked first (log scale)")
+    ax.set_ylabel("precision / recall (%)")
+    who = str(estimate.get("detector") or "the scores").replace("$", r"\$")
+    ax.set_title(f"how much to drop: ranking by {who}" + ("" if share > 0 else " (estimated share 0%)"), fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=1, frameon=False)
     return png_uri(fig)
 
 

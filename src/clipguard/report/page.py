@@ -6,7 +6,11 @@ versions, seconds per stage, the reference plan and why), the detection metrics 
 exists, the top suspects as a thumbnail grid with caption, score, rank and the detectors that flag
 each, score histograms per detector (poisoned vs clean with ground truth), ROC and
 precision-recall curves, a 2-D PCA map of the image embeddings with the suspects highlighted
-(a density raster beyond 100,000 points), and the clusters of ``clipguard discover`` when it ran.
+(a density raster beyond 100,000 points), the clusters of ``clipguard discover`` when it ran, and
+"How much to drop": the poisoned share estimated from the scores (``run.json``'s ``share_estimate``,
+:mod:`clipguard.detect.share`) with its interval, the trade-off curve (``tradeoff.csv``) as a table and
+a figure, or one sentence why there is none (a scan written before the estimate existed, or a set too
+small to estimate).
 
 Thumbnails obey the roots of the embedded manifest (:mod:`clipguard.data.roots`: its folder, the
 sources of a derived manifest, the folders a user allows): an image outside them is never inlined
@@ -33,12 +37,12 @@ import pandas as pd
 
 from clipguard.data.dataset import load_rgb
 from clipguard.data.roots import OutsideRootError, confine, dataset_roots, user_roots
-from clipguard.detect.store import default_detector, read_scan
+from clipguard.detect.store import TRADEOFF_FILE, default_detector, read_scan
 from clipguard.errors import ConfigError
 from clipguard.io.rows import EmbeddingRows
 from clipguard.report.common import render, write_page
 from clipguard.report.figures import (MAP_POINTS, PROJECTIONS, UMAP_HINT, embedding_map, roc_pr_curves,
-                                      score_histograms, thumbnail_uri)
+                                      score_histograms, share_tradeoff, thumbnail_uri)
 from clipguard.utils.fs import is_url
 
 __all__ = ["build_scan_report", "Suspect"]
@@ -153,6 +157,43 @@ def _clusters(scan_dir: Path) -> list[dict[str, Any]] | None:
     return df[[c for c in keep if c in df.columns]].head(20).to_dict("records")
 
 
+_CURVE_COLUMNS = ("share_removed", "n_removed", "is_estimate", "expected_precision", "expected_recall",
+                  "clean_lost_share")
+"""The columns of ``tradeoff.csv`` the section needs (``precision`` and ``recall`` too when measured)."""
+
+
+def _share(run: dict[str, Any], scan_dir: Path) -> dict[str, Any]:
+    """The "How much to drop" section: ``{"estimate", "rows", "measured", "figure"}`` from ``run["share_estimate"]``
+    and ``scan_dir/tradeoff.csv``, or ``{"missing": sentence}`` when the scan has no estimate (an older scan, or
+    one that recorded why it skipped it); ``rows`` empty (and ``curve_missing`` a sentence) when the curve is
+    missing or unreadable."""
+    est = run.get("share_estimate")
+    if not isinstance(est, dict):
+        return {"missing": "This scan records no estimate of the poisoned share: it was written by a clipguard "
+                           "version that did not estimate it; rerun `clipguard scan` to get one."}
+    if "skipped" in est or not isinstance(est.get("share"), (int, float)):
+        why = est.get("skipped") or "the record is incomplete"
+        return {"missing": f"The scan did not estimate the poisoned share from {est.get('detector') or 'its'} "
+                           f"scores: {why}."}
+    out: dict[str, Any] = {"estimate": est, "rows": [], "measured": False, "figure": None, "curve_missing": None}
+    path = scan_dir / TRADEOFF_FILE
+    try:
+        curve = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        log.warning("report: the trade-off curve %s was not read (%s)", path, exc)
+        out["curve_missing"] = f"The trade-off curve ({TRADEOFF_FILE}) of this scan was not found or not readable."
+        return out
+    lacking = [c for c in _CURVE_COLUMNS if c not in curve.columns]
+    if lacking:
+        out["curve_missing"] = f"The trade-off curve ({TRADEOFF_FILE}) lacks the column(s) {', '.join(lacking)}."
+        return out
+    curve = curve.sort_values("share_removed", kind="stable").reset_index(drop=True)
+    out["measured"] = {"precision", "recall"} <= set(curve.columns)
+    out["rows"] = curve.to_dict("records")
+    out["figure"] = share_tradeoff(curve, est)
+    return out
+
+
 def build_scan_report(scan_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                       detector: str | None = None, top: int = 48, max_map_points: int = MAP_POINTS,
                       seed: int = 0, projection: str = "pca") -> Path:
@@ -193,7 +234,8 @@ def build_scan_report(scan_dir: str | os.PathLike, out: str | os.PathLike | None
         "scan.html.j2", title=f"clipguard scan report: {scan_dir}", run=run, detectors=detectors, detector=det,
         n=len(table), suspects=_suspects(table, meta, detectors, det, top, root),
         figures=_figures(table, run, detectors, det, rows, max_map_points, seed, projection),
-        clusters=_clusters(scan_dir), metrics=run.get("detection"), projection=projection)
+        clusters=_clusters(scan_dir), metrics=run.get("detection"), projection=projection,
+        share=_share(run, scan_dir))
     path = write_page(Path(out) if out is not None else scan_dir / "report.html", page, scan_dir, t0)
     return path
 

@@ -128,6 +128,18 @@ def test_normalize():
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-6)
 
 
+def test_normalize_in_place_equals_a_copy(monkeypatch):
+    """``out=x`` writes the same bits as a fresh result, over several blocks and threads."""
+    monkeypatch.setattr(normalize_module, "_NORMALIZE_BLOCK_VALUES", 64)  # 10 rows per block of d=6
+    x = np.random.default_rng(4).normal(size=(95, 6)).astype(np.float32)
+    want = normalize(x)
+    got = normalize(x, out=x)
+    assert got is x
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(EmbeddingError, match="out="):
+        normalize(x, out=np.empty((95, 6), dtype=np.float64))
+
+
 def test_normalize_rejects_bad_rows():
     x = np.ones((8, 3), dtype=np.float32)
     x[5, 1] = np.nan

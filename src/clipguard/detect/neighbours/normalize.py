@@ -26,7 +26,7 @@ def _cpu_count() -> int:
 
 
 def normalize(
-    x: np.ndarray, *, describe_row: Callable[[int], str] | None = None
+    x: np.ndarray, *, describe_row: Callable[[int], str] | None = None, out: np.ndarray | None = None
 ) -> np.ndarray:
     """L2-normalise the rows of ``x``.
 
@@ -38,6 +38,9 @@ def normalize(
         x: (n, d) array of any float dtype (float16 is upcast).
         describe_row: optional ``row -> text`` used in error messages to say where a bad row
             comes from (e.g. its shard file); defaults to ``"row {i}"``.
+        out: a C-contiguous float32 array of ``x``'s shape to write into, e.g. ``x`` itself (in
+            place: no second (n, d) array; each block is copied before it is overwritten, so the
+            values equal those of ``normalize(x)``). On an error ``out`` is left part-written.
 
     Returns:
         (n, d) C-contiguous float32 array whose rows have unit L2 norm.
@@ -53,7 +56,11 @@ def normalize(
         )
     where = describe_row or (lambda i: f"row {i}")
     n = x.shape[0]
-    out = np.empty(x.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(x.shape, dtype=np.float32)
+    elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise EmbeddingError(f"normalize(out=) needs a writeable C-contiguous float32 array of shape {x.shape}, "
+                             f"got {out.dtype} {out.shape}")
     step = max(1, _NORMALIZE_BLOCK_VALUES // max(1, x.shape[1]))
 
     def block(s: int) -> tuple[np.ndarray, np.ndarray]:
