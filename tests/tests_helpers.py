@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from contextlib import redirect_stderr, redirect_stdout
 from typing import NamedTuple
 
@@ -36,6 +37,17 @@ def make_bad_manifest(root, n_good: int = 1):
     rows += [("missing", "img/missing.png", "a blue square"), ("corrupt", "img/corrupt.png", "a star"),
              ("empty", "img/empty.png", "  ")]
     return write_manifest(pd.DataFrame(rows, columns=["id", "image", "caption"]), root / "manifest.csv")
+
+
+class LogRecords(logging.Handler):
+    """The messages (WARNING and above) logged while it is attached to a logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 class CliResult(NamedTuple):

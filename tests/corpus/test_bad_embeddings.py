@@ -39,7 +39,7 @@ import pytest
 from clipguard.data.manifest import write_manifest
 from clipguard.models import create_model, save_model
 from corpus.make_embedding_corpus import EMBEDDING_CASES, N, TAR_CASES, make_embedding_corpus
-from tests_helpers import run_cli
+from tests_helpers import LogRecords, run_cli
 
 FAST = ["--param", "iforest.n_estimators=5", "--no-report"]  # the default detectors, a smaller forest
 SCANS = {
@@ -110,17 +110,9 @@ class Outcome:
         return lines[0] if lines else None
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
 
 def _run(case: str, command: str, *args, out: Path | None = None) -> Outcome:
-    handler = _Records()
+    handler = LogRecords()
     logger = logging.getLogger("clipguard")
     logger.addHandler(handler)
     try:

@@ -33,7 +33,7 @@ from clipguard.utils.seeding import rng
 from corpus.make_corpus import GOOD_ROWS, make_corpus
 from corpus.model_commands import (MODEL_COMMANDS, damaged_profiles, model_error_runs, model_row_runs,
                                    observed_model, EXPECTED_AS)
-from tests_helpers import assert_one_line_error, run_cli
+from tests_helpers import LogRecords, assert_one_line_error, run_cli
 
 COMMANDS = ("poison", "plant", "train", "embed", "scan", "filter", "eval", "report", *MODEL_COMMANDS)
 ARTIFACT = Path(__file__).resolve().parents[2] / "test-artifacts" / "bad_inputs.md"
@@ -115,24 +115,14 @@ def row_runs(corpus, model_dir, tmp_path_factory):
                                                     corpus["manifest"], "--out", out / "allowed", "--device", "cpu")
     results["csv", "scan (allowed)"] = run_cli("scan", out / "allowed", "--out", out / "scan_allowed", "--detector",
                                                "kdist", "--no-report")
-    logged = _Records()
+    logged = LogRecords()
     logging.getLogger("clipguard").addHandler(logged)
     try:
         results["csv", "report"] = run_cli("report", out / "scan_allowed", "--out", out / "report.html")
     finally:
         logging.getLogger("clipguard").removeHandler(logged)
-    return {"out": out, "results": results, "report_log": logged.lines}
+    return {"out": out, "results": results, "report_log": logged.messages}
 
-
-class _Records(logging.Handler):
-    """The messages logged while it is attached."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 ERROR_COMMANDS = ("poison", "plant", "train", "embed", "scan", "filter", "eval")
