@@ -24,7 +24,9 @@ default detectors and reference), and the share `filter --share auto` removes is
 Each clean world's result is kept in ``<work>/clean/<world>/result.json`` and reused by a rerun.
 
 Output: ``<out>/share_estimate.md`` (per-cell table, summary, the issue's goals reached or not) and
-``<out>/share_estimate.csv`` (one row per cell and per clean world).
+``<out>/share_estimate.csv`` (one row per cell and per clean world); with ``--null envelope`` (the IFR envelope
+instead of the fitted Gamma) ``share_estimate_envelope.md`` / ``.csv`` -- give the clean worlds' stored scans
+with ``--clean-scans <work>/clean/<world>/scan`` there (``--clean-worlds`` caches the Gamma's figures).
 
 Usage::
 
@@ -46,7 +48,7 @@ from _results import limit_threads, write_csv
 from panel import PRESETS, WORLDS, make_worlds, world_dir
 
 from clipguard.detect.metrics import detection_metrics
-from clipguard.detect.share import bh_cut, estimate_share, null_pvalues, precision_cut
+from clipguard.detect.share import NULLS, bh_cut, estimate_share, null_pvalues, precision_cut
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository (scratch folders go to its git-ignored runs/, wherever the script is started)."""
@@ -72,7 +74,7 @@ def top_k_quality(scores: np.ndarray, y: np.ndarray, k: int) -> tuple[float, flo
 
 def evaluate_scores(scores: np.ndarray, y: np.ndarray | None, a: argparse.Namespace) -> dict:
     """The estimate on (N,) scores and, with (N,) ground truth ``y``, how it and its two cuts fare."""
-    est = estimate_share(scores, detector=DETECTOR, n_boot=a.n_boot, seed=a.seed)
+    est = estimate_share(scores, detector=DETECTOR, n_boot=a.n_boot, seed=a.seed, null=a.null)
     n = len(scores)
     k_bh = bh_cut(null_pvalues(scores, est), a.fdr)
     k_auto = precision_cut(scores, est, 0.5)  # what `filter --share auto` removes
@@ -283,11 +285,12 @@ def summary_lines(rows: list[dict], clean: list[dict] | None, fdr: float) -> lis
 
 def write_report(rows: list[dict], skipped: list[str], clean: list[dict] | None, a: argparse.Namespace) -> Path:
     out = Path(a.out)
-    write_csv(out / "share_estimate.csv", FIELDS, [{k: r.get(k) for k in FIELDS} for r in rows + (clean or [])])
+    stem = "share_estimate" if a.null == "gamma" else f"share_estimate_{a.null}"
+    write_csv(out / f"{stem}.csv", FIELDS, [{k: r.get(k) for k in FIELDS} for r in rows + (clean or [])])
     cols = ["source", "cell", "true_share", "est_share", "est_low", "est_high", "inside", "asr", "learned", "auroc",
             "auto_n", "auto_recall", "auto_precision", "estimate_recall", "estimate_precision", "oracle_recall", "bh_n", "bh_recall", "bh_precision"]
     lines = ["# Poisoned-share estimate on the panel (issue 16)", "",
-             f"`benchmarks/share_estimate.py`: `estimate_share` at its defaults (n_boot {a.n_boot}, level 0.95) on "
+             f"`benchmarks/share_estimate.py`: `estimate_share` (null `{a.null}`, n_boot {a.n_boot}, level 0.95) on "
              f"`{DETECTOR}_score` of `scores_{a.mode}.parquet`; learned = ASR >= {a.learned}; BH at fdr {a.fdr} on "
              "`null_pvalues`. No ground truth is used by the estimate; it is used only to score it.", "",
              *summary_lines(rows, clean, a.fdr), "", "## Cells", "",
@@ -305,8 +308,8 @@ def write_report(rows: list[dict], skipped: list[str], clean: list[dict] | None,
                   for r in clean]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]
-    (out / "share_estimate.md").write_text("\n".join(lines) + "\n")
-    return out / "share_estimate.md"
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    return out / f"{stem}.md"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -317,6 +320,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learned", type=float, default=0.8, help="ASR from which a cell's backdoor counts as learned")
     p.add_argument("--fdr", type=float, default=0.1)
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (estimate_share's default)")
+    p.add_argument("--null", choices=NULLS, default="gamma", help="the estimate's null (envelope: results go to "
+                   "share_estimate_envelope.md / .csv)")
     p.add_argument("--clean-worlds", action="store_true", help="also train, embed and scan clean worlds")
     p.add_argument("--worlds", nargs="*", default=["shapes", "longtail-frequent"], choices=list(WORLDS))
     p.add_argument("--preset", choices=list(PRESETS), default="cpu", help="the panel preset of the clean worlds")
@@ -335,6 +340,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
+    if a.clean_worlds and a.null != "gamma":
+        raise SystemExit("--clean-worlds stores the Gamma's figures; with --null envelope pass the clean worlds' "
+                         "scans instead: --clean-scans <work>/clean/<world>/scan")
     limit_threads(a.threads)
     rows, skipped = cell_rows(a)
     clean = (clean_worlds(a) if a.clean_worlds else []) + clean_scans(a)

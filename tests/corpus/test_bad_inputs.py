@@ -172,13 +172,12 @@ def _skipped(path_or_glob: Path) -> dict[str, str]:
     return {r.id: str(r.reason).split(":")[0] for r in df.itertuples()}
 
 
-def _observed(command: str, out: Path, ids: list[str], lines: dict[str, str] | None = None
-              ) -> dict[str, tuple[str, str | None]]:
+def _observed(command: str, out: Path, ids: list[str]) -> dict[str, tuple[str, str | None]]:
     """``{id: ("skip", reason) | ("ok", None)}`` as ``command``'s outputs tell (eval: see _eval_counts).
 
     plant and filter carry rows or remove them; a row absent from their output is ``("skip", reason)`` when
-    ``lines`` (``{id: reason}`` of the lines the reader leaves out) names it and the command's record counts
-    a line skipped under that reason, else ``("dropped", None)``."""
+    their ``skipped.csv`` lists it (a line the reader left out) and their record counts a line skipped under
+    that reason, else ``("dropped", None)``."""
     if command == "poison":
         skips = _skipped(out / "poison" / "skipped.csv")
         done = set(json.loads((out / "poison" / "attack.json").read_text())["poisoned_ids"])
@@ -189,9 +188,9 @@ def _observed(command: str, out: Path, ids: list[str], lines: dict[str, str] | N
         removed = (set(pd.read_csv(out / "filter" / "removed.csv", dtype={"id": str})["id"]) if command == "filter"
                    else set())
         record = json.loads((out / command / ("plant.json" if command == "plant" else "run.json")).read_text())
-        counted = record["read_skip_counts"]
+        counted, skips = record["read_skip_counts"], _skipped(out / command / "skipped.csv")
         return {i: ("carried", None) if i in kept else ("removed", None) if i in removed
-                else ("skip", (lines or {})[i]) if counted.get((lines or {}).get(i), 0) else ("dropped", None)
+                else ("skip", skips[i]) if counted.get(skips.get(i), 0) else ("dropped", None)
                 for i in ids}
     folder = {"train": out / "train", "embed": out / "embed" / "skipped",
               "scan": out / "scan" / "embeddings" / "skipped"}
@@ -221,11 +220,6 @@ def _all_rows(corpus) -> dict[str, dict]:
     return {k: {**v, "fmt": fmt} for fmt in FORMATS for k, v in corpus["rows" if fmt == "csv" else f"{fmt}_rows"].items()}
 
 
-def _line_reasons(rows: dict) -> dict[str, str]:
-    """``{id: reason}`` of the lines the manifest reader leaves out."""
-    return {spec["id"]: spec["reason"] for spec in rows.values() if spec["kind"] == "line"}
-
-
 @pytest.fixture(scope="module")
 def table(corpus, row_runs, error_runs, model_runs):
     """``{case: {command: outcome}}`` for every case and command (also written to test-artifacts/)."""
@@ -235,7 +229,7 @@ def table(corpus, row_runs, error_runs, model_runs):
     for fmt in FORMATS:
         mine = {case: spec for case, spec in rows.items() if spec["fmt"] == fmt}
         for command in ("poison", "plant", "train", "embed", "scan", "filter"):
-            seen = _observed(command, out / fmt, [spec["id"] for spec in mine.values()], _line_reasons(mine))
+            seen = _observed(command, out / fmt, [spec["id"] for spec in mine.values()])
             for case, spec in mine.items():
                 kind, reason = seen[spec["id"]]
                 cells[case][command] = f"{kind}: {reason}" if reason else kind

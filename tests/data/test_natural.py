@@ -1,10 +1,12 @@
 """Planting a natural backdoor and mismatched pairs (data/natural.py)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from clipguard.data.manifest import read_manifest
+from clipguard.data.manifest import read_manifest, write_manifest
 from clipguard.data.natural import draw_placeholder, plant_natural
 from clipguard.errors import ConfigError
 from tests_helpers import assert_one_line_error, run_cli
@@ -34,6 +36,27 @@ def test_plant_writes_ground_truth_and_keeps_the_size(tiny_world, tmp_path):
     assert 0 < motif_gap < 0.6 * clean_gap, (motif_gap, clean_gap)
     assert all(out.image_path(i).is_file() for i in range(len(out)))
     assert np.array_equal(np.asarray(Image.open(out.image_path(int(ph.index[0])))), np.asarray(draw_placeholder(32)))
+    assert not (tmp_path / "p" / "skipped.csv").exists()  # the reader left no line out: no list
+
+
+def test_lines_left_out_when_read_are_listed_in_skipped_csv(tiny_world, tmp_path):
+    """A CSV line with more fields than the header is left out by the reader: `clipguard plant` lists it in
+    skipped.csv (row -1, its id, the reason) and plant.json counts it."""
+    m = read_manifest(tiny_world / "train" / "manifest.parquet")
+    df = m.df.iloc[:100].copy()
+    df["image"] = [str(m.root / p) for p in df["image"]]  # absolute: the manifest lives elsewhere
+    path = write_manifest(df, tmp_path / "data" / "manifest.csv", sources=[m.path])
+    with open(path, "a") as f:  # two lines with one field too many, e.g. an unquoted comma in a caption
+        f.write("\n".join(",".join([ident] + ["x"] * len(df.columns)) for ident in ("bad-a", "bad-b")) + "\n")
+    r = run_cli("plant", path, "--out", tmp_path / "p", "--natural-share", "0.05")
+    assert r.returncode == 0, r.stderr
+    skipped = pd.read_csv(tmp_path / "p" / "skipped.csv", dtype={"id": str})
+    assert skipped.columns.tolist() == ["row", "id", "reason"]
+    assert skipped[["row", "id"]].values.tolist() == [[-1, "bad-a"], [-1, "bad-b"]]
+    assert all(why.startswith("too many fields: line ") for why in skipped["reason"])
+    spec = json.loads((tmp_path / "p" / "plant.json").read_text())
+    assert spec["rows_skipped_when_read"] == len(skipped) == 2 and spec["read_skip_counts"] == {"too many fields": 2}
+    assert spec["n_total"] == 100 and len(read_manifest(tmp_path / "p" / "manifest.parquet")) == 100
 
 
 def test_plant_is_deterministic_per_seed(tiny_world, tmp_path):

@@ -45,6 +45,26 @@ def test_suspects_rule_removes_the_scan_suspects_and_keeps_the_rest(scanned, tmp
     assert run["n_removed"] == n_flag and run["poisoned_precision"] == 1.0
     assert run["poisoned_recall"] == res.poisoned_recall == n_flag / 10
     assert run["cut"]["rule"] == "suspects" and "share_estimate" not in run
+    assert run["rows_skipped_when_read"] == 0 and not (tmp_path / "clean" / "skipped.csv").exists()
+
+
+def test_lines_left_out_when_read_are_listed_in_skipped_csv(scanned, tmp_path):
+    """A CSV line with more fields than the header is left out by the reader: `clipguard filter` lists it in
+    skipped.csv (row -1, its id, the reason) and run.json counts it; it is neither kept nor removed."""
+    path, scan_dir, df = scanned
+    with open(path, "a") as f:  # one field too many, e.g. an unquoted comma in a caption
+        f.write(",".join(["bad-line"] + ["x"] * len(df.columns)) + "\n")
+    r = run_cli("filter", path, scan_dir, "--out", tmp_path / "clean", "--detector", "kdist", "--top", "10")
+    assert r.returncode == 0, r.stderr
+    skipped = pd.read_csv(tmp_path / "clean" / "skipped.csv", dtype={"id": str})
+    assert skipped.columns.tolist() == ["row", "id", "reason"]
+    assert skipped[["row", "id"]].values.tolist() == [[-1, "bad-line"]]
+    assert skipped["reason"][0].startswith("too many fields: line ")
+    run = json.loads((tmp_path / "clean" / "run.json").read_text())
+    assert run["rows_skipped_when_read"] == len(skipped) == 1 and run["read_skip_counts"] == {"too many fields": 1}
+    assert (run["n_rows"], run["n_removed"], run["n_kept"]) == (200, 10, 190)
+    removed = pd.read_csv(tmp_path / "clean" / "removed.csv", dtype={"id": str})
+    assert "bad-line" not in set(read_manifest(tmp_path / "clean" / "manifest.csv").df["id"]) | set(removed["id"])
 
 
 def test_default_cuts_at_the_estimated_share_and_records_why(scanned, tmp_path):
@@ -71,6 +91,22 @@ def test_fdr_cut_is_benjamini_hochberg_on_the_null_pvalues(scanned, tmp_path):
     passing = [k for k in range(1, len(p) + 1) if p[k - 1] <= 0.1 * k / len(p)]
     assert res.rule == "fdr" and res.n_removed == (max(passing) if passing else 0)
     assert "Benjamini-Hochberg at FDR 0.1" in res.reason
+
+
+def test_envelope_null_cuts_on_its_own_pvalues_and_is_recorded(scanned, tmp_path):
+    """``null="envelope"``: the estimate, the auto cut and the BH cut use the IFR envelope; run.json records it."""
+    path, scan_dir, _ = scanned
+    scores = Scan.load(scan_dir).scores["kdist_score"].to_numpy()
+    res = filter_manifest(path, scan_dir, tmp_path / "env", detector="kdist", null="envelope")
+    est = res.share_estimate
+    assert est.null["family"] == "envelope" and res.n_removed == precision_cut(scores, est, 0.5)
+    assert res.poisoned_recall == 1.0 and res.poisoned_precision >= 0.5  # the ten isolated rows, and few others
+    run = json.loads((tmp_path / "env" / "run.json").read_text())
+    assert run["config"]["null"] == "envelope" and run["share_estimate"]["null"]["family"] == "envelope"
+    fdr = filter_manifest(path, scan_dir, tmp_path / "fdr", detector="kdist", fdr=0.1, null="envelope")
+    p = np.sort(null_pvalues(scores, fdr.share_estimate))
+    passing = [k for k in range(1, len(p) + 1) if p[k - 1] <= 0.1 * k / len(p)]
+    assert fdr.n_removed == (max(passing) if passing else 0) and "IFR envelope" in fdr.reason
 
 
 def test_share_and_top(scanned, tmp_path):
@@ -106,6 +142,8 @@ def test_bad_requests_are_clear_errors(scanned, tmp_path, tiny_world):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share=1.5)
     with pytest.raises(ConfigError, match="no scores"):
         filter_manifest(path, tmp_path, tmp_path / "x", detector="kdist")
+    with pytest.raises(ConfigError, match="unknown null 'pareto'; choose one of: gamma, envelope"):
+        filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", null="pareto")
     other = write_manifest(df.assign(id=[f"other-{i}" for i in range(200)]), tmp_path / "other.csv")
     with pytest.raises(ConfigError, match="197 of 197 scored ids are not in"):
         filter_manifest(other, scan_dir, tmp_path / "x", detector="kdist")
@@ -141,6 +179,9 @@ def test_cli(scanned, tmp_path):
     r = run_cli("filter", path, scan_dir, "--out", tmp_path / "auto", "--detector", "kdist")  # --share auto
     assert r.returncode == 0, r.stderr
     assert "cut: the largest top cut whose expected precision is >= 0.5" in r.stdout
+    r = run_cli("filter", path, scan_dir, "--out", tmp_path / "env", "--detector", "kdist", "--null", "envelope")
+    assert r.returncode == 0, r.stderr
+    assert "IFR envelope" in r.stdout and json.loads((tmp_path / "env" / "run.json").read_text())["config"]["null"] == "envelope"
     r = run_cli("filter", path, scan_dir, "--out", tmp_path / "x", "--detector", "nope")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "choose one of" in r.stderr
 

@@ -1,12 +1,13 @@
 """The poisoned-share estimate of a scan (detect/share.py): synthetic score mixtures with known shares,
 clean data, the Benjamini-Hochberg cut against a hand computation, the trade-off curve, bad input."""
+import json
 import math
 
 import numpy as np
 import pytest
 
-from clipguard.detect.share import (TRADEOFF_SHARES, ShareEstimate, bh_cut, estimate_share, null_pvalues, precision_cut,
-                                    tradeoff_curve)
+from clipguard.detect.share import (TRADEOFF_SHARES, ShareEstimate, bh_cut, envelope_pvalues, estimate_share,
+                                    null_pvalues, precision_cut, tradeoff_curve)
 from clipguard.errors import ConfigError
 
 
@@ -250,7 +251,7 @@ def test_nonfinite_scores_are_left_out_and_counted():
 
 
 @pytest.mark.parametrize("kwargs,match", [({"level": 1.0}, "level must be"), ({"level": 0.0}, "level must be"),
-                                          ({"n_boot": -1}, "n_boot must be")])
+                                          ({"n_boot": -1}, "n_boot must be"), ({"null": "pareto"}, "null must be")])
 def test_invalid_options_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         estimate_share(np.random.default_rng(0).gamma(4.0, 0.25, 100), **kwargs)
@@ -284,3 +285,61 @@ def test_precision_cut_is_storey_bh_at_fdr_one_half_and_nothing_without_excess()
     assert clean.share == 0 and precision_cut(rng.gamma(4.0, 0.25, n), clean) == 0
     with pytest.raises(ConfigError, match="min_precision"):
         precision_cut(s, est, 1.0)
+
+
+# -- the IFR envelope (null="envelope") ---------------------------------------------------------------
+
+def test_envelope_pvalues_equal_a_hand_computation():
+    """p(s) = min over the chords whose anchor a <= s of exp(log_bound - beta (s - a)); 1 below every anchor;
+    a chord with slope NaN is unused."""
+    chords = np.array([[1.0, math.log(0.2), 2.0], [2.0, math.log(0.05), 3.0], [3.0, math.log(0.01), np.nan]])
+    p = envelope_pvalues([0.5, 1.5, 2.5, 3.5], chords)
+    # 0.5: no anchor below -> 1;  1.5: 0.2 e^-1;  2.5: min(0.2 e^-3, 0.05 e^-1.5) = 0.2 e^-3;
+    # 3.5: min(0.2 e^-5, 0.05 e^-4.5) = 0.05 e^-4.5 (the third chord is unused)
+    expected = [1.0, 0.2 * math.exp(-1), 0.2 * math.exp(-3), 0.05 * math.exp(-4.5)]
+    np.testing.assert_allclose(p, expected, rtol=1e-12)
+
+
+def test_envelope_of_an_exact_exponential_has_the_true_slope():
+    """Scores at the exact quantiles of Exp(1): every chord's slope is the hazard rate 1 (margin 0), and the bound
+    at the chord's anchor is the true survival there."""
+    n = 100_000
+    s = -np.log1p(-(np.arange(n) + 0.5) / n)
+    est = estimate_share(s, n_boot=0, null="envelope", margin=0.0)
+    chords = np.array(est.null["chords"], dtype=float)
+    assert est.share == 0 and est.null["family"] == "envelope"
+    np.testing.assert_allclose(chords[:, 2], 1.0, rtol=0.02)
+    np.testing.assert_allclose(np.exp(chords[:, 1]), np.exp(-chords[:, 0]), rtol=0.02)
+
+
+@pytest.mark.parametrize("name", ["gamma1", "gamma4", "normal", "fisher4"])
+def test_envelope_pvalues_are_conservative_on_clean_scores_with_a_rising_hazard(name):
+    """Clean scores whose hazard rate does not fall: no share, and at most about lam of the rows have p <= lam
+    (measured 0.94-0.99 lam at lam = 0.05 and 0.01, 50,000 rows)."""
+    gen = np.random.default_rng(3)
+    s = {"gamma1": lambda: gen.gamma(1.0, 1.0, 50_000), "gamma4": lambda: gen.gamma(4.0, 0.25, 50_000),
+         "normal": lambda: gen.normal(0.0, 1.0, 50_000), "fisher4": lambda: fisher_mixture(50_000, 0.0, 3)[0]}[name]()
+    est = estimate_share(s, n_boot=0, null="envelope")
+    p = null_pvalues(s, est)
+    assert est.share == 0
+    for lam in (0.05, 0.01):
+        assert (p <= lam).mean() <= 1.05 * lam
+
+
+@pytest.mark.parametrize("share", [0.005, 0.05])
+def test_envelope_finds_separated_poison_inside_its_interval(share):
+    s, y = gamma_mixture(10_000, share, seed=0)
+    est = estimate_share(s, n_boot=50, null="envelope", seed=0)
+    assert est.low <= share <= est.high
+    assert abs(est.share - share) <= tolerance(share)
+    k = precision_cut(s, est)
+    top = np.argsort(-s)[:k]
+    assert y[top].sum() == y.sum() and y[top].mean() >= 0.5  # all the poison, at precision >= 0.5
+
+
+def test_envelope_estimate_survives_json_and_gives_the_same_pvalues():
+    s, _ = gamma_mixture(5_000, 0.01, seed=2)
+    est = estimate_share(s, n_boot=0, null="envelope")
+    again = ShareEstimate(**json.loads(json.dumps(est.as_dict())))
+    np.testing.assert_array_equal(null_pvalues(s, again), null_pvalues(s, est))
+    assert again.method.startswith("tail excess over the IFR envelope") and again.null["family"] == "envelope"

@@ -20,6 +20,7 @@ Rows are replaced, not added, so the set keeps its size. Output folder::
                            ``caption_from`` (the id whose caption a swapped row got)
     out/images/*.png       the motif copies and the placeholder (PNG)
     out/plant.json         the spec: shares, counts, caption, seed and the ids of each kind
+    out/skipped.csv        the lines the manifest's reader left out (row -1, id, reason; when there is one)
 
 Deterministic per ``seed``.
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clipguard.data.dataset import SkipLog
 from clipguard.data.manifest import Manifest, write_manifest
 from clipguard.errors import ConfigError
 from clipguard.utils.io import write_json
@@ -129,7 +131,8 @@ def plant_natural(manifest: Manifest, out_dir: str | os.PathLike, *, natural_sha
 
     Args:
         manifest: the clean set (rows are replaced, so it keeps its size).
-        out_dir: output folder (``manifest.parquet``, ``images/``, ``plant.json``).
+        out_dir: output folder (``manifest.parquet``, ``images/``, ``plant.json``, and ``skipped.csv`` when
+            the manifest's reader left a line out).
         natural_share: share of rows replaced by a copy of the motif captioned ``caption``.
         swapped_share: share of rows whose caption is replaced by another row's caption.
         placeholder_share: share of rows whose image is replaced by the placeholder (caption kept).
@@ -172,6 +175,10 @@ def plant_natural(manifest: Manifest, out_dir: str | os.PathLike, *, natural_sha
         df.loc[rows["placeholder"], ["image", "plant"]] = ["images/placeholder.png", "placeholder"]
     df["natural"] = df["plant"] == "natural"
     df["mismatched"] = df["plant"].isin(["swapped", "placeholder"])
+    skipped = SkipLog()
+    skipped.add_read_skips(manifest)  # the lines the manifest's reader left out, as rows -1
+    if len(skipped):
+        skipped.save(out / "skipped.csv")
     manifest_path = write_manifest(df, out / "manifest.parquet", sources=[manifest.path])
     spec = {"source": str(manifest.path or ""), "n_total": n, "caption": caption, "seed": seed,
             "shares": {"natural": natural_share, "swapped": swapped_share, "placeholder": placeholder_share},

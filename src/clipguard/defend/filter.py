@@ -13,6 +13,8 @@ suspicious), ``filter_manifest`` writes the manifest without the suspects. Outpu
     out/run.json         detector, selection rule, counts, and with ground truth the share of
                          the poisoned rows removed (recall) and of the removed rows poisoned
                          (precision)
+    out/skipped.csv      the lines the manifest's reader left out (row -1, id, reason; when there is
+                         one; ``run.json`` counts them: ``rows_skipped_when_read``, ``read_skip_counts``)
 
 Which rows go (one rule; the run records it with its reason):
 
@@ -23,6 +25,8 @@ Which rows go (one rule; the run records it with its reason):
   0 rows when no excess is found;
 * ``share="estimate"``: exactly as many top rows as the estimate (``n_estimated``);
 * ``fdr=q``: the Benjamini-Hochberg cut at false-discovery rate q on the same null's p-values;
+* ``null="envelope"`` (with the three rules above): the IFR envelope instead of the fitted Gamma as the null,
+  a bound on the clean tail (removes less; nothing on the clean sets measured);
 * ``share=f``: the top ``ceil(f * n_scored)`` by ``<detector>_rank``;
 * ``top=n``: the top ``n`` by ``<detector>_rank``;
 * ``share="suspects"``: the scan's own budget, ``is_<detector>_suspect`` (the top ``suspect_share``
@@ -44,15 +48,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipguard.data.dataset import SkipLog
 from clipguard.data.manifest import Manifest, read_manifest, write_manifest
 from clipguard.detect.facade import Scan
 from clipguard.detect.options import DEFAULT_DETECTOR
-from clipguard.detect.share import ShareEstimate, bh_cut, estimate_share, null_pvalues, precision_cut
+from clipguard.detect.share import NULLS, ShareEstimate, bh_cut, estimate_share, null_pvalues, precision_cut
 from clipguard.errors import ConfigError
 from clipguard.utils.fs import is_url
 from clipguard.utils.io import atomic_path
 from clipguard.utils.runrecord import RunRecord, fingerprint_files
-from clipguard.utils.validate import check_int, check_real
+from clipguard.utils.validate import check_choice, check_int, check_real
 
 __all__ = ["FilterResult", "filter_manifest", "datacomp_uids", "SHARE_RULES"]
 
@@ -127,7 +132,7 @@ def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, man
 
 
 def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, top: int | None,
-               fdr: float | None, seed: int) -> tuple[pd.Series, str, str, ShareEstimate | None]:
+               fdr: float | None, seed: int, null: str = "gamma") -> tuple[pd.Series, str, str, ShareEstimate | None]:
     """``(mask of the scored rows to remove, rule, the cut in words, the share estimate or None)``."""
     rank_col, flag_col = f"{detector}_rank", f"is_{detector}_suspect"
     n_scored = len(scores)
@@ -139,11 +144,12 @@ def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, t
         n = math.ceil(float(share) * n_scored)
         return scores[rank_col] <= n, "share", f"top {float(share):g} of {n_scored} scored ({n}) by {rank_col}", None
     values = scores[f"{detector}_score"].to_numpy(dtype=np.float64)
-    est = estimate_share(values, detector=detector, seed=seed)
+    est = estimate_share(values, detector=detector, seed=seed, null=null)
     if fdr is not None:
         n = bh_cut(null_pvalues(values, est), fdr)
-        return (scores[rank_col] <= n, "fdr", f"Benjamini-Hochberg at FDR {fdr:g} on the p-values of the fitted "
-                f"null: {n} of {n_scored} rows ({est.describe()})", est)
+        return (scores[rank_col] <= n, "fdr", f"Benjamini-Hochberg at FDR {fdr:g} on the p-values of the "
+                f"{'fitted Gamma null' if null == 'gamma' else 'IFR envelope'}: {n} of {n_scored} rows "
+                f"({est.describe()})", est)
     if share == "estimate":
         n = est.n_estimated
         return (scores[rank_col] <= n, "estimate", f"cut at the estimated poisoned share: {n} of {n_scored} rows "
@@ -156,7 +162,7 @@ def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, t
 
 def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     detector: str = DEFAULT_DETECTOR, share: float | str | None = "auto", top: int | None = None,
-                    fdr: float | None = None, seed: int | None = None) -> FilterResult:
+                    fdr: float | None = None, seed: int | None = None, null: str = "gamma") -> FilterResult:
     """Write ``manifest`` without the suspects of ``detector`` in ``scan_dir`` to ``out_dir``.
 
     The scan is read with :meth:`clipguard.detect.Scan.load`.
@@ -164,7 +170,8 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
     Args:
         manifest: the dataset the scan was made from (its ids are matched to the scores).
         scan_dir: the output folder of ``clipguard scan`` (``scores/`` and ``run.json`` inside).
-        out_dir: folder for ``manifest.<ext>`` (the input's format), ``removed.csv``, ``run.json``.
+        out_dir: folder for ``manifest.<ext>`` (the input's format), ``removed.csv``, ``run.json`` (and
+            ``skipped.csv`` when the manifest's reader left a line out).
         detector: whose ranking decides (a detector the scan ran).
         share: ``"auto"`` (default): from the poisoned share estimated from the detector's scores,
             the largest top cut whose expected precision is >= 0.5 (nothing when the estimate is
@@ -173,19 +180,27 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
         top: remove the top ``top`` instead; fdr: remove the Benjamini-Hochberg cut at this
             false-discovery rate instead (p-values of the null fitted by the estimate).
         seed: seed of the estimate's bootstrap (default: the scan's seed).
+        null: the null of the estimate and of the ``"auto"``/``"estimate"``/``fdr`` cuts: ``"gamma"``
+            (default) or ``"envelope"``, the IFR envelope (:func:`clipguard.detect.share.estimate_share`):
+            a bound on the clean tail that holds when the clean scores' hazard rate does not fall, so its
+            cuts remove less -- nothing on every clean set measured, less of a poison that merges into
+            the clean tail.
 
     Raises:
         ConfigError: more than one of ``share`` (other than "auto"), ``top``, ``fdr``; a value out of
-            range; a set too small to estimate (< 20 scored rows) with ``"auto"``/``fdr``; a folder
+            range or an unknown ``null``; a set too small to estimate (< 20 scored rows) with
+            ``"auto"``/``fdr``; a folder
             that holds no scan, a detector the scan did not run, or scores that do not belong to the
             manifest.
         ManifestError: the manifest cannot be read.
     """
     share = _check_rule(share, top, fdr)
+    check_choice("null", null, NULLS)
     m = read_manifest(manifest)
     ids = m.df["id"].astype(str)
     scores, scan_seed = _scan_scores(scan_dir, detector, ids, m.path)
-    remove, rule, reason, est = _to_remove(scores, detector, share, top, fdr, scan_seed if seed is None else seed)
+    remove, rule, reason, est = _to_remove(scores, detector, share, top, fdr, scan_seed if seed is None else seed,
+                                           null)
     drop = ids.isin(set(scores["id"][remove])).to_numpy()
     kept = m.df[~drop].copy()
     out = Path(out_dir)
@@ -215,7 +230,7 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
         y = m.df["poisoned"].astype(bool).to_numpy()
         res.poisoned_recall = float(drop[y].mean()) if y.any() else None
         res.poisoned_precision = float(y[drop].mean()) if drop.any() else None
-    _save_record(res, m, scan_dir, detector, {"share": share, "top": top, "fdr": fdr}, out)
+    _save_record(res, m, scan_dir, detector, {"share": share, "top": top, "fdr": fdr, "null": null}, out)
     return res
 
 
@@ -234,6 +249,10 @@ def _save_record(res: FilterResult, manifest: Manifest, scan_dir, detector: str,
                                **given})
     rec["data_fingerprint"] = fingerprint_files([manifest.path])
     rec.data.update(manifest.read_counts())
+    skipped = SkipLog()
+    skipped.add_read_skips(manifest)  # the lines the manifest's reader left out, as rows -1
+    if len(skipped):
+        skipped.save(out / "skipped.csv")
     rec.data.update(rule=res.rule, cut={"rule": res.rule, "n_removed": res.n_removed, "reason": res.reason},
                     n_rows=res.n_rows, n_scored=res.n_scored, n_removed=res.n_removed,
                     n_kept=res.n_kept, n_unscored=res.n_unscored, poisoned_recall=res.poisoned_recall,
