@@ -268,6 +268,23 @@ def _excess(counts: np.ndarray, n: np.ndarray, grid: np.ndarray, z_min: float, t
     return np.stack([share, np.where(hit, g, np.nan), z.max(axis=1), low], axis=1)
 
 
+def _settle(counts_of: Callable[[np.ndarray], tuple[np.ndarray, Any]], n_b: np.ndarray, grid: np.ndarray,
+            z_min: float, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
+    """``(share, lam, z, share_low, null)`` (each (B,)): fit the null with the share taken to lie above, count the
+    rows beyond each grid level (``counts_of(share) -> ((B, G) counts, null)``), read the excess, and refit with
+    the new share until it settles (at most three fits)."""
+    share = np.zeros(len(n_b))
+    out, null = np.zeros((len(n_b), 4)), None
+    for _ in range(3):
+        counts, null = counts_of(share)
+        out = _excess(counts, n_b, grid, z_min, tol)
+        settled = np.all(np.abs(out[:, 0] - share) < 0.5 / n_b)
+        share = out[:, 0].copy()
+        if settled:
+            break
+    return out[:, 0], out[:, 1], out[:, 2], out[:, 3], null
+
+
 def _estimate_batch(s: np.ndarray, cw: np.ndarray, z_min: float, tol: float, start: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(share, lam, z, share_low, theta)``, each (B,) (theta (B, 2)), of the sorted positive scores ``s``
@@ -278,21 +295,17 @@ def _estimate_batch(s: np.ndarray, cw: np.ndarray, z_min: float, tol: float, sta
     n_b = cw[:, -1]
     grid = _lam_grid(len(s))
     q = _weighted_quantiles(s, cw, _FIT_LEVELS)
-    share = np.zeros(len(cw))
-    out = np.zeros((len(cw), 4))
     theta = start
-    for _ in range(3):  # fit, estimate, refit with the levels of the clean rows alone
+
+    def counts_of(share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal theta  # each refit starts from the last fit
         theta, _ = _fit_gamma(q, share, theta)
         a, sc = np.exp(theta).T
         thresholds = stats.gamma.isf(grid[None, :], a[:, None], scale=sc[:, None])  # p <= lam <=> s >= threshold
         below = np.searchsorted(s, thresholds, side="left")  # (B, G): rows of s below each threshold
-        counts = n_b[:, None] - np.where(below > 0, np.take_along_axis(cw, np.maximum(below - 1, 0), axis=1), 0.0)
-        out = _excess(counts, n_b, grid, z_min, tol)
-        settled = np.all(np.abs(out[:, 0] - share) < 0.5 / n_b)
-        share = out[:, 0].copy()
-        if settled:
-            break
-    return out[:, 0], out[:, 1], out[:, 2], out[:, 3], theta
+        return n_b[:, None] - np.where(below > 0, np.take_along_axis(cw, np.maximum(below - 1, 0), axis=1), 0.0), theta
+
+    return _settle(counts_of, n_b, grid, z_min, tol)
 
 
 def _envelope_chords(s: np.ndarray, cw: np.ndarray, share: np.ndarray, margin: float) -> np.ndarray:
@@ -336,20 +349,16 @@ def _envelope_batch(s: np.ndarray, cw: np.ndarray, z_min: float, tol: float, mar
     """As :func:`_estimate_batch` with the IFR envelope as the null (the last item: (B, C, 3) chords)."""
     n_b = cw[:, -1]
     grid = _lam_grid(len(s))
-    share = np.zeros(len(cw))
-    out, chords = np.zeros((len(cw), 4)), None
-    for _ in range(3):
+
+    def counts_of(share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         chords = _envelope_chords(s, cw, share, margin)
         counts = np.empty((len(cw), len(grid)))
         for b in range(len(cw)):  # p is non-increasing along the sorted scores
             first = np.searchsorted(-envelope_pvalues(s, chords[b]), -grid, side="left")
             counts[b] = n_b[b] - np.where(first > 0, cw[b, np.maximum(first - 1, 0)], 0.0)
-        out = _excess(counts, n_b, grid, z_min, tol)
-        settled = np.all(np.abs(out[:, 0] - share) < 0.5 / n_b)
-        share = out[:, 0].copy()
-        if settled:
-            break
-    return out[:, 0], out[:, 1], out[:, 2], out[:, 3], chords
+        return counts, chords
+
+    return _settle(counts_of, n_b, grid, z_min, tol)
 
 
 def _bootstrap(s: np.ndarray, n_boot: int, seed: int, batch: Callable[[np.ndarray], tuple]
