@@ -24,9 +24,9 @@ default detectors and reference), and the share `filter --share auto` removes is
 Each clean world's result is kept in ``<work>/clean/<world>/result.json`` and reused by a rerun.
 
 Output: ``<out>/share_estimate.md`` (per-cell table, summary, the issue's goals reached or not) and
-``<out>/share_estimate.csv`` (one row per cell and per clean world); with ``--null envelope`` (the IFR envelope
-instead of the fitted Gamma) ``share_estimate_envelope.md`` / ``.csv`` -- give the clean worlds' stored scans
-with ``--clean-scans <work>/clean/<world>/scan`` there (``--clean-worlds`` caches the Gamma's figures).
+``<out>/share_estimate.csv`` (one row per cell and per clean world) for the default null (the IFR envelope);
+with ``--null gamma`` ``share_estimate_gamma.md`` / ``.csv``. A clean world trained, embedded and scanned once is
+rescored from its stored scan for another null (``result_<null>.json``).
 
 Usage::
 
@@ -48,7 +48,7 @@ from _results import limit_threads, write_csv
 from panel import PRESETS, WORLDS, make_worlds, world_dir
 
 from clipguard.detect.metrics import detection_metrics
-from clipguard.detect.share import NULLS, bh_cut, estimate_share, null_pvalues, precision_cut
+from clipguard.detect.share import DEFAULT_NULL, NULLS, bh_cut, estimate_share, null_pvalues, precision_cut
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository (scratch folders go to its git-ignored runs/, wherever the script is started)."""
@@ -157,11 +157,19 @@ def clean_world(a: argparse.Namespace, world: str) -> dict:
     from clipguard.embed import embed_dataset
     from clipguard.evaluate.api import evaluate_model
 
+    from clipguard.detect import Scan
+
     name = world_dir(a.wa, world).name
     work = Path(a.work) / "clean" / name
-    done = work / "result.json"
+    first = work / "result.json"  # the run that trained, embedded and scanned (whatever its null)
+    done = first if a.null == "gamma" else work / f"result_{a.null}.json"
     if done.is_file() and not a.redo_clean:
         return json.loads(done.read_text())
+    if first.is_file() and (work / "scan" / "run.json").is_file() and not a.redo_clean:  # another null: rescore
+        row = {**json.loads(first.read_text()), **evaluate_scores(
+            Scan.load(work / "scan").scores[f"{DETECTOR}_score"].to_numpy(np.float64), None, a)}
+        done.write_text(json.dumps(row, indent=1))
+        return row
     t = time.perf_counter()
     bundle, where = clean_model(a, world, work)
     wd = world_dir(a.wa, world)
@@ -285,7 +293,7 @@ def summary_lines(rows: list[dict], clean: list[dict] | None, fdr: float) -> lis
 
 def write_report(rows: list[dict], skipped: list[str], clean: list[dict] | None, a: argparse.Namespace) -> Path:
     out = Path(a.out)
-    stem = "share_estimate" if a.null == "gamma" else f"share_estimate_{a.null}"
+    stem = "share_estimate" if a.null == DEFAULT_NULL else f"share_estimate_{a.null}"
     write_csv(out / f"{stem}.csv", FIELDS, [{k: r.get(k) for k in FIELDS} for r in rows + (clean or [])])
     cols = ["source", "cell", "true_share", "est_share", "est_low", "est_high", "inside", "asr", "learned", "auroc",
             "auto_n", "auto_recall", "auto_precision", "estimate_recall", "estimate_precision", "oracle_recall", "bh_n", "bh_recall", "bh_precision"]
@@ -320,8 +328,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learned", type=float, default=0.8, help="ASR from which a cell's backdoor counts as learned")
     p.add_argument("--fdr", type=float, default=0.1)
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (estimate_share's default)")
-    p.add_argument("--null", choices=NULLS, default="gamma", help="the estimate's null (envelope: results go to "
-                   "share_estimate_envelope.md / .csv)")
+    p.add_argument("--null", choices=NULLS, default=DEFAULT_NULL, help="the estimate's null (another than the "
+                   "default: results go to share_estimate_<null>.md / .csv)")
     p.add_argument("--clean-worlds", action="store_true", help="also train, embed and scan clean worlds")
     p.add_argument("--worlds", nargs="*", default=["shapes", "longtail-frequent"], choices=list(WORLDS))
     p.add_argument("--preset", choices=list(PRESETS), default="cpu", help="the panel preset of the clean worlds")
@@ -340,9 +348,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
-    if a.clean_worlds and a.null != "gamma":
-        raise SystemExit("--clean-worlds stores the Gamma's figures; with --null envelope pass the clean worlds' "
-                         "scans instead: --clean-scans <work>/clean/<world>/scan")
     limit_threads(a.threads)
     rows, skipped = cell_rows(a)
     clean = (clean_worlds(a) if a.clean_worlds else []) + clean_scans(a)

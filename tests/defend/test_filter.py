@@ -142,7 +142,7 @@ def test_bad_requests_are_clear_errors(scanned, tmp_path, tiny_world):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", share=1.5)
     with pytest.raises(ConfigError, match="no scores"):
         filter_manifest(path, tmp_path, tmp_path / "x", detector="kdist")
-    with pytest.raises(ConfigError, match="unknown null 'pareto'; choose one of: gamma, envelope"):
+    with pytest.raises(ConfigError, match="unknown null 'pareto'; choose one of: envelope, gamma"):
         filter_manifest(path, scan_dir, tmp_path / "x", detector="kdist", null="pareto")
     other = write_manifest(df.assign(id=[f"other-{i}" for i in range(200)]), tmp_path / "other.csv")
     with pytest.raises(ConfigError, match="197 of 197 scored ids are not in"):

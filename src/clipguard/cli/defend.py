@@ -9,7 +9,7 @@ import click
 
 from clipguard.cli.options import default_of, device_option, echo_json, out_option, param_option, seed_option
 from clipguard.defend import DEFENCES, filter_manifest
-from clipguard.detect.share import NULLS
+from clipguard.detect.share import DEFAULT_NULL, NULLS
 from clipguard.pipeline.defend_model import defend_model
 from clipguard.report import build_defend_report
 
@@ -31,10 +31,10 @@ __all__ = ["defences", "defend", "filter_"]
 @click.option("--fdr", type=float, default=None,
               help="Remove the Benjamini-Hochberg cut at this false-discovery rate instead (e.g. 0.1).")
 @click.option("--seed", type=int, default=None, help="Seed of the estimate's bootstrap [default: the scan's seed].")
-@click.option("--null", "null", type=click.Choice(NULLS), default="gamma", show_default=True,
-              help="The null of the estimate and of the auto/estimate/--fdr cuts: gamma (fitted to the bulk) or "
-                   "envelope (a bound on the clean tail if its hazard rate does not fall: removes less; "
-                   "nothing on the clean sets measured).")
+@click.option("--null", "null", type=click.Choice(NULLS), default=DEFAULT_NULL, show_default=True,
+              help="The null of the estimate and of the auto/estimate/--fdr cuts: envelope (a bound on the clean "
+                   "tail if its hazard rate does not fall; nothing removed from the clean sets measured) or gamma "
+                   "(fitted to the bulk; also finds poison merging into the clean tail, misreads other tails).")
 def filter_(manifest: str, scan_dir: str, out: str, detector: str, share: str, top: int | None, fdr: float | None,
             seed: int | None, null: str) -> None:
     """Write MANIFEST without the suspects that `clipguard scan` (output SCAN_DIR) ranked highest."""

@@ -19,14 +19,14 @@ suspicious), ``filter_manifest`` writes the manifest without the suspects. Outpu
 Which rows go (one rule; the run records it with its reason):
 
 * ``share="auto"`` (default): from the poisoned share estimated from the detector's scores
-  (:func:`clipguard.detect.share.estimate_share`: tail excess over a null fitted to the bulk, no ground
+  (:func:`clipguard.detect.share.estimate_share`: tail excess over a null for the clean rows, no ground
   truth), the largest top cut whose EXPECTED precision is still >= 0.5
   (:func:`~clipguard.detect.share.precision_cut`; Storey's adaptive Benjamini-Hochberg at FDR 0.5);
   0 rows when no excess is found;
 * ``share="estimate"``: exactly as many top rows as the estimate (``n_estimated``);
 * ``fdr=q``: the Benjamini-Hochberg cut at false-discovery rate q on the same null's p-values;
-* ``null="envelope"`` (with the three rules above): the IFR envelope instead of the fitted Gamma as the null,
-  a bound on the clean tail (removes less; nothing on the clean sets measured);
+* ``null`` (with the three rules above): ``"envelope"`` (default), a bound on the clean tail, or ``"gamma"``,
+  a Gamma fitted to the bulk (:mod:`clipguard.detect.share` says when each is right);
 * ``share=f``: the top ``ceil(f * n_scored)`` by ``<detector>_rank``;
 * ``top=n``: the top ``n`` by ``<detector>_rank``;
 * ``share="suspects"``: the scan's own budget, ``is_<detector>_suspect`` (the top ``suspect_share``
@@ -52,7 +52,7 @@ from clipguard.data.dataset import SkipLog
 from clipguard.data.manifest import Manifest, read_manifest, write_manifest
 from clipguard.detect.facade import Scan
 from clipguard.detect.options import DEFAULT_DETECTOR
-from clipguard.detect.share import NULLS, ShareEstimate, bh_cut, estimate_share, null_pvalues, precision_cut
+from clipguard.detect.share import DEFAULT_NULL, NULLS, ShareEstimate, bh_cut, estimate_share, null_pvalues, precision_cut
 from clipguard.errors import ConfigError
 from clipguard.utils.fs import is_url
 from clipguard.utils.io import atomic_path
@@ -132,7 +132,8 @@ def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, man
 
 
 def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, top: int | None,
-               fdr: float | None, seed: int, null: str = "gamma") -> tuple[pd.Series, str, str, ShareEstimate | None]:
+               fdr: float | None, seed: int, null: str = DEFAULT_NULL
+               ) -> tuple[pd.Series, str, str, ShareEstimate | None]:
     """``(mask of the scored rows to remove, rule, the cut in words, the share estimate or None)``."""
     rank_col, flag_col = f"{detector}_rank", f"is_{detector}_suspect"
     n_scored = len(scores)
@@ -162,7 +163,7 @@ def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, t
 
 def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                     detector: str = DEFAULT_DETECTOR, share: float | str | None = "auto", top: int | None = None,
-                    fdr: float | None = None, seed: int | None = None, null: str = "gamma") -> FilterResult:
+                    fdr: float | None = None, seed: int | None = None, null: str = DEFAULT_NULL) -> FilterResult:
     """Write ``manifest`` without the suspects of ``detector`` in ``scan_dir`` to ``out_dir``.
 
     The scan is read with :meth:`clipguard.detect.Scan.load`.
@@ -178,13 +179,13 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
             0); ``"estimate"``: exactly the estimated number of rows; a fraction f: the top
             ``ceil(f * n_scored)``; ``"suspects"``: the scan's ``is_<detector>_suspect`` rows.
         top: remove the top ``top`` instead; fdr: remove the Benjamini-Hochberg cut at this
-            false-discovery rate instead (p-values of the null fitted by the estimate).
+            false-discovery rate instead (p-values of the estimate's null).
         seed: seed of the estimate's bootstrap (default: the scan's seed).
-        null: the null of the estimate and of the ``"auto"``/``"estimate"``/``fdr`` cuts: ``"gamma"``
-            (default) or ``"envelope"``, the IFR envelope (:func:`clipguard.detect.share.estimate_share`):
-            a bound on the clean tail that holds when the clean scores' hazard rate does not fall, so its
-            cuts remove less -- nothing on every clean set measured, less of a poison that merges into
-            the clean tail.
+        null: the null of the estimate and of the ``"auto"``/``"estimate"``/``fdr`` cuts: ``"envelope"``
+            (default), a bound on the clean tail that holds when the clean scores' hazard rate does not fall
+            (nothing removed from the clean sets measured), or ``"gamma"``, a Gamma fitted to the bulk, which
+            also removes a poison that merges into the clean tail but misreads tails that are not Gamma-shaped
+            (:mod:`clipguard.detect.share`).
 
     Raises:
         ConfigError: more than one of ``share`` (other than "auto"), ``top``, ``fdr``; a value out of

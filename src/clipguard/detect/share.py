@@ -2,10 +2,25 @@
 
 The question after a scan is which rows to drop and what that costs. :func:`estimate_share` answers it
 from ONE detector's scores (higher = more suspicious; the default ``fused``) by the excess of the upper
-tail over a null fitted to the bulk -- the "empirical null" of large-scale testing (Efron), with
-Storey's estimate of the non-null share and Benjamini-Hochberg's cut on the null p-values:
+tail over a null for the clean rows -- the "empirical null" of large-scale testing (Efron), with
+Storey's estimate of the non-null share and Benjamini-Hochberg's cut on the null p-values. Two nulls:
 
-1. **Null fit.** The clean rows make up the bulk of the scores and the poison, when a detector sees
+- ``"envelope"`` (the default, :data:`DEFAULT_NULL`): a BOUND on the clean tail, valid whenever the clean
+  scores' hazard rate does not fall above their median ("The cautious null" below);
+- ``"gamma"``: a Gamma distribution FITTED to the bulk and extrapolated (steps 1-4).
+
+Why the envelope is the default (measured; ``benchmarks/results/share_estimate.md`` and
+``share_estimate_gamma.md``): over the 22 cells whose scan AUROC is >= 0.99 -- the panel's cells scanned
+with the poisoned model's embeddings and with a clean model's (``benchmarks/clean_model_scan.py``) and the
+demo -- ``filter --share auto`` removes >= 90 % of the poison at precision >= 0.5 in 7 with the envelope
+and in 2 with the Gamma (mean recall 0.71 against 0.24: the Gamma's tail, extrapolated from a bimodal
+clean bulk, is too heavy, and its gate stays shut), and it removes nothing from each of three clean sets
+(the Gamma: 2.8 % of a 1M-row clean set whose tail is lighter than the fit's). What it costs: poison that
+merges into the clean tail (the shapes world's 5 % cells on the poisoned model, AUROC 0.987-0.989: the
+Gamma removes 98-99 % of it, the envelope none), estimates that run low, and clean scores whose hazard
+falls (a mixture of exponentials with different rates: up to 0.11 % of 50,000 clean rows removed).
+
+1. **Null fit (Gamma).** The clean rows make up the bulk of the scores and the poison, when a detector sees
    it, sits in the upper tail. A Gamma distribution is fitted by quantile matching to the scores'
    55 %, 60 %, ..., 90 % quantiles (least squares on the probit scale, damped Gauss-Newton): the upper
    middle of the bulk,
@@ -48,15 +63,14 @@ exponential, Weibull >= 1, Fisher's statistic of independent p-values), the log-
 chord between two of its points once extended beyond the chord's right end. The chords of consecutive clean
 quantiles (:data:`ENVELOPE_LEVELS`), each flattened by :data:`ENVELOPE_MARGIN` Poisson standard deviations,
 give a bound on the clean tail whose p-values are conservative (measured 0.94-0.99 lam of clean rows below
-lam on those families); the excess over it is counted as above with tolerance 1.0. Measured
-(``benchmarks/results/share_estimate_envelope.md`` against ``share_estimate.md``): ``filter --share auto``
-removes nothing from each of the three clean sets (the Gamma: 2.8 % of the 1M-row one), and where the scan's
-AUROC is >= 0.99 it reaches recall >= 0.9 at precision >= 0.5 in 2 of 4 cells (the Gamma: 1), finding the
-sparse far-out poison of long-tailed cells whose bimodal clean bulk makes the Gamma's tail too heavy. Its
-price: a poison that merges into the clean tail raises the chords as much as the tail (the bound cannot
-tell a bump on a rising hazard from the hazard), so it misses the shapes 5 % cells the Gamma finds
-(recall 0 against 0.98-0.99), and its estimates run low (demo 3.6 % [2.5, 4.1] for 5 %). A log-normal
-clean tail (hazard eventually falling) breaks its assumption: 0.07 % of 50,000 such rows read as excess.
+lam on those families); the excess over it is counted as above with tolerance 1.0 (the bound needs none).
+A poison that merges into the clean tail raises the chords as much as the tail (the bound cannot tell a
+bump on a rising hazard from the hazard): it misses the shapes 5 % cells the Gamma finds, and its estimates
+run low (demo 3.6 % [2.5, 4.1] for 5 %). A clean tail whose hazard falls breaks its assumption: 0.07 % of
+50,000 log-normal rows read as excess, and a two-rate exponential mixture loses up to 0.11 % of 50,000 clean
+rows to ``--share auto``. A margin of 0.5 instead of 1.0 reached 9 of the 22 cells above (mean recall 0.84)
+and still removed nothing from the three clean sets, but up to 0.21 % of those mixtures; 1.0, set before
+the measurement, stays.
 
 :func:`bh_cut` is the Benjamini-Hochberg cut at a stated false-discovery rate on the same p-values,
 :func:`precision_cut` the largest top cut whose expected precision stays >= 0.5 (what ``clipguard filter
@@ -77,7 +91,7 @@ from clipguard.errors import ConfigError
 
 __all__ = ["ShareEstimate", "estimate_share", "null_pvalues", "bh_cut", "precision_cut", "tradeoff_curve",
            "tolerance_at", "envelope_pvalues", "TRADEOFF_SHARES", "TAIL_TOLERANCE", "METHOD", "ENVELOPE_METHOD",
-           "ENVELOPE_LEVELS", "ENVELOPE_MARGIN", "NULLS"]
+           "ENVELOPE_LEVELS", "ENVELOPE_MARGIN", "NULLS", "DEFAULT_NULL"]
 
 METHOD = ("tail excess over a Gamma null fitted to the 55-90 % quantiles of the scores (Storey's pi1 read in the "
           "upper tail; percentile bootstrap interval)")
@@ -96,8 +110,11 @@ benchmarks/memory.py it is 1.8x at 0.8 % and 13x at 2e-6, and the estimate there
 flat factor for every level the 5 % demo scan read 1.25 -> 4.9 % [4.3, 5.3], 1.5 -> 4.4 % [3.5, 5.2],
 2.0 -> 3.7 % [0.0, 4.9]; :func:`tolerance_at` lowers it to 1.1 where the null is fitted."""
 
-NULLS = ("gamma", "envelope")
-"""The nulls :func:`estimate_share` can count the excess over: the fitted Gamma (default) or the IFR envelope."""
+NULLS = ("envelope", "gamma")
+"""The nulls :func:`estimate_share` can count the excess over: the IFR envelope (default) or the fitted Gamma."""
+
+DEFAULT_NULL = "envelope"
+"""The null of a scan's estimate and of ``clipguard filter`` unless told otherwise (why: the module docstring)."""
 
 ENVELOPE_METHOD = ("tail excess over the IFR envelope of the scores (the clean log-survival taken to be concave "
                    "above the median: every chord extended beyond its right end bounds the clean tail; Storey's pi1 "
@@ -390,7 +407,7 @@ def _null_record(null: str, params: np.ndarray, shift: float, tol: float, margin
 
 
 def estimate_share(scores: Any, *, detector: str | None = None, n_boot: int = 200, level: float = 0.95,
-                   z_min: float = 3.0, tail_tolerance: float | None = None, seed: int = 0, null: str = "gamma",
+                   z_min: float = 3.0, tail_tolerance: float | None = None, seed: int = 0, null: str = DEFAULT_NULL,
                    margin: float = ENVELOPE_MARGIN) -> ShareEstimate:
     """Estimate the poisoned share of a set from its (N,) scores (higher = more suspicious).
 
@@ -405,11 +422,11 @@ def estimate_share(scores: Any, *, detector: str | None = None, n_boot: int = 20
             interval's low end count only the rows beyond it); None: :data:`TAIL_TOLERANCE` for the Gamma,
             1.0 for the envelope (already a bound).
         seed: seed of the bootstrap.
-        null: ``"gamma"`` (default; the module docstring) or ``"envelope"``: the IFR envelope, a bound on the
-            clean tail that holds whenever the clean scores' log-survival is concave above their median
-            (increasing hazard: Gamma with shape >= 1, normal, exponential, Fisher's statistic of independent
-            p-values). More conservative: it finds no poison on clean sets whose tail the Gamma misreads, and
-            less of a poison "shoulder" that merges into the clean tail.
+        null: ``"envelope"`` (default): the IFR envelope, a bound on the clean tail that holds whenever the
+            clean scores' log-survival is concave above their median (increasing hazard: Gamma with shape
+            >= 1, normal, exponential, Fisher's statistic of independent p-values); ``"gamma"``: a Gamma
+            fitted to the bulk, which also finds a poison "shoulder" merging into the clean tail but misreads
+            clean tails that are not Gamma-shaped (the module docstring has both, measured).
         margin: the envelope's chord margin (:data:`ENVELOPE_MARGIN`; envelope only).
 
     Returns:

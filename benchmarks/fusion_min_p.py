@@ -1,0 +1,83 @@
+"""A minimum-p (Tippett) default? The fusion rules on stored panel scans (issue 9; measured, rejected).
+
+Fisher's combination (the default ``fused``) is an average of ``-ln p`` over its components, so an inverted
+or uninformative component pulls a perfect one down. Tippett's rule keeps each row's most extreme
+component (``max -ln p``): one perfect component is enough, at the price of every component's clean
+extremes. This script recomputes, from the stored ``<detector>_score`` columns of finished scans, the
+default's components (``dao``, ``density_anomaly`` two-sided, ``clipscore``, ``caption_dup``,
+``caption_disagreement`` two-sided; image-only: the first two) combined by Fisher, by Tippett and by the
+mean of the two largest ``-ln p`` ("top2"), and prints worst / mean AUROC over the learned cells, and the
+AUROC on single sets (the demo, the GPU paper cells).
+
+Inputs: ``--poisoned-model`` panel cell folders (``<cell>/scores_auto.parquet`` with ``poisoned``,
+``result.json``), ``--clean-model`` folders of ``benchmarks/clean_model_scan.py`` (same layout), and
+``--sets`` single ``scores_auto.parquet`` files.
+
+Usage::
+
+    python benchmarks/fusion_min_p.py --poisoned-model /tmp/panel16/cells --clean-model runs/clean_model_scan \\
+        --sets /tmp/fx/extra/cells/demo/scores_auto.parquet runs/panel_gpu/cells/*/scores_auto.parquet
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipguard.detect.detectors.fused import fold_two_sided, fuse_components, upper_tail_log_p
+from clipguard.detect.metrics import detection_metrics
+
+COMPONENTS = ("dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement")
+IMAGE = ("dao", "density_anomaly")
+TWO_SIDED = ("density_anomaly", "caption_disagreement")  # as the default fused orients them
+LEARNED_ASR = 0.8
+
+
+def rules(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{"fisher", "tippett", "top2"}`` scores (higher = more suspicious) of the component columns ``parts``."""
+    logp = np.stack([upper_tail_log_p(fold_two_sided(v) if k in TWO_SIDED else v) for k, v in parts.items()], 1)
+    ordered = -np.sort(-logp, axis=1)
+    fisher = fuse_components(parts, method="fisher")
+    return {"fisher": fisher[0] if isinstance(fisher, tuple) else fisher, "tippett": ordered[:, 0],
+            "top2": ordered[:, :2].mean(axis=1)}
+
+
+def aurocs(frame: pd.DataFrame) -> dict[str, float]:
+    """AUROC of each rule, with captions and image-only, on one scan's scores."""
+    y = frame["poisoned"].to_numpy(bool)
+    out = {}
+    for tag, names in (("captions", COMPONENTS), ("image-only", IMAGE)):
+        parts = {n: frame[f"{n}_score"].to_numpy(np.float64) for n in names if f"{n}_score" in frame.columns}
+        out.update({f"{rule} {tag}": detection_metrics(y, s)["auroc"] for rule, s in rules(parts).items()})
+    return out
+
+
+def learned_cells(folders: list[str]) -> pd.DataFrame:
+    rows = []
+    for folder in map(Path, folders):
+        for res in sorted(folder.glob("*/result.json")):
+            if json.loads(res.read_text()).get("attack_success_rate", 0) >= LEARNED_ASR:
+                rows.append({"cell": res.parent.name, **aurocs(pd.read_parquet(res.parent / "scores_auto.parquet"))})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--poisoned-model", nargs="*", default=[])
+    p.add_argument("--clean-model", nargs="*", default=[])
+    p.add_argument("--sets", nargs="*", default=[])
+    a = p.parse_args(argv)
+    for label, folders in (("poisoned model's embeddings", a.poisoned_model), ("clean model's embeddings", a.clean_model)):
+        df = learned_cells(folders)
+        if len(df):
+            print(f"{label}: {len(df)} learned cells, worst / mean AUROC")
+            print(df.drop(columns="cell").agg(["min", "mean"]).T.round(3).to_string(), "\n")
+    for f in a.sets:
+        print(f, {k: round(v, 3) for k, v in aurocs(pd.read_parquet(f)).items()})
+
+
+if __name__ == "__main__":
+    main()
