@@ -133,6 +133,11 @@ def test_scan_from_model_and_dataset(tmp_path):
     assert (tmp_path / "scan" / "embeddings" / "img_emb" / "img_emb_0.npy").is_file()
     assert len(pd.read_parquet(tmp_path / "scan" / "scores" / "scores_0.parquet")) == 30
     assert json.loads((tmp_path / "scan" / "run.json").read_text())["config"]["k"] == 5
+    assert "note: these embeddings come from a model trained on this very set" not in r.stdout
+    save_model(create_model("tiny-rn"), tmp_path / "trained_here", extra={"trained_on": str(manifest)})
+    r = run_cli("scan", "--model", tmp_path / "trained_here", "--data", manifest, "--out", tmp_path / "scan2", "-k", "5")
+    assert r.returncode == 0 and "note: these embeddings come from a model trained on this very set" in r.stdout
+    assert json.loads((tmp_path / "scan2" / "run.json").read_text())["embedding_model"]["trained_on_this_set"]
     for args, text in ((["scan", "--out", tmp_path / "x"], "exactly one input"),
                        (["scan", tmp_path / "scan" / "embeddings", "--data", manifest, "--out", tmp_path / "x"],
                         "exactly one input"),

@@ -1,14 +1,16 @@
 """The scan folder written by Scan.save and read back by Scan.load (the store module)."""
 import json
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from clipguard.detect import Scan, ScanConfig, run_scan
-from clipguard.detect.store import read_scan
+from clipguard.detect.store import TRAINED_ON_THIS_SET, embedding_model, read_scan
 from clipguard.errors import ConfigError
 from detect_helpers import pair_folder
+from tests_helpers import LogRecords
 
 
 def _assert_same_scan(loaded: Scan, scan: Scan) -> None:
@@ -103,3 +105,26 @@ def test_run_json_names_the_default_ranking(tmp_path):
     assert json.loads((tmp_path / "all" / "run.json").read_text())["default_detector"] == "fused"
     run_scan(tmp_path / "emb", tmp_path / "two", detectors=["dao", "kdist"], k=5)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["default_detector"] == "dao"
+
+
+def test_run_json_notes_embeddings_from_a_model_trained_on_the_set(tmp_path):
+    """The embedding folder's run.json (clipguard embed) says its model was trained on the embedded manifest:
+    the scan records it with the note; a model trained elsewhere is recorded without a note; no record, none."""
+    pair_folder(tmp_path / "emb")
+    run_scan(tmp_path / "emb", tmp_path / "plain", k=5)
+    assert "embedding_model" not in json.loads((tmp_path / "plain" / "run.json").read_text())
+    embed_run = {"command": "embed", "model_trained_on": "/data/train.parquet", "model_trained_on_this_set": True}
+    (tmp_path / "emb" / "run.json").write_text(json.dumps(embed_run))
+    run_scan(tmp_path / "emb", tmp_path / "same", k=5)
+    got = json.loads((tmp_path / "same" / "run.json").read_text())["embedding_model"]
+    assert got == {"trained_on": "/data/train.parquet", "trained_on_this_set": True, "note": TRAINED_ON_THIS_SET}
+    (tmp_path / "emb" / "run.json").write_text(json.dumps({**embed_run, "model_trained_on_this_set": False}))
+    assert embedding_model(tmp_path / "emb") == {"trained_on": "/data/train.parquet", "trained_on_this_set": False}
+    (tmp_path / "emb" / "run.json").write_text("{not json")
+    log, handler = logging.getLogger("clipguard"), LogRecords()
+    log.addHandler(handler)
+    try:
+        assert embedding_model(tmp_path / "emb") is None
+    finally:
+        log.removeHandler(handler)
+    assert any("the embedding model's training set is not checked" in m for m in handler.messages)

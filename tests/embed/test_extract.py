@@ -98,3 +98,19 @@ def test_defaults_come_from_their_one_source(tiny_world, tmp_path):
     embed_dataset(create_model("tiny-rn"), m, tmp_path / "e", shard_size=5, text=False, progress=False)
     assert [embedding_shard_complete(tmp_path / "e", i, text=False) for i in range(4)] == [True] * 3 + [False]
     assert not (tmp_path / "e" / "text_emb").exists()
+
+
+def test_the_record_says_when_the_model_was_trained_on_the_embedded_set(tiny_world, tmp_path):
+    """``model_trained_on_this_set``: True for the manifest the model was trained on, False for another one;
+    no such keys for a model without a training record."""
+    path = _small_manifest(tiny_world, tmp_path, n=12)
+    b = create_model("tiny-rn")
+    b.trained_on = str(path)
+    embed_dataset(b, read_manifest(path), tmp_path / "same", progress=False)
+    rec = read_json(tmp_path / "same" / "run.json")
+    assert rec["model_trained_on"] == str(path) and rec["model_trained_on_this_set"] is True
+    b.trained_on = str(tiny_world / "train" / "manifest.parquet")
+    embed_dataset(b, read_manifest(path), tmp_path / "other", progress=False)
+    assert read_json(tmp_path / "other" / "run.json")["model_trained_on_this_set"] is False
+    embed_dataset(create_model("tiny-rn"), read_manifest(path), tmp_path / "fresh", progress=False)
+    assert "model_trained_on" not in read_json(tmp_path / "fresh" / "run.json")

@@ -29,6 +29,13 @@ def test_seeded_init_is_reproducible():
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
+def test_load_model_carries_the_training_set_it_was_saved_with(tmp_path):
+    save_model(create_model("tiny-rn", seed=0), tmp_path / "m", extra={"trained_on": "/data/train.parquet"})
+    assert load_model(tmp_path / "m").trained_on == "/data/train.parquet"
+    save_model(create_model("tiny-rn", seed=0), tmp_path / "fresh")
+    assert load_model(tmp_path / "fresh").trained_on is None and create_model("tiny-rn").trained_on is None
+
+
 def test_safetensors_round_trip(tmp_path):
     b = create_model("tiny-vit", seed=3)
     save_model(b, tmp_path / "m")

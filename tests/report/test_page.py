@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+from clipguard.detect.store import TRAINED_ON_THIS_SET
 from clipguard.errors import ConfigError
 from clipguard.report import build_scan_report
 from tests_helpers import assert_one_line_error, run_cli
@@ -181,3 +182,13 @@ def test_an_old_scan_a_skipped_estimate_or_a_lost_curve_gets_one_sentence(share_
     assert "Estimated poisoned share: <b>" in sec
     assert "The trade-off curve (tradeoff.csv) of this scan was not found" in sec
     assert "<table" not in sec and "<img" not in sec
+
+
+def test_the_page_notes_embeddings_from_a_model_trained_on_the_scanned_set(share_scan, tmp_path, check_page):
+    def trained_here(run):
+        run["embedding_model"] = {"trained_on": "/d/m.parquet", "trained_on_this_set": True, "note": TRAINED_ON_THIS_SET}
+    html = build_scan_report(_copy_scan(share_scan, tmp_path / "t", edit_run=trained_here), tmp_path / "t.html",
+                             top=4).read_text()
+    check_page(html)
+    assert "<b>Note:</b> these embeddings come from a model trained on this very set" in html
+    assert "<b>Note:</b>" not in build_scan_report(share_scan, tmp_path / "p.html", top=4).read_text()

@@ -37,6 +37,7 @@ from clipguard.errors import ConfigError
 from clipguard.io.reader import can_memory_map
 from clipguard.report import build_scan_report
 from clipguard.pipeline import scan_dataset
+from clipguard.utils.io import read_json_object
 
 __all__ = ["detectors", "scan"]
 
@@ -103,6 +104,9 @@ def _echo_result(res: ScanResult) -> None:
                    f"suspicious; {d['n_record_ids_unmatched']} record ids match no sample)")
     for det, why in res.skipped_detectors.items():
         click.echo(f"skipped {det}: {why}")
+    note = (read_json_object(res.run_json, "the scan record").get("embedding_model") or {}).get("note")
+    if note:
+        click.echo(f"note: {note}")
     _echo_share(res)
     if res.metrics:
         w = max(10, *(len(d) for d in res.detectors))

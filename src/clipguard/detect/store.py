@@ -41,11 +41,38 @@ from clipguard.io.writer import write_scores_shard
 from clipguard.utils.io import atomic_path, read_json_object
 from clipguard.utils.runrecord import RunRecord
 
-__all__ = ["SavedScan", "default_detector", "new_scan_record", "record_data", "record_scoring", "record_share",
-           "write_scan", "read_scan", "read_share", "format_tradeoff", "TRADEOFF_FILE"]
+__all__ = ["SavedScan", "default_detector", "embedding_model", "new_scan_record", "record_data", "record_scoring", "record_share",
+           "write_scan", "read_scan", "read_share", "format_tradeoff", "TRADEOFF_FILE", "TRAINED_ON_THIS_SET"]
 
 TRADEOFF_FILE = "tradeoff.csv"
 """The trade-off curve of a scan folder (:func:`record_share`)."""
+
+TRAINED_ON_THIS_SET = ("these embeddings come from a model trained on this very set (the DAO paper's setting): a "
+                       "dirty-label backdoor it learned makes poisoned captions MATCH their images there. To clean a "
+                       "set before training, embed it with a model not trained on it and read clipscore_rank beside "
+                       "the default (benchmarks/results/clean_model_scan.md: clipscore worst AUROC 0.977 over the "
+                       "panel's learned cells, 0.148 here)")
+"""The scan's note (``run.json`` ``embedding_model.note``, the printed summary) when the embedding folder's
+``run.json`` says its model was trained on the embedded manifest."""
+
+
+def embedding_model(emb_dir: str | Path | None) -> dict[str, Any] | None:
+    """What the embedding folder's ``run.json`` (``clipguard embed``) says of its model's training set:
+    ``{"trained_on", "trained_on_this_set"[, "note"]}``, or None (no such record, or a model without one)."""
+    path = Path(emb_dir) / "run.json" if emb_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        run = read_json_object(path, "the embedding run record")
+    except ConfigError as exc:  # a damaged embedding record does not stop a scan (the embeddings are checked)
+        log.warning("%s; the embedding model's training set is not checked", exc)
+        return None
+    if run.get("command") != "embed" or not run.get("model_trained_on"):
+        return None
+    out = {"trained_on": run["model_trained_on"], "trained_on_this_set": bool(run.get("model_trained_on_this_set"))}
+    if out["trained_on_this_set"]:
+        out["note"] = TRAINED_ON_THIS_SET
+    return out
 
 log = logging.getLogger("clipguard")
 
@@ -57,6 +84,9 @@ def new_scan_record(source: str | None, requested: list[str] | None, cfg: ScanCo
     rec = RunRecord("scan", config={"emb_dir": source, "detectors": requested, **cfg.as_dict()})
     if load_s is not None:
         rec["timings_s"]["load"] = round(load_s, 4)
+    model = embedding_model(source)
+    if model is not None:
+        rec["embedding_model"] = model
     return rec
 
 

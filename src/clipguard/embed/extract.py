@@ -246,7 +246,18 @@ def embed_record(job: EmbedJob, precision: str) -> RunRecord:
     if m.path is not None:
         rec["data_fingerprint"] = fingerprint_files([m.path])
     rec.data.update(m.read_counts())
+    if job.bundle.trained_on:
+        rec["model_trained_on"] = job.bundle.trained_on
+        rec["model_trained_on_this_set"] = m.path is not None and _same_file(job.bundle.trained_on, m.path)
     return rec
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (the same inode, or the same resolved path when one is gone)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def finish_embed(rec: RunRecord, job: EmbedJob, outcomes: dict[int, ShardOutcome], reused: list[int],

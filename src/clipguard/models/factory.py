@@ -59,6 +59,8 @@ class ClipBundle:
         tokenizer: list of captions -> (n, L) LongTensor.
         name: architecture name.
         config: the open_clip model config (dict with embed_dim, vision_cfg, text_cfg).
+        trained_on: the manifest the model was trained on (``model.json``'s ``trained_on``, set by
+            :func:`load_model`; None for a fresh model): ``clipguard embed`` notes when it embeds that set.
     """
 
     model: torch.nn.Module
@@ -66,6 +68,7 @@ class ClipBundle:
     tokenizer: Callable
     name: str
     config: dict[str, Any]
+    trained_on: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -285,6 +288,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device | None = N
                           "retrain or pass the matching folder") from None
     if "repair" in meta:
         _reattach_repair(bundle, folder, meta["repair"])
+    bundle.trained_on = meta.get("trained_on")
     bundle.model.eval()
     return bundle.to(device)
 

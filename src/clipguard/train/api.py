@@ -81,6 +81,7 @@ def train_from_manifest(manifest_path: str | os.PathLike, out_dir: str | os.Path
                           workers=workers, cache=cache, device=dev)
     result.n_skipped = len(data.skip_log)
     save_model(bundle, out, extra={"trained_on": str(manifest.path), "train_config": asdict(config)})
+    bundle.trained_on = str(manifest.path) if manifest.path is not None else None  # as load_model(out) says
     rec["n_rows"], rec["n_pairs"], rec["n_skipped"] = len(manifest), result.n_pairs, result.n_skipped
     rec["cache_used"] = data.cache
     rec["skip_counts"] = data.skip_log.counts()
