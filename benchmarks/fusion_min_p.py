@@ -4,8 +4,8 @@ Fisher's combination (the default ``fused``) is an average of ``-ln p`` over its
 or uninformative component pulls a perfect one down. Tippett's rule keeps each row's most extreme
 component (``max -ln p``): one perfect component is enough, at the price of every component's clean
 extremes. This script recomputes, from the stored ``<detector>_score`` columns of finished scans, the
-default's components (``dao``, ``density_anomaly`` two-sided, ``clipscore``, ``caption_dup``,
-``caption_disagreement`` two-sided; image-only: the first two) combined by Fisher, by Tippett and by the
+default's components (``dao``, ``density_anomaly`` (two-sided by definition), ``clipscore``, ``caption_dup``,
+``caption_disagreement`` (folded, as ``fused`` folds it); image-only: the first two) combined by Fisher, by Tippett and by the
 mean of the two largest ``-ln p`` ("top2"), and prints worst / mean AUROC over the learned cells, and the
 AUROC on single sets (the demo, the GPU paper cells).
 
@@ -27,21 +27,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipguard.detect.detectors.fused import fold_two_sided, fuse_components, upper_tail_log_p
+from clipguard.detect.detectors.fused import DEFAULT_TWO_SIDED, fold_two_sided, fuse_components, upper_tail_log_p
 from clipguard.detect.metrics import detection_metrics
 
 COMPONENTS = ("dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement")
 IMAGE = ("dao", "density_anomaly")
-TWO_SIDED = ("density_anomaly", "caption_disagreement")  # as the default fused orients them
 LEARNED_ASR = 0.8
 
 
 def rules(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``{"fisher", "tippett", "top2"}`` scores (higher = more suspicious) of the component columns ``parts``."""
-    logp = np.stack([upper_tail_log_p(fold_two_sided(v) if k in TWO_SIDED else v) for k, v in parts.items()], 1)
+    logp = np.stack([upper_tail_log_p(fold_two_sided(v) if k in DEFAULT_TWO_SIDED else v) for k, v in parts.items()],
+                    axis=1)  # each component oriented as `fused` orients it
     ordered = -np.sort(-logp, axis=1)
-    fisher = fuse_components(parts, method="fisher")
-    return {"fisher": fisher[0] if isinstance(fisher, tuple) else fisher, "tippett": ordered[:, 0],
+    return {"fisher": fuse_components(parts, method="fisher"), "tippett": ordered[:, 0],
             "top2": ordered[:, :2].mean(axis=1)}
 
 

@@ -46,7 +46,7 @@ from scipy import optimize, special, stats
 from _results import write_csv
 
 from clipguard.detect.metrics import detection_metrics
-from clipguard.detect.share import _excess, _lam_grid, estimate_share
+from clipguard.detect.share import _excess, _lam_grid, _prepare, estimate_share
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("gamma", "gpd", "select", "envelope")
@@ -128,10 +128,8 @@ def oracle_z(x: np.ndarray, y: np.ndarray) -> float:
 
 def estimates(scores: np.ndarray) -> dict:
     """Point estimate of each family (and the family ``select`` chose)."""
-    s = np.sort(scores[np.isfinite(scores)].astype(np.float64))
-    if s[0] <= 0:
-        s = s - s[0] + 1e-6 * max(float(s[-1] - s[0]), 1e-12)
-    out = {"gamma": estimate_share(s, n_boot=0).share, "gpd": gpd_estimate(s),
+    s = _prepare(scores)[0]  # sorted, finite, shifted positive as estimate_share does
+    out = {"gamma": estimate_share(s, n_boot=0, null="gamma").share, "gpd": gpd_estimate(s),
            "envelope": estimate_share(s, n_boot=0, null="envelope").share}
     out["chosen"] = holdout_family(s)
     out["select"] = out[out["chosen"]]

@@ -105,8 +105,16 @@ def test_poison_the_scores_do_not_separate_is_not_counted():
     assert est.reason.startswith("no excess over the null")
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: poison above ~10 % reaches the 55-90 % fit window, the "
-                                       "null swallows it, and the estimate is erratic (0 at 12 %, 20 %, 30 %)")
+@pytest.mark.parametrize("share", [0.12, 0.2])
+def test_the_default_envelope_finds_a_large_separated_share(share):
+    """Where the Gamma fails (below), the envelope's lowest chords still lie under the poison (measured: right
+    within the tolerance at 12 and 20 % over three seeds; it reads 0 at 30 %, when the poison reaches them)."""
+    s, y = gamma_mixture(10_000, share, seed=0)
+    assert abs(estimate_share(s, n_boot=0).share - y.mean()) <= tolerance(y.mean())
+
+
+@pytest.mark.xfail(strict=True, reason="known limit of the Gamma null: poison above ~10 % reaches the 55-90 % fit "
+                                       "window, the null swallows it, and the estimate is erratic (0 at 12, 20, 30 %)")
 def test_a_large_separated_share_is_found():
     s, y = gamma_mixture(10_000, 0.2, seed=0)
     est = estimate_share(s, null="gamma", n_boot=0)
