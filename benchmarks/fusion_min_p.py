@@ -6,8 +6,16 @@ component (``max -ln p``): one perfect component is enough, at the price of ever
 extremes. This script recomputes, from the stored ``<detector>_score`` columns of finished scans, the
 default's components (``dao``, ``density_anomaly`` (two-sided by definition), ``clipscore``, ``caption_dup``,
 ``caption_disagreement`` (folded, as ``fused`` folds it); image-only: the first two) combined by Fisher, by Tippett and by the
-mean of the two largest ``-ln p`` ("top2"), and prints worst / mean AUROC over the learned cells, and the
+mean of the two largest ``-ln p`` ("top2") and by the adaptive truncated sum (:func:`omnibus`: the best of
+Fisher's sums over the k most extreme components, k = 1..m, each calibrated by its rank), and prints worst / mean AUROC over the learned cells, and the
 AUROC on single sets (the demo, the GPU paper cells).
+
+It also prints two CEILINGS, which are not rules (they use the ground truth): per cell, the best single
+signal of the scan (every ``<detector>_score`` column but ``fused``; image-only: the detectors that read
+image embeddings alone) as designed ("oracle signal"), and the best one in either orientation ("oracle
+signal, either sign": its AUROC or 1 - AUROC). No rule that selects, weights or orients the scan's
+signals without labels can beat the second in every cell; only a fusion that adds up partial evidence
+could.
 
 Inputs: ``--poisoned-model`` panel cell folders (``<cell>/scores_auto.parquet`` with ``poisoned``,
 ``result.json``), ``--clean-model`` folders of ``benchmarks/clean_model_scan.py`` (same layout), and
@@ -32,16 +40,27 @@ from clipguard.detect.metrics import detection_metrics
 
 COMPONENTS = ("dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement")
 IMAGE = ("dao", "density_anomaly")
+IMAGE_SIGNALS = ("kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "spectral", "activation_cluster")
+"""The detectors that read image embeddings alone (the ceilings' image-only pool)."""
 LEARNED_ASR = 0.8
 
 
 def rules(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``{"fisher", "tippett", "top2"}`` scores (higher = more suspicious) of the component columns ``parts``."""
+    """``{"fisher", "tippett", "top2", "omnibus"}`` scores (higher = more suspicious) of the component columns ``parts``."""
     logp = np.stack([upper_tail_log_p(fold_two_sided(v) if k in DEFAULT_TWO_SIDED else v) for k, v in parts.items()],
                     axis=1)  # each component oriented as `fused` orients it
     ordered = -np.sort(-logp, axis=1)
     return {"fisher": fuse_components(parts, method="fisher"), "tippett": ordered[:, 0],
-            "top2": ordered[:, :2].mean(axis=1)}
+            "top2": ordered[:, :2].mean(axis=1), "omnibus": omnibus(ordered)}
+
+
+def omnibus(ordered: np.ndarray) -> np.ndarray:
+    """(n,) the adaptive truncated-sum combination of (n, m) per-row ``-ln p`` sorted descending: for each k of
+    1..m the sum of the row's k largest is turned into its own upper-tail rank ``-ln p`` within the set, and the
+    row keeps the largest of the m (the smallest p over k; ties broken by their mean). k = 1 is Tippett, k = m
+    Fisher: one strong component or several moderate ones both count, at the price of the choice over k."""
+    per_k = np.stack([upper_tail_log_p(col) for col in np.cumsum(ordered, axis=1).T], axis=1)
+    return per_k.max(axis=1) + 1e-9 * per_k.mean(axis=1)
 
 
 def aurocs(frame: pd.DataFrame) -> dict[str, float]:
@@ -51,6 +70,21 @@ def aurocs(frame: pd.DataFrame) -> dict[str, float]:
     for tag, names in (("captions", COMPONENTS), ("image-only", IMAGE)):
         parts = {n: frame[f"{n}_score"].to_numpy(np.float64) for n in names if f"{n}_score" in frame.columns}
         out.update({f"{rule} {tag}": detection_metrics(y, s)["auroc"] for rule, s in rules(parts).items()})
+    return out | ceilings(frame, y)
+
+
+def ceilings(frame: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
+    """The oracle ceilings (module docstring) of one scan: best signal as designed and in either orientation."""
+    out = {}
+    signals = [c[:-len("_score")] for c in frame.columns if c.endswith("_score") and c != "fused_score"]
+    for tag, pool in (("captions", signals), ("image-only", [s for s in signals if s in IMAGE_SIGNALS])):
+        a = []
+        for name in pool:
+            v = frame[f"{name}_score"].to_numpy(np.float64)
+            ok = np.isfinite(v)  # learning_speed: rows without a record
+            a.append(detection_metrics(y[ok], v[ok])["auroc"])
+        out[f"oracle signal {tag}"] = max(a)
+        out[f"oracle signal, either sign, {tag}"] = max(max(v, 1 - v) for v in a)
     return out
 
 

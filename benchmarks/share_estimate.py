@@ -59,7 +59,7 @@ GOAL_COVERAGE, GOAL_RECALL, GOAL_PRECISION, GOAL_CLEAN = 0.9, 0.9, 0.5, 0.005
 FIELDS = ["kind", "source", "cell", "world", "attack", "rate", "n_rows", "n_poisoned", "true_share", "asr",
           "learned", "auroc", "est_share", "est_low", "est_high", "inside", "abs_error", "n_estimated", "lam",
           "auto_n", "auto_removed_share", "auto_recall", "auto_precision", "estimate_recall",
-          "estimate_precision", "oracle_recall", "bh_n", "bh_removed_share",
+          "estimate_precision", "oracle_recall", "feasible", "feasible_cuts", "bh_n", "bh_removed_share",
           "bh_recall", "bh_precision", "clean_accuracy", "model", "seconds"]
 
 
@@ -70,6 +70,17 @@ def top_k_quality(scores: np.ndarray, y: np.ndarray, k: int) -> tuple[float, flo
     tp = int(y[order[:k]].sum())
     recall = tp / int(y.sum()) if y.any() else float("nan")
     return recall, (tp / k if k else float("nan"))
+
+
+def feasible_cuts(scores: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """``(k_min, k_max)``: the range of top cuts of the (N,) scores that reach goal 2 (recall >= GOAL_RECALL at
+    precision >= GOAL_PRECISION) with the (N,) ground truth ``y``, ``(0, 0)`` when no cut does: what a cut rule
+    could reach with this ranking, whatever its estimate (order as :func:`top_k_quality`)."""
+    order = np.argsort(-np.where(np.isfinite(scores), scores, -np.inf), kind="stable")
+    tp = np.cumsum(y[order])
+    k = np.arange(1, len(y) + 1)
+    ok = np.flatnonzero((tp >= GOAL_RECALL * max(int(y.sum()), 1)) & (tp >= GOAL_PRECISION * k))
+    return (int(k[ok[0]]), int(k[ok[-1]])) if ok.size and y.any() else (0, 0)
 
 
 def evaluate_scores(scores: np.ndarray, y: np.ndarray | None, a: argparse.Namespace) -> dict:
@@ -90,6 +101,8 @@ def evaluate_scores(scores: np.ndarray, y: np.ndarray | None, a: argparse.Namesp
                    abs_error=abs(est.share - true), auroc=detection_metrics(y, scores)["auroc"],
                    auto_recall=auto_r, auto_precision=auto_p, bh_recall=bh_r, bh_precision=bh_p,
                    oracle_recall=top_k_quality(scores, y, int(y.sum()))[0])  # the cut at the TRUE share
+        k_lo, k_hi = feasible_cuts(scores, y)
+        row.update(feasible=bool(k_hi), feasible_cuts=f"{k_lo}-{k_hi}" if k_hi else "-")
     return row
 
 
@@ -267,6 +280,11 @@ def summary_lines(rows: list[dict], clean: list[dict] | None, fdr: float) -> lis
                        f"worst {high[f'{cut}_precision'].min():.3f} (over the cells where it removed rows)")
         out.append(f"- a cut at the TRUE share (perfect estimate): recall = precision mean "
                    f"{high['oracle_recall'].mean():.3f} / worst {high['oracle_recall'].min():.3f}")
+        feas = high["feasible"].astype(bool)
+        out.append(f"- goal 2 is within reach of SOME top cut of the ranking (`feasible`: recall >= {GOAL_RECALL} at "
+                   f"precision >= {GOAL_PRECISION} for a cut of `feasible_cuts` rows, found with the ground truth) in "
+                   f"{int(feas.sum())}/{len(high)} cells; `--share auto` reaches it in "
+                   f"{int((ok & feas).sum())} of those")
     cov = learned["inside"].mean() if len(learned) else None
     goals = ["", "## Goals of the issue", "",
              f"1. True share inside the stated interval in >= {GOAL_COVERAGE:.0%} of the learned cells: "
@@ -296,7 +314,8 @@ def write_report(rows: list[dict], skipped: list[str], clean: list[dict] | None,
     stem = "share_estimate" if a.null == DEFAULT_NULL else f"share_estimate_{a.null}"
     write_csv(out / f"{stem}.csv", FIELDS, [{k: r.get(k) for k in FIELDS} for r in rows + (clean or [])])
     cols = ["source", "cell", "true_share", "est_share", "est_low", "est_high", "inside", "asr", "learned", "auroc",
-            "auto_n", "auto_recall", "auto_precision", "estimate_recall", "estimate_precision", "oracle_recall", "bh_n", "bh_recall", "bh_precision"]
+            "auto_n", "auto_recall", "auto_precision", "estimate_recall", "estimate_precision", "oracle_recall",
+            "feasible_cuts", "bh_n", "bh_recall", "bh_precision"]
     lines = ["# Poisoned-share estimate on the panel (issue 16)", "",
              f"`benchmarks/share_estimate.py`: `estimate_share` (null `{a.null}`, n_boot {a.n_boot}, level 0.95) on "
              f"`{DETECTOR}_score` of `scores_{a.mode}.parquet`; learned = ASR >= {a.learned}; BH at fdr {a.fdr} on "
@@ -305,7 +324,8 @@ def write_report(rows: list[dict], skipped: list[str], clean: list[dict] | None,
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     lines += ["", "`oracle_recall`: recall (= precision) of a cut at the TRUE share: what a cut at a perfect "
-              "estimate would give with this ranking. Cells without an ASR (synthetic score sets) carry their own "
+              "estimate would give with this ranking. `feasible_cuts`: the top cuts (rows) that reach goal 2 with this "
+              "ranking (found with the ground truth; - where none does). Cells without an ASR (synthetic score sets) carry their own "
               "`learned` flag."]
     if clean:
         ccols = ["cell", "n_rows", "clean_accuracy", "est_share", "est_low", "est_high", "n_estimated",

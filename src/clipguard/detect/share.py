@@ -14,7 +14,8 @@ Why the envelope is the default (measured; ``benchmarks/results/share_estimate.m
 with the poisoned model's embeddings and with a clean model's (``benchmarks/clean_model_scan.py``) and the
 demo -- ``filter --share auto`` removes >= 90 % of the poison at precision >= 0.5 in 7 with the envelope
 and in 2 with the Gamma (mean recall 0.71 against 0.24: the Gamma's tail, extrapolated from a bimodal
-clean bulk, is too heavy, and its gate stays shut), and it removes nothing from each of three clean sets
+clean bulk, is too heavy, and its gate stays shut; in 5 of the 22 no top cut of the ranking reaches the goal
+at all, so 17 is the most any cut rule could reach there), and it removes nothing from each of three clean sets
 (the Gamma: 2.8 % of a 1M-row clean set whose tail is lighter than the fit's). What it costs: poison that
 merges into the clean tail (the shapes world's 5 % cells on the poisoned model, AUROC 0.987-0.989: the
 Gamma removes 98-99 % of it, the envelope none), estimates that run low, and clean scores whose hazard

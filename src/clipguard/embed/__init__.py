@@ -1,6 +1,7 @@
 """Embedding extraction in the clip-retrieval layout (:func:`embed_dataset`; the shard-level pieces
 :func:`make_job`, :func:`embed_shard`, :func:`reuse_shard`, :func:`finish_embed` are what
-:mod:`clipguard.distributed` runs on a cluster)."""
+:mod:`clipguard.distributed` runs on a cluster), and the perturbation stability of each image under a model
+(:func:`perturbation_stability`, a STRIP-like backdoor probe)."""
 from clipguard.embed.extract import (
     GROUND_TRUTH_COLUMNS,
     EmbedJob,
@@ -14,6 +15,8 @@ from clipguard.embed.extract import (
     reuse_shard,
     shard_bounds,
 )
+from clipguard.embed.stability import BLUR_FRACTION, NOISE_SD, PERTURBATIONS, perturb_image, perturbation_stability
 
 __all__ = ["EmbedResult", "embed_dataset", "EmbedJob", "ShardOutcome", "make_job", "embed_shard", "reuse_shard",
-           "finish_embed", "embed_record", "shard_bounds", "GROUND_TRUTH_COLUMNS"]
+           "finish_embed", "embed_record", "shard_bounds", "GROUND_TRUTH_COLUMNS", "perturbation_stability",
+           "perturb_image", "PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION"]

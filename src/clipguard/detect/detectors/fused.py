@@ -97,7 +97,10 @@ Why ``"fisher"`` stays the default (issue 9)
     0.208 against Fisher's 0.183: the rule would switch there, but every worst case is below 0.25
     -- worse than random -- and a second default per input kind was not worth a difference
     between failures. No rule measured keeps the default within 0.03 of its best part in every
-    cell (``benchmarks/results/panel_notes.md`` lists the rules tried and what each cost).
+    cell (``benchmarks/results/panel_notes.md`` lists the rules tried and what each cost). None can: on
+    the poisoned model's embeddings the best single signal of each cell in EITHER orientation, picked with
+    the labels, reaches only 0.695 at worst (``benchmarks/results/fusion_min_p.md``), so no label-free
+    choice, weighting or orientation of these signals reaches the issue's 0.95.
 
 Components are built with the scan's options and their own parameters: ``detector_params`` of
 the scan for that detector, then those given to ``fused`` as ``"<component>__<param>"``

@@ -1,0 +1,182 @@
+"""The perturbation-stability probe (STRIP adapted to CLIP) on the learned cells of the panel (issue 9).
+
+For every learned cell of a finished panel run (``benchmarks/panel.py``: ``<panel>/cells/<cell>/result.json``
+and ``scores_auto.parquet``), the cell is rebuilt exactly -- the same clean split poisoned with the same attack,
+target, rate and seed, the same tiny-rn trained for the same epochs (the panel deletes its models) -- and
+:func:`clipguard.embed.perturbation_stability` probes that model on the cell's training pairs: the cosine
+between each image's embedding and that of a noisy (``noise``) and a blurred (``blur``) copy. The stabilities
+are joined by id to the panel's stored scores of the same pairs and scored against the ground truth:
+
+- ``noise``: the noise stability itself (higher = more suspicious: a trigger survives the noise and keeps
+  driving the embedding, STRIP's observation);
+- ``blur``: one minus the blur stability (a patch or pattern does not survive a blur);
+- ``both``: the sum of their robust z-scores;
+- beside them the panel's default ``fused``, the best single image-only signal of the scan (picked with the
+  labels) and the best single signal of any kind in either orientation (the oracle ceiling of
+  ``fusion_min_p.py``), and ``fused`` with the noise stability added as a sixth component (Fisher).
+
+The training reproduces the stored cell: the script checks the ASR against ``result.json`` and reports both.
+Stabilities are kept in ``<work>/<cell>/stability.parquet`` and reused by a rerun.
+
+``--probe-model clean`` is the control: the same poisoned pairs probed by the world's CLEAN tiny-rn (the panel's
+``<panel>/world_*/clean_model``, never trained on poison) instead of the poisoned one. If the signal comes from
+the learned backdoor, the control is near chance; if it came from the trigger's pixels alone, it would not be.
+Output then ``perturbation_probe_clean.md`` / ``.csv`` (stabilities in ``stability_clean.parquet``).
+
+Output: ``<out>/perturbation_probe.md`` / ``.csv``. Usage (two workers of one thread, about 3.5 min per cell)::
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/perturbation_probe.py --panel /tmp/panel16 --jobs 2 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import panel
+from _results import limit_threads, share_of, spawn_workers, train_until_learned, write_csv
+
+from clipguard.attacks import poison_dataset
+from clipguard.data.manifest import read_manifest
+from clipguard.detect.detectors.fused import fuse_components, robust_z
+from clipguard.detect.metrics import detection_metrics
+from clipguard.embed import perturbation_stability
+from clipguard.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENTS = ("dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement")
+IMAGE_SIGNALS = ("kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "spectral", "activation_cluster")
+FIELDS = ["cell", "world", "attack", "rate", "asr_panel", "asr_here", "noise", "blur", "both", "fused",
+          "fused_plus_noise", "best_image_signal", "best_image_name", "oracle_either_sign", "seconds"]
+
+
+def learned_cells(a: argparse.Namespace) -> list[Path]:
+    out = []
+    for res in sorted((Path(a.panel) / "cells").glob("*/result.json")):
+        if json.loads(res.read_text())["attack_success_rate"] >= a.learned:
+            out.append(res.parent)
+    return out
+
+
+def probe_cell(cell: Path, a: argparse.Namespace) -> Path:
+    """Rebuild ``cell``'s poisoned set and model and write its stabilities (reused when present)."""
+    out = Path(a.work) / cell.name
+    target = out / _stability_file(a)
+    if target.is_file():
+        return target
+    r = json.loads((cell / "result.json").read_text())
+    pa = panel.parse(["--preset", r.get("preset", "cpu"), "--work", str(a.panel)])
+    world = r["world"]
+    for stale in [out / "data", *out.glob("model_e*")]:  # a killed run's leftovers (training would resume them)
+        shutil.rmtree(stale, ignore_errors=True)
+    res = poison_dataset(read_manifest(panel.world_dir(pa, world) / "train" / "manifest.parquet"), out / "data",
+                         panel._trigger(pa, world, r["attack"]), target=panel.target_of(pa, world), rate=r["rate"],
+                         templates=panel.poison_templates_of(pa, world), seed=r.get("seed", 0), progress=False)
+    if a.probe_model == "clean":
+        bundle, model_dir = load_model(panel.world_dir(pa, world) / "clean_model", device=a.device), None
+        asr = float("nan")
+    else:
+        bundle, attempts, model_dir = train_until_learned(
+            res.manifest_path, out, panel.world_dir(pa, world), res.spec_path, epochs_ladder=[r["epochs"]],
+            learned=a.learned, seed=r.get("seed", 0), device=a.device)
+        asr = attempts[-1]["attack_success_rate"]
+    frame, skips = perturbation_stability(bundle, read_manifest(res.manifest_path), seed=a.seed, progress=False)
+    frame["asr_here"] = asr
+    frame["n_skipped"] = len(skips)
+    frame.to_parquet(target, index=False)
+    shutil.rmtree(out / "data" / "images", ignore_errors=True)
+    if model_dir is not None:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return target
+
+
+def _stability_file(a: argparse.Namespace) -> str:
+    return "stability.parquet" if a.probe_model == "poisoned" else "stability_clean.parquet"
+
+
+def score_cell(cell: Path, stab: pd.DataFrame) -> dict:
+    """The probe's AUROCs on one cell beside the panel's signals (module docstring)."""
+    r = json.loads((cell / "result.json").read_text())
+    s = pd.read_parquet(cell / "scores_auto.parquet").set_index("id").loc[stab["id"]].reset_index()
+    y = s["poisoned"].to_numpy(bool)
+    auroc = lambda v: detection_metrics(y, np.asarray(v, dtype=np.float64))["auroc"]  # noqa: E731
+    noise, blur = stab["noise_stability"].to_numpy(), 1 - stab["blur_stability"].to_numpy()
+    image = {n: auroc(s[f"{n}_score"]) for n in IMAGE_SIGNALS if f"{n}_score" in s.columns}
+    best = max(image, key=image.get)
+    every = [auroc(np.nan_to_num(s[c].to_numpy(np.float64), nan=np.nanmedian(s[c])))
+             for c in s.columns if c.endswith("_score") and c != "fused_score"]
+    parts = {n: s[f"{n}_score"].to_numpy(np.float64) for n in COMPONENTS}
+    return {"cell": cell.name, "world": r["world"], "attack": r["attack"], "rate": r["rate"],
+            "asr_panel": r["attack_success_rate"], "asr_here": float(stab["asr_here"].iat[0]),
+            "noise": auroc(noise), "blur": auroc(blur), "both": auroc(robust_z(noise) + robust_z(blur)),
+            "fused": auroc(s["fused_score"]), "fused_plus_noise": auroc(fuse_components({**parts, "noise": noise})),
+            "best_image_signal": image[best], "best_image_name": best,
+            "oracle_either_sign": max(max(v, 1 - v) for v in every)}
+
+
+def report(a: argparse.Namespace) -> Path:
+    name = _stability_file(a)
+    rows = [score_cell(c, pd.read_parquet(Path(a.work) / c.name / name)) for c in learned_cells(a)
+            if (Path(a.work) / c.name / name).is_file()]
+    out = Path(a.out)
+    stem = "perturbation_probe" if a.probe_model == "poisoned" else "perturbation_probe_clean"
+    write_csv(out / f"{stem}.csv", FIELDS, [{k: row.get(k) for k in FIELDS} for row in rows])
+    df = pd.DataFrame(rows)
+    cols = ["noise", "blur", "both", "fused", "fused_plus_noise", "best_image_signal", "oracle_either_sign"]
+    probe = ("each learned cell rebuilt (same poison, same tiny-rn, same epochs) and its model probed"
+             if a.probe_model == "poisoned" else "CONTROL: each learned cell's poisoned pairs rebuilt and probed by "
+             "the world's CLEAN tiny-rn (never trained on poison; `asr here` is not measured)")
+    lines = [f"# Perturbation-stability probe on the panel's learned cells (issue 9){'' if a.probe_model == 'poisoned' else ', clean-model control'}", "",
+             f"`benchmarks/perturbation_probe.py --panel {a.panel} --probe-model {a.probe_model}`: {probe} by `clipguard.embed.perturbation_stability` (noise sd "
+             "25/255, blur radius 1.5/64 of the side). AUROC against the ground truth; `best_image_signal` (picked "
+             "with the labels) and `oracle_either_sign` (the best signal of the scan in either orientation) are "
+             "ceilings, not rules.", "",
+             "| AUROC over the learned cells | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols),
+             "| worst | " + " | ".join(f"{df[c].min():.3f}" for c in cols) + " |",
+             "| mean | " + " | ".join(f"{df[c].mean():.3f}" for c in cols) + " |", "",
+             "| cell | asr panel / here | " + " | ".join(cols) + " | best image signal |",
+             "|---|---|" + "---|" * len(cols) + "---|"]
+    for row in rows:
+        lines.append(f"| {row['cell']} | {row['asr_panel']:.3f} / {row['asr_here']:.3f} | "
+                     + " | ".join(f"{row[c]:.3f}" for c in cols) + f" | {row['best_image_name']} |")
+    path = out / f"{stem}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--panel", required=True, help="work folder of a finished panel run (cells/, worlds, badclip/)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "perturbation_probe"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--learned", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--probe-model", choices=("poisoned", "clean"), default="poisoned",
+                   help="probe the cell's poisoned model (default) or the world's clean one (the control)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(argv)
+    if a.part:
+        limit_threads(a.threads)
+        for cell in share_of(a.part, learned_cells(a)):
+            print(f"[{cell.name}] -> {probe_cell(cell, a)}", flush=True)
+        return
+    if not a.report_only:
+        spawn_workers(__file__, argv if argv is not None else sys.argv[1:], a.jobs)
+    print(f"-> {report(a)}")
+
+
+if __name__ == "__main__":
+    main()

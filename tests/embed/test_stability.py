@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipguard.data import read_manifest, write_manifest
+from clipguard.embed import NOISE_SD, perturb_image, perturbation_stability
+from clipguard.errors import ConfigError
+from clipguard.models import create_model
+
+
+def _manifest(world, tmp_path, n=12):
+    df = read_manifest(world / "train" / "manifest.parquet").df.iloc[:n].copy()
+    df["image"] = [str(world / "train" / p) for p in df["image"]]
+    return read_manifest(write_manifest(df, tmp_path / "m.parquet", sources=[world / "train" / "manifest.parquet"]))
+
+
+def test_noise_is_seeded_per_row_and_has_the_stated_strength():
+    img = Image.fromarray(np.full((64, 64, 3), 128, np.uint8))
+    a = np.asarray(perturb_image(img, "noise", seed=0, row=3), dtype=np.float64)
+    assert np.array_equal(a, np.asarray(perturb_image(img, "noise", seed=0, row=3)))
+    assert not np.array_equal(a, np.asarray(perturb_image(img, "noise", seed=0, row=4)))
+    assert abs((a - 128).std() - NOISE_SD) < 1.0  # mid-grey: the clip at 0/255 is never reached
+
+
+def test_blur_leaves_a_flat_image_alone_and_smooths_an_edge():
+    flat = Image.fromarray(np.full((64, 64, 3), 90, np.uint8))
+    assert np.array_equal(np.asarray(perturb_image(flat, "blur")), np.asarray(flat))
+    edge = np.zeros((64, 64, 3), np.uint8)
+    edge[:, 32:] = 255
+    out = np.asarray(perturb_image(Image.fromarray(edge), "blur"))
+    assert 0 < out[10, 31, 0] < 255 and 0 < out[10, 32, 0] < 255  # both sides of the edge are now mixed
+
+
+def test_stability_is_the_cosine_of_the_two_embeddings(tiny_world, tmp_path):
+    torch.manual_seed(0)
+    b = create_model("tiny-rn")
+    m = _manifest(tiny_world, tmp_path)
+    frame, skips = perturbation_stability(b, m, kinds=("noise", "blur"), batch_size=5, progress=False)
+    assert list(frame.columns) == ["id", "row", "noise_stability", "blur_stability"] and len(skips) == 0
+    assert frame["row"].tolist() == list(range(12)) and frame["id"].tolist() == m.df["id"].astype(str).tolist()
+    # by hand for row 7: embed the image and its noisy copy, cosine of the unit vectors
+    img = Image.open(m.image_path(7)).convert("RGB")
+    with torch.no_grad():
+        e = b.model.encode_image(torch.stack([b.preprocess(img), b.preprocess(perturb_image(img, "noise", row=7))]))
+    e = torch.nn.functional.normalize(e, dim=-1)
+    assert frame["noise_stability"].iat[7] == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
+    assert (frame[["noise_stability", "blur_stability"]].to_numpy() <= 1 + 1e-6).all()
+    again, _ = perturbation_stability(b, m, kinds=("noise",), batch_size=12, progress=False)
+    assert np.allclose(again["noise_stability"], frame["noise_stability"], atol=1e-5)  # batching does not matter
+
+
+def test_bad_rows_are_listed_not_dropped_silently(tmp_path):
+    from tests_helpers import make_bad_manifest
+
+    frame, skips = perturbation_stability(create_model("tiny-rn"), read_manifest(make_bad_manifest(tmp_path)),
+                                          kinds=("noise",), progress=False)
+    assert len(frame) == 1 and len(skips) == 3
+    assert skips.counts() == {"missing image": 1, "empty caption": 1, "unreadable image": 1}
+
+
+def test_unknown_perturbation_is_refused_with_the_choices(tiny_world, tmp_path):
+    with pytest.raises(ConfigError, match="noise, blur"):
+        perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), kinds=("jpeg",))
+    with pytest.raises(ConfigError, match="at least one"):
+        perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), kinds=())
