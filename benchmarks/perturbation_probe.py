@@ -23,6 +23,10 @@ Stabilities are kept in ``<work>/<cell>/stability.parquet`` and reused by a reru
 the learned backdoor, the control is near chance; if it came from the trigger's pixels alone, it would not be.
 Output then ``perturbation_probe_clean.md`` / ``.csv`` (stabilities in ``stability_clean.parquet``).
 
+``--extra-noise-sd 12.5 50`` is a sensitivity check of the noise strength: the rebuilt model is also probed
+with those standard deviations (columns ``noise_sd<v>``). Use its own ``--work`` folder: cells already probed
+there are not rebuilt. ``--cells`` limits the run to some learned cells.
+
 Output: ``<out>/perturbation_probe.md`` / ``.csv``. Usage (two workers of one thread, about 3.5 min per cell)::
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/perturbation_probe.py --panel /tmp/panel16 --jobs 2 --threads 1
@@ -58,6 +62,8 @@ FIELDS = ["cell", "world", "attack", "rate", "asr_panel", "asr_here", "noise", "
 def learned_cells(a: argparse.Namespace) -> list[Path]:
     out = []
     for res in sorted((Path(a.panel) / "cells").glob("*/result.json")):
+        if a.cells and res.parent.name not in a.cells:
+            continue
         if json.loads(res.read_text())["attack_success_rate"] >= a.learned:
             out.append(res.parent)
     return out
@@ -85,7 +91,11 @@ def probe_cell(cell: Path, a: argparse.Namespace) -> Path:
             res.manifest_path, out, panel.world_dir(pa, world), res.spec_path, epochs_ladder=[r["epochs"]],
             learned=a.learned, seed=r.get("seed", 0), device=a.device)
         asr = attempts[-1]["attack_success_rate"]
-    frame, skips = perturbation_stability(bundle, read_manifest(res.manifest_path), seed=a.seed, progress=False)
+    manifest = read_manifest(res.manifest_path)
+    frame, skips = perturbation_stability(bundle, manifest, seed=a.seed, progress=False)
+    for sd in a.extra_noise_sd:
+        extra, _ = perturbation_stability(bundle, manifest, kinds=("noise",), seed=a.seed, noise_sd=sd, progress=False)
+        frame[f"noise_sd{sd:g}_stability"] = extra["noise_stability"].to_numpy()
     frame["asr_here"] = asr
     frame["n_skipped"] = len(skips)
     frame.to_parquet(target, index=False)
@@ -116,7 +126,8 @@ def score_cell(cell: Path, stab: pd.DataFrame) -> dict:
             "noise": auroc(noise), "blur": auroc(blur), "both": auroc(robust_z(noise) + robust_z(blur)),
             "fused": auroc(s["fused_score"]), "fused_plus_noise": auroc(fuse_components({**parts, "noise": noise})),
             "best_image_signal": image[best], "best_image_name": best,
-            "oracle_either_sign": max(max(v, 1 - v) for v in every)}
+            "oracle_either_sign": max(max(v, 1 - v) for v in every),
+            **{c[:-len("_stability")]: auroc(stab[c]) for c in stab.columns if c.startswith("noise_sd")}}
 
 
 def report(a: argparse.Namespace) -> Path:
@@ -125,12 +136,17 @@ def report(a: argparse.Namespace) -> Path:
             if (Path(a.work) / c.name / name).is_file()]
     out = Path(a.out)
     stem = "perturbation_probe" if a.probe_model == "poisoned" else "perturbation_probe_clean"
-    write_csv(out / f"{stem}.csv", FIELDS, [{k: row.get(k) for k in FIELDS} for row in rows])
+    stem += "".join(f"_sd{sd:g}" for sd in a.extra_noise_sd)
+    extra = [f"noise_sd{sd:g}" for sd in a.extra_noise_sd]
+    write_csv(out / f"{stem}.csv", FIELDS + extra, [{k: row.get(k) for k in FIELDS + extra} for row in rows])
     df = pd.DataFrame(rows)
-    cols = ["noise", "blur", "both", "fused", "fused_plus_noise", "best_image_signal", "oracle_either_sign"]
+    cols = ["noise", *extra, "blur", "both", "fused", "fused_plus_noise", "best_image_signal", "oracle_either_sign"]
     probe = ("each learned cell rebuilt (same poison, same tiny-rn, same epochs) and its model probed"
              if a.probe_model == "poisoned" else "CONTROL: each learned cell's poisoned pairs rebuilt and probed by "
              "the world's CLEAN tiny-rn (never trained on poison; `asr here` is not measured)")
+    if a.extra_noise_sd:
+        probe += (" (sensitivity check: also noise sd " + ", ".join(f"{sd:g}" for sd in a.extra_noise_sd)
+                  + "/255, columns `noise_sd<v>`" + (f"; cells {', '.join(a.cells)}" if a.cells else "") + ")")
     lines = [f"# Perturbation-stability probe on the panel's learned cells (issue 9){'' if a.probe_model == 'poisoned' else ', clean-model control'}", "",
              f"`benchmarks/perturbation_probe.py --panel {a.panel} --probe-model {a.probe_model}`: {probe} by `clipguard.embed.perturbation_stability` (noise sd "
              "25/255, blur radius 1.5/64 of the side). AUROC against the ground truth; `best_image_signal` (picked "
@@ -158,6 +174,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--probe-model", choices=("poisoned", "clean"), default="poisoned",
                    help="probe the cell's poisoned model (default) or the world's clean one (the control)")
+    p.add_argument("--extra-noise-sd", nargs="*", type=float, default=[],
+                   help="also probe with these noise sds (0-255 scale): a sensitivity check")
+    p.add_argument("--cells", nargs="*", default=[], help="only these learned cells (default: all)")
     p.add_argument("--device", default=None)
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)

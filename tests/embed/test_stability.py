@@ -21,6 +21,8 @@ def test_noise_is_seeded_per_row_and_has_the_stated_strength():
     assert np.array_equal(a, np.asarray(perturb_image(img, "noise", seed=0, row=3)))
     assert not np.array_equal(a, np.asarray(perturb_image(img, "noise", seed=0, row=4)))
     assert abs((a - 128).std() - NOISE_SD) < 1.0  # mid-grey: the clip at 0/255 is never reached
+    half = np.asarray(perturb_image(img, "noise", seed=0, row=3, noise_sd=NOISE_SD / 2), dtype=np.float64)
+    assert abs((half - 128).std() - NOISE_SD / 2) < 0.5
 
 
 def test_blur_leaves_a_flat_image_alone_and_smooths_an_edge():
@@ -62,5 +64,7 @@ def test_bad_rows_are_listed_not_dropped_silently(tmp_path):
 def test_unknown_perturbation_is_refused_with_the_choices(tiny_world, tmp_path):
     with pytest.raises(ConfigError, match="noise, blur"):
         perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), kinds=("jpeg",))
+    with pytest.raises(ConfigError, match="noise_sd"):
+        perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), noise_sd=-1.0)
     with pytest.raises(ConfigError, match="at least one"):
         perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), kinds=())

@@ -30,7 +30,8 @@ Perturbations (:data:`PERTURBATIONS`), applied to the decoded image before the m
 
 Output: a frame with ``id``, ``row`` (manifest row) and ``<kind>_stability`` (cosine in [-1, 1]; higher =
 the embedding moved less) for every usable row; the rows that could not be used (missing or corrupt image,
-empty caption: those :func:`~clipguard.embed.embed_dataset` skips too) are in the returned :class:`~clipguard.data.dataset.SkipLog`, never dropped silently.
+empty caption: those :func:`~clipguard.embed.embed_dataset` skips too) are in the returned
+:class:`~clipguard.data.dataset.SkipLog`, never dropped silently.
 """
 from __future__ import annotations
 
@@ -55,18 +56,21 @@ PERTURBATIONS = ("noise", "blur")
 
 NOISE_SD = 25.0
 """Standard deviation of the ``"noise"`` perturbation on the 0-255 pixel scale (STRIP-like strength: the
-content stays recognisable). Set before measuring, not tuned."""
+content stays recognisable). Set before measuring, not tuned; on the six hardest panel cells sd 12.5 / 25 / 50
+gave worst AUROC 0.740 / 0.714 / 0.681 (``benchmarks/results/perturbation_probe_sd12.5_sd50.md``)."""
 
 BLUR_FRACTION = 1.5 / 64
 """Radius of the ``"blur"`` perturbation as a fraction of the image's shorter side."""
 
 
-def perturb_image(image: Image.Image, kind: str, *, seed: int = 0, row: int = 0) -> Image.Image:
+def perturb_image(image: Image.Image, kind: str, *, seed: int = 0, row: int = 0,
+                  noise_sd: float = NOISE_SD) -> Image.Image:
     """The RGB ``image`` perturbed by ``kind`` (one of :data:`PERTURBATIONS`); ``seed`` and ``row`` seed the
-    noise (``numpy.random.default_rng([seed, row])``), so a row's copy is the same in every run."""
+    noise (``numpy.random.default_rng([seed, row])``), so a row's copy is the same in every run; ``noise_sd``:
+    its standard deviation on the 0-255 scale."""
     if kind == "noise":
         x = np.asarray(image.convert("RGB"), dtype=np.float32)
-        noise = np.random.default_rng([int(seed), int(row)]).normal(0.0, NOISE_SD, x.shape)
+        noise = np.random.default_rng([int(seed), int(row)]).normal(0.0, float(noise_sd), x.shape)
         return Image.fromarray(np.clip(np.rint(x + noise), 0, 255).astype(np.uint8))
     if kind == "blur":
         return image.convert("RGB").filter(ImageFilter.GaussianBlur(BLUR_FRACTION * min(image.size)))
@@ -81,7 +85,8 @@ def _unit_image_embeddings(bundle: ClipBundle, images: list[Image.Image], dev: t
 
 
 def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Sequence[str] = ("noise", "blur"),
-                           seed: int = 0, batch_size: int = 128, device: str | torch.device | None = None,
+                           seed: int = 0, noise_sd: float = NOISE_SD, batch_size: int = 128,
+                           device: str | torch.device | None = None,
                            progress: bool = True) -> tuple[pd.DataFrame, SkipLog]:
     """The stability of every usable image of ``manifest`` under each perturbation of ``kinds``.
 
@@ -90,6 +95,8 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
         manifest: the image-caption pairs.
         kinds: perturbations, each one of :data:`PERTURBATIONS`.
         seed: seed of the noise (with the manifest row).
+        noise_sd: standard deviation of the ``"noise"`` perturbation on the 0-255 scale (default
+            :data:`NOISE_SD`).
         batch_size: images per forward pass (the model sees ``1 + len(kinds)`` copies of each).
         device: where the model runs (None: where it already is).
         progress: show a progress bar.
@@ -100,7 +107,7 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
         row per usable pair in manifest order; ``skips`` lists the rows left out and why.
 
     Raises:
-        ConfigError: an unknown perturbation, no perturbation, or a bad ``batch_size``.
+        ConfigError: an unknown perturbation, no perturbation, a bad ``batch_size`` or a negative ``noise_sd``.
     """
     kinds = list(dict.fromkeys(kinds))
     if not kinds:
@@ -109,6 +116,8 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
         if k not in PERTURBATIONS:
             raise ConfigError(f"unknown perturbation {k!r}; choose from {', '.join(PERTURBATIONS)}")
     check_int("batch_size", batch_size, minimum=1)
+    if not np.isfinite(noise_sd) or noise_sd < 0:
+        raise ConfigError(f"noise_sd must be a number >= 0 (pixel sd on the 0-255 scale), got {noise_sd}")
     if device is not None:
         bundle.to(device)
     dev = bundle.device
@@ -127,8 +136,9 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
             if good:
                 base = _unit_image_embeddings(bundle, [it["image"] for it in good], dev)
                 for k in kinds:
-                    moved = _unit_image_embeddings(
-                        bundle, [perturb_image(it["image"], k, seed=seed, row=it["index"]) for it in good], dev)
+                    copies = [perturb_image(it["image"], k, seed=seed, row=it["index"], noise_sd=noise_sd)
+                              for it in good]
+                    moved = _unit_image_embeddings(bundle, copies, dev)
                     stab[k].append((base * moved).sum(dim=-1).cpu().numpy().astype(np.float64))
                 rows += [int(it["index"]) for it in good]
             bar.update(len(items))
