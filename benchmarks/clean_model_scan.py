@@ -34,10 +34,9 @@ import numpy as np
 import pandas as pd
 
 from _results import limit_threads, write_csv
-from panel import _trigger, poison_templates_of, target_of, world_dir
+from panel import repoison_cell, world_dir
 from panel_report import IMAGE_ONLY
 
-from clipguard.attacks import poison_dataset
 from clipguard.data.manifest import read_manifest
 from clipguard.detect import run_scan
 from clipguard.detect.metrics import detection_metrics
@@ -68,16 +67,9 @@ def scan_cell(cell: Path, a: argparse.Namespace) -> dict | None:
     if done.is_file() and (work / "scores_auto.parquet").is_file():
         return json.loads(done.read_text())
     t = time.perf_counter()
-    wa = argparse.Namespace(work=a.world_from, preset="cpu", seed=res["seed"])
-    world = res["world"]
-    bundle = load_model(world_dir(wa, world) / "clean_model", device=a.device)
     # the panel deletes a finished cell's poisoned images: poison the clean split again (same attack, seed)
-    again = poison_dataset(read_manifest(world_dir(wa, world) / "train" / "manifest.parquet"), work / "data",
-                           _trigger(wa, world, res["attack"]), target=target_of(wa, world), rate=res["rate"],
-                           templates=poison_templates_of(wa, world), seed=res["seed"], progress=False)
-    stored = json.loads((cell / "data" / "attack.json").read_text())["poisoned_ids"]
-    if sorted(json.loads(again.spec_path.read_text())["poisoned_ids"]) != sorted(stored):
-        raise SystemExit(f"{cell.name}: re-poisoning did not give the panel's poisoned ids")
+    again, _, wa = repoison_cell(cell, work / "data", a.world_from)
+    bundle = load_model(world_dir(wa, res["world"]) / "clean_model", device=a.device)
     manifest = read_manifest(again.manifest_path)
     embed_dataset(bundle, manifest, work / "emb", progress=False, device=a.device)
     scan = run_scan(work / "emb", work / "scan", k=a.k, seed=a.seed, device=a.device)

@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -25,8 +24,6 @@ import pandas as pd
 import panel
 from _results import limit_threads, train_until_learned
 
-from clipguard.attacks import poison_dataset
-from clipguard.data.manifest import read_manifest
 from clipguard.detect.metrics import detection_metrics
 from clipguard.train import read_dynamics
 
@@ -38,13 +35,8 @@ def record_cell(cell: Path, work: Path) -> pd.DataFrame:
     out = work / cell.name
     if (out / "dynamics.parquet").is_file():
         return pd.read_parquet(out / "dynamics.parquet")
-    r = json.loads((cell / "result.json").read_text())
-    pa = panel.parse(["--preset", r.get("preset", "cpu"), "--work", str(cell.parent.parent)])
     shutil.rmtree(out, ignore_errors=True)
-    res = poison_dataset(read_manifest(panel.world_dir(pa, r["world"]) / "train" / "manifest.parquet"), out / "data",
-                         panel._trigger(pa, r["world"], r["attack"]), target=panel.target_of(pa, r["world"]),
-                         rate=r["rate"], templates=panel.poison_templates_of(pa, r["world"]), seed=r.get("seed", 0),
-                         progress=False)
+    res, r, pa = panel.repoison_cell(cell, out / "data")
     _, _, model_dir = train_until_learned(res.manifest_path, out, panel.world_dir(pa, r["world"]), res.spec_path,
                                           epochs_ladder=[r["epochs"]], learned=0.8, seed=r.get("seed", 0),
                                           device=None, record_epochs=r["epochs"])

@@ -7,12 +7,13 @@ extremes. This script recomputes, from the stored ``<detector>_score`` columns o
 default's components (``dao``, ``density_anomaly`` (two-sided by definition), ``clipscore``, ``caption_dup``,
 ``caption_disagreement`` (folded, as ``fused`` folds it); image-only: the first two) combined by Fisher, by Tippett and by the
 mean of the two largest ``-ln p`` ("top2") and by the adaptive truncated sum (:func:`omnibus`: the best of
-Fisher's sums over the k most extreme components, k = 1..m, each calibrated by its rank), and prints worst / mean AUROC over the learned cells, and the
-AUROC on single sets (the demo, the GPU paper cells).
+Fisher's sums over the k most extreme components, k = 1..m, each calibrated by its rank), and prints
+worst / mean AUROC over the learned cells, and the AUROC on single sets (the demo, the GPU paper cells).
 
 It also prints two CEILINGS, which are not rules (they use the ground truth): per cell, the best single
-signal of the scan (every ``<detector>_score`` column but ``fused``; image-only: the detectors that read
-image embeddings alone) as designed ("oracle signal"), and the best one in either orientation ("oracle
+signal of the scan (every ``<detector>_score`` column but ``fused``; image-only: the detectors that need
+image embeddings alone, ``panel_report.IMAGE_ONLY``, as in the panel's image-only tables) as designed
+("oracle signal"), and the best one in either orientation ("oracle
 signal, either sign": its AUROC or 1 - AUROC). No rule that selects, weights or orients the scan's
 signals without labels can beat the second in every cell; only a fusion that adds up partial evidence
 could.
@@ -35,18 +36,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipguard.detect.detectors.fused import DEFAULT_TWO_SIDED, fold_two_sided, fuse_components, upper_tail_log_p
+from panel_report import IMAGE_ONLY
+
+from clipguard.detect.detectors.fused import (DEFAULT_IMAGE, DEFAULT_SIGNALS, DEFAULT_TWO_SIDED, fold_two_sided,
+                                             fuse_components, upper_tail_log_p)
 from clipguard.detect.metrics import detection_metrics
 
-COMPONENTS = ("dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement")
-IMAGE = ("dao", "density_anomaly")
-IMAGE_SIGNALS = ("kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "spectral", "activation_cluster")
-"""The detectors that read image embeddings alone (the ceilings' image-only pool)."""
+COMPONENTS = (*DEFAULT_IMAGE, *DEFAULT_SIGNALS)
+"""The default `fused` components."""
+IMAGE = DEFAULT_IMAGE
 LEARNED_ASR = 0.8
 
 
 def rules(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``{"fisher", "tippett", "top2", "omnibus"}`` scores (higher = more suspicious) of the component columns ``parts``."""
+    """``{"fisher", "tippett", "top2", "omnibus"}`` scores (higher = more suspicious) of the component columns
+    ``parts``."""
     logp = np.stack([upper_tail_log_p(fold_two_sided(v) if k in DEFAULT_TWO_SIDED else v) for k, v in parts.items()],
                     axis=1)  # each component oriented as `fused` orients it
     ordered = -np.sort(-logp, axis=1)
@@ -77,7 +81,7 @@ def ceilings(frame: pd.DataFrame, y: np.ndarray) -> dict[str, float]:
     """The oracle ceilings (module docstring) of one scan: best signal as designed and in either orientation."""
     out = {}
     signals = [c[:-len("_score")] for c in frame.columns if c.endswith("_score") and c != "fused_score"]
-    for tag, pool in (("captions", signals), ("image-only", [s for s in signals if s in IMAGE_SIGNALS])):
+    for tag, pool in (("captions", signals), ("image-only", [s for s in signals if s in IMAGE_ONLY])):
         a = []
         for name in pool:
             v = frame[f"{name}_score"].to_numpy(np.float64)

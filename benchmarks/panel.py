@@ -151,6 +151,26 @@ def _trigger(a: argparse.Namespace, world: str, attack: str):
     return get_trigger(name, **params)
 
 
+def repoison_cell(cell: Path, out: Path, work: str | Path | None = None):
+    """Poison the clean split of finished panel ``cell`` again into ``out`` (same world, attack, target, rate and
+    seed, from its ``result.json``; the panel deletes a finished cell's images) and check that the poisoned ids
+    are the cell's (``data/attack.json``). ``work``: the panel folder holding the worlds (default: the cell's).
+    Returns ``(poison result, result.json record, the panel namespace)``."""
+    from clipguard.attacks import poison_dataset
+    from clipguard.data.manifest import read_manifest
+
+    r = json.loads((cell / "result.json").read_text())
+    pa = parse(["--preset", r.get("preset", "cpu"), "--work", str(work or cell.parent.parent)])
+    world = r["world"]
+    res = poison_dataset(read_manifest(world_dir(pa, world) / "train" / "manifest.parquet"), out,
+                         _trigger(pa, world, r["attack"]), target=target_of(pa, world), rate=r["rate"],
+                         templates=poison_templates_of(pa, world), seed=r.get("seed", 0), progress=False)
+    stored = json.loads((cell / "data" / "attack.json").read_text())["poisoned_ids"]
+    if sorted(json.loads(res.spec_path.read_text())["poisoned_ids"]) != sorted(stored):
+        raise SystemExit(f"{cell.name}: poisoning again did not give the panel's poisoned ids")
+    return res, r, pa
+
+
 def run_cell(world: str, attack: str, rate: float, a: argparse.Namespace) -> dict:
     """Poison, train, embed and scan one cell; writes its scores and result.json."""
     from clipguard.attacks import poison_dataset

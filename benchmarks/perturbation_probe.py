@@ -43,18 +43,18 @@ import numpy as np
 import pandas as pd
 
 import panel
+from panel_report import IMAGE_ONLY
 from _results import limit_threads, share_of, spawn_workers, train_until_learned, write_csv
 
-from clipguard.attacks import poison_dataset
 from clipguard.data.manifest import read_manifest
-from clipguard.detect.detectors.fused import fuse_components, robust_z
+from clipguard.detect.detectors.fused import DEFAULT_IMAGE, DEFAULT_SIGNALS, fuse_components, robust_z
 from clipguard.detect.metrics import detection_metrics
 from clipguard.embed import perturbation_stability
 from clipguard.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPONENTS = ("dao", "density_anomaly", "clipscore", "caption_dup", "caption_disagreement")
-IMAGE_SIGNALS = ("kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "spectral", "activation_cluster")
+COMPONENTS = (*DEFAULT_IMAGE, *DEFAULT_SIGNALS)
+"""The default `fused` components."""
 FIELDS = ["cell", "world", "attack", "rate", "asr_panel", "asr_here", "noise", "blur", "both", "fused",
           "fused_plus_noise", "best_image_signal", "best_image_name", "oracle_either_sign", "seconds"]
 
@@ -75,14 +75,10 @@ def probe_cell(cell: Path, a: argparse.Namespace) -> Path:
     target = out / _stability_file(a)
     if target.is_file():
         return target
-    r = json.loads((cell / "result.json").read_text())
-    pa = panel.parse(["--preset", r.get("preset", "cpu"), "--work", str(a.panel)])
-    world = r["world"]
     for stale in [out / "data", *out.glob("model_e*")]:  # a killed run's leftovers (training would resume them)
         shutil.rmtree(stale, ignore_errors=True)
-    res = poison_dataset(read_manifest(panel.world_dir(pa, world) / "train" / "manifest.parquet"), out / "data",
-                         panel._trigger(pa, world, r["attack"]), target=panel.target_of(pa, world), rate=r["rate"],
-                         templates=panel.poison_templates_of(pa, world), seed=r.get("seed", 0), progress=False)
+    res, r, pa = panel.repoison_cell(cell, out / "data", a.panel)
+    world = r["world"]
     if a.probe_model == "clean":
         bundle, model_dir = load_model(panel.world_dir(pa, world) / "clean_model", device=a.device), None
         asr = float("nan")
@@ -116,7 +112,7 @@ def score_cell(cell: Path, stab: pd.DataFrame) -> dict:
     y = s["poisoned"].to_numpy(bool)
     auroc = lambda v: detection_metrics(y, np.asarray(v, dtype=np.float64))["auroc"]  # noqa: E731
     noise, blur = stab["noise_stability"].to_numpy(), 1 - stab["blur_stability"].to_numpy()
-    image = {n: auroc(s[f"{n}_score"]) for n in IMAGE_SIGNALS if f"{n}_score" in s.columns}
+    image = {n: auroc(s[f"{n}_score"]) for n in IMAGE_ONLY if f"{n}_score" in s.columns}
     best = max(image, key=image.get)
     every = [auroc(np.nan_to_num(s[c].to_numpy(np.float64), nan=np.nanmedian(s[c])))
              for c in s.columns if c.endswith("_score") and c != "fused_score"]
@@ -147,8 +143,10 @@ def report(a: argparse.Namespace) -> Path:
     if a.extra_noise_sd:
         probe += (" (sensitivity check: also noise sd " + ", ".join(f"{sd:g}" for sd in a.extra_noise_sd)
                   + "/255, columns `noise_sd<v>`" + (f"; cells {', '.join(a.cells)}" if a.cells else "") + ")")
-    lines = [f"# Perturbation-stability probe on the panel's learned cells (issue 9){'' if a.probe_model == 'poisoned' else ', clean-model control'}", "",
-             f"`benchmarks/perturbation_probe.py --panel {a.panel} --probe-model {a.probe_model}`: {probe} by `clipguard.embed.perturbation_stability` (noise sd "
+    title = "" if a.probe_model == "poisoned" else ", clean-model control"
+    lines = [f"# Perturbation-stability probe on the panel's learned cells (issue 9){title}", "",
+             f"`benchmarks/perturbation_probe.py --panel {a.panel} --probe-model {a.probe_model}`: {probe} by "
+             "`clipguard.embed.perturbation_stability` (noise sd "
              "25/255, blur radius 1.5/64 of the side). AUROC against the ground truth; `best_image_signal` (picked "
              "with the labels) and `oracle_either_sign` (the best signal of the scan in either orientation) are "
              "ceilings, not rules.", "",
