@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from clipguard.data import read_manifest, write_manifest
-from clipguard.embed import NOISE_SD, perturb_image, perturbation_stability
+from clipguard.embed import NOISE_SD, perturb_image, perturbation_stability, read_stability, write_stability
 from clipguard.errors import ConfigError
 from clipguard.models import create_model
 
@@ -68,3 +68,31 @@ def test_unknown_perturbation_is_refused_with_the_choices(tiny_world, tmp_path):
         perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), noise_sd=-1.0)
     with pytest.raises(ConfigError, match="at least one"):
         perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), kinds=())
+
+
+def test_worker_processes_give_the_same_stabilities(tiny_world, tmp_path):
+    torch.manual_seed(0)
+    b, m = create_model("tiny-rn"), _manifest(tiny_world, tmp_path)
+    here, _ = perturbation_stability(b, m, kinds=("noise",), batch_size=4, progress=False)
+    workers, _ = perturbation_stability(b, m, kinds=("noise",), batch_size=4, num_workers=2, progress=False)
+    assert workers["row"].tolist() == here["row"].tolist()
+    assert np.allclose(workers["noise_stability"], here["noise_stability"], atol=1e-6)
+    with pytest.raises(ConfigError, match="num_workers"):
+        perturbation_stability(b, m, num_workers=-1)
+
+
+def test_the_record_is_written_and_read_back(tiny_world, tmp_path):
+    torch.manual_seed(0)
+    frame, _ = perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), kinds=("noise",),
+                                      progress=False)
+    path = write_stability(frame, tmp_path / "probe")
+    assert path.name == "stability.parquet" and not list(path.parent.glob("*.tmp"))
+    for source in (tmp_path / "probe", path):
+        back = read_stability(source)
+        assert back["id"].tolist() == frame["id"].tolist()
+        assert np.array_equal(back["noise_stability"].to_numpy(), frame["noise_stability"].to_numpy())
+    with pytest.raises(ConfigError, match="clipguard probe"):
+        read_stability(tmp_path / "nowhere")
+    frame[["id", "row"]].to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ConfigError, match="noise_stability"):
+        read_stability(tmp_path / "bad.parquet")

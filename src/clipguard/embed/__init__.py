@@ -15,8 +15,19 @@ from clipguard.embed.extract import (
     reuse_shard,
     shard_bounds,
 )
-from clipguard.embed.stability import BLUR_FRACTION, NOISE_SD, PERTURBATIONS, perturb_image, perturbation_stability
+from clipguard.embed.stability import (
+    BLUR_FRACTION,
+    NOISE_SD,
+    PERTURBATIONS,
+    STABILITY_FILE,
+    PerturbedImages,
+    perturb_image,
+    perturbation_stability,
+    read_stability,
+    write_stability,
+)
 
 __all__ = ["EmbedResult", "embed_dataset", "EmbedJob", "ShardOutcome", "make_job", "embed_shard", "reuse_shard",
            "finish_embed", "embed_record", "shard_bounds", "GROUND_TRUTH_COLUMNS", "perturbation_stability",
-           "perturb_image", "PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION"]
+           "perturb_image", "PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION", "STABILITY_FILE",
+           "PerturbedImages", "write_stability", "read_stability"]

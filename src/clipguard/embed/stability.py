@@ -35,21 +35,25 @@ empty caption: those :func:`~clipguard.embed.embed_dataset` skips too) are in th
 """
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageFilter
+from torch.utils.data import DataLoader, Dataset
 
-from clipguard.data.dataset import ImageCaptionDataset, SkipLog
+from clipguard.data.dataset import ImageCaptionDataset, SkipLog, collate_skipping, record_errors
 from clipguard.data.manifest import Manifest
 from clipguard.errors import ConfigError
 from clipguard.models.factory import ClipBundle
 from clipguard.utils.progress import progress_bar
 from clipguard.utils.validate import check_int
 
-__all__ = ["PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION", "perturb_image", "perturbation_stability"]
+__all__ = ["PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION", "STABILITY_FILE", "perturb_image", "perturbation_stability",
+           "PerturbedImages", "write_stability", "read_stability"]
 
 PERTURBATIONS = ("noise", "blur")
 """The perturbations :func:`perturbation_stability` can apply (module docstring)."""
@@ -61,6 +65,9 @@ gave worst AUROC 0.740 / 0.714 / 0.681 (``benchmarks/results/perturbation_probe_
 
 BLUR_FRACTION = 1.5 / 64
 """Radius of the ``"blur"`` perturbation as a fraction of the image's shorter side."""
+
+STABILITY_FILE = "stability.parquet"
+"""The record's file name in a folder (:func:`write_stability`, :func:`read_stability`)."""
 
 
 def perturb_image(image: Image.Image, kind: str, *, seed: int = 0, row: int = 0,
@@ -77,15 +84,47 @@ def perturb_image(image: Image.Image, kind: str, *, seed: int = 0, row: int = 0,
     raise ConfigError(f"unknown perturbation {kind!r}; choose from {', '.join(PERTURBATIONS)}")
 
 
+class PerturbedImages(Dataset):
+    """The usable images of a manifest, each with its perturbed copies, preprocessed for the model.
+
+    Items are ``{"index": row, "image": (1 + K, 3, H, W) float tensor, "text": caption}`` -- the image then
+    its copy under each of the K ``kinds`` -- or ``{"index": row, "error": reason}`` for an image that cannot
+    be decoded (:func:`~clipguard.data.dataset.collate_skipping` moves those to the batch's errors). Safe in
+    DataLoader workers: a copy depends only on the image, ``seed`` and the row.
+    """
+
+    def __init__(self, manifest: Manifest, preprocess: Any, kinds: Sequence[str], *, seed: int,
+                 noise_sd: float, skip_log: SkipLog) -> None:
+        self.images = ImageCaptionDataset(manifest, None, None, skip_log=skip_log)
+        self.preprocess, self.kinds, self.seed, self.noise_sd = preprocess, list(kinds), seed, noise_sd
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        item = self.images[j]
+        if "error" in item:
+            return item
+        im, row = item["image"], int(item["index"])
+        copies = [im] + [perturb_image(im, k, seed=self.seed, row=row, noise_sd=self.noise_sd) for k in self.kinds]
+        return {"index": row, "image": torch.stack([self.preprocess(c) for c in copies]), "text": item["text"]}
+
+
+def _check(kinds: list[str], batch_size: int, noise_sd: float, num_workers: int) -> None:
+    if not kinds:
+        raise ConfigError(f"perturbation_stability needs at least one perturbation of {', '.join(PERTURBATIONS)}")
+    for k in kinds:
+        if k not in PERTURBATIONS:
+            raise ConfigError(f"unknown perturbation {k!r}; choose from {', '.join(PERTURBATIONS)}")
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("num_workers", num_workers, minimum=0)
+    if not np.isfinite(noise_sd) or noise_sd < 0:
+        raise ConfigError(f"noise_sd must be a number >= 0 (pixel sd on the 0-255 scale), got {noise_sd}")
+
+
 @torch.no_grad()
-def _unit_image_embeddings(bundle: ClipBundle, images: list[Image.Image], dev: torch.device) -> torch.Tensor:
-    """(B, D) L2-normalised image embeddings of PIL ``images``."""
-    x = torch.stack([bundle.preprocess(im) for im in images]).to(dev)
-    return torch.nn.functional.normalize(bundle.model.encode_image(x).float(), dim=-1)
-
-
 def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Sequence[str] = ("noise", "blur"),
-                           seed: int = 0, noise_sd: float = NOISE_SD, batch_size: int = 128,
+                           seed: int = 0, noise_sd: float = NOISE_SD, batch_size: int = 128, num_workers: int = 0,
                            device: str | torch.device | None = None,
                            progress: bool = True) -> tuple[pd.DataFrame, SkipLog]:
     """The stability of every usable image of ``manifest`` under each perturbation of ``kinds``.
@@ -98,6 +137,8 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
         noise_sd: standard deviation of the ``"noise"`` perturbation on the 0-255 scale (default
             :data:`NOISE_SD`).
         batch_size: images per forward pass (the model sees ``1 + len(kinds)`` copies of each).
+        num_workers: DataLoader worker processes that decode and perturb the images (0: in this process;
+            a GPU needs several to be fed). The figures do not depend on it.
         device: where the model runs (None: where it already is).
         progress: show a progress bar.
 
@@ -107,43 +148,70 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
         row per usable pair in manifest order; ``skips`` lists the rows left out and why.
 
     Raises:
-        ConfigError: an unknown perturbation, no perturbation, a bad ``batch_size`` or a negative ``noise_sd``.
+        ConfigError: an unknown perturbation, no perturbation, a bad ``batch_size`` / ``num_workers`` or a
+        negative ``noise_sd``.
     """
     kinds = list(dict.fromkeys(kinds))
-    if not kinds:
-        raise ConfigError(f"perturbation_stability needs at least one perturbation of {', '.join(PERTURBATIONS)}")
-    for k in kinds:
-        if k not in PERTURBATIONS:
-            raise ConfigError(f"unknown perturbation {k!r}; choose from {', '.join(PERTURBATIONS)}")
-    check_int("batch_size", batch_size, minimum=1)
-    if not np.isfinite(noise_sd) or noise_sd < 0:
-        raise ConfigError(f"noise_sd must be a number >= 0 (pixel sd on the 0-255 scale), got {noise_sd}")
+    _check(kinds, batch_size, noise_sd, num_workers)
     if device is not None:
         bundle.to(device)
     dev = bundle.device
     bundle.model.eval()
     skips = SkipLog()
-    ds = ImageCaptionDataset(manifest, None, None, skip_log=skips)
-    rows: list[int] = []
-    stab: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
+    ds = PerturbedImages(manifest, bundle.preprocess, kinds, seed=seed, noise_sd=noise_sd, skip_log=skips)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_skipping, pin_memory=dev.type == "cuda")
+    rows: list[np.ndarray] = []
+    stab: list[np.ndarray] = []
     with progress_bar(total=len(ds), desc="perturbation stability", unit="img", enabled=progress) as bar:
-        for start in range(0, len(ds), batch_size):
-            items = [ds[j] for j in range(start, min(start + batch_size, len(ds)))]
-            for it in items:
-                if "error" in it:
-                    skips.add(int(it["index"]), str(manifest.df["id"].iat[int(it["index"])]), it["error"])
-            good = [it for it in items if "error" not in it]
-            if good:
-                base = _unit_image_embeddings(bundle, [it["image"] for it in good], dev)
-                for k in kinds:
-                    copies = [perturb_image(it["image"], k, seed=seed, row=it["index"], noise_sd=noise_sd)
-                              for it in good]
-                    moved = _unit_image_embeddings(bundle, copies, dev)
-                    stab[k].append((base * moved).sum(dim=-1).cpu().numpy().astype(np.float64))
-                rows += [int(it["index"]) for it in good]
-            bar.update(len(items))
-    frame = pd.DataFrame({"id": manifest.df["id"].astype(str).to_numpy()[rows] if rows else np.array([], dtype=str),
-                          "row": np.asarray(rows, dtype=np.int64)})
-    for k in kinds:
-        frame[f"{k}_stability"] = np.concatenate(stab[k]) if stab[k] else np.zeros(0)
+        for batch in loader:
+            record_errors(batch, ds.images)
+            bar.update(len(batch["index"]) + len(batch["errors"]))
+            if "image" not in batch:
+                continue
+            x = batch["image"].to(dev, non_blocking=True)  # (B, 1 + K, 3, H, W)
+            b, c = x.shape[:2]
+            emb = torch.nn.functional.normalize(bundle.model.encode_image(x.flatten(0, 1)).float(), dim=-1)
+            emb = emb.view(b, c, -1)
+            stab.append((emb[:, :1] * emb[:, 1:]).sum(dim=-1).cpu().numpy().astype(np.float64))  # (B, K)
+            rows.append(batch["index"].numpy())
+    order = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    values = np.concatenate(stab) if stab else np.zeros((0, len(kinds)))
+    frame = pd.DataFrame({"id": manifest.df["id"].astype(str).to_numpy()[order],
+                          "row": order.astype(np.int64)})
+    for i, k in enumerate(kinds):
+        frame[f"{k}_stability"] = values[:, i]
     return frame, skips
+
+
+def write_stability(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write a stability record (:func:`perturbation_stability`'s frame) to ``out`` -- a folder, which gets
+    :data:`STABILITY_FILE`, or a ``.parquet`` path -- atomically (written aside, then renamed). Returns the path."""
+    p = Path(out)
+    path = p if p.suffix == ".parquet" else p / STABILITY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_stability(record: str | os.PathLike) -> pd.DataFrame:
+    """A stability record: a folder holding :data:`STABILITY_FILE` or the parquet file itself.
+
+    Returns:
+        A DataFrame with ``id`` (str), ``row`` and at least one ``<kind>_stability`` column.
+
+    Raises:
+        ConfigError: the record is absent, or lacks ``id`` or every stability column.
+    """
+    p = Path(record)
+    path = p if p.suffix == ".parquet" else p / STABILITY_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: no perturbation-stability record; write one with `clipguard probe MODEL_DIR "
+                          "MANIFEST --out DIR` (clipguard.embed.perturbation_stability)")
+    df = pd.read_parquet(path)
+    if "id" not in df.columns or not any(f"{k}_stability" in df.columns for k in PERTURBATIONS):
+        raise ConfigError(f"{path}: not a perturbation-stability record (it needs the columns id and "
+                          f"{' or '.join(f'{k}_stability' for k in PERTURBATIONS)}); columns: {', '.join(df.columns)}")
+    return df.assign(id=df["id"].astype(str))
