@@ -39,7 +39,10 @@ Usage::
     python benchmarks/panel.py --preset gpu --device cuda --jobs 8 --threads 2
     python benchmarks/panel.py --preset cpu --report-only      # re-write the tables from the cells
 
-Cells are resumable (a finished cell has ``result.json`` and is skipped).
+Cells are resumable (a finished cell has ``result.json`` and is skipped). ``--probe`` also probes each cell's
+model while it is in memory (perturbation stability of its training pairs, ``<cell>/stability.parquet``; AUROC in
+``result.json`` under ``probe``), ``--epochs`` replaces the preset's epoch ladder and ``--loader-workers`` sets the
+DataLoader workers of the embedding and the probe.
 """
 from __future__ import annotations
 
@@ -187,13 +190,17 @@ def run_cell(world: str, attack: str, rate: float, a: argparse.Namespace) -> dic
                          _trigger(a, world, attack), target=target_of(a, world), rate=rate,
                          templates=poison_templates_of(a, world), seed=a.seed, progress=False)
     bundle, attempts, model_dir = train_until_learned(
-        res.manifest_path, cell, world_dir(a, world), res.spec_path, epochs_ladder=PRESETS[a.preset]["epochs"],
+        res.manifest_path, cell, world_dir(a, world), res.spec_path, epochs_ladder=a.epochs or PRESETS[a.preset]["epochs"],
         learned=a.learned, seed=a.seed, device=a.device, record_epochs=a.record_epochs)
-    embed_dataset(bundle, read_manifest(res.manifest_path), cell / "emb", progress=False, device=a.device)
+    embed_dataset(bundle, read_manifest(res.manifest_path), cell / "emb", progress=False, device=a.device,
+                  num_workers=a.loader_workers)
+    probe = _probe(cell, bundle, res.manifest_path, attempts[-1]["attack_success_rate"], a) if a.probe else None
     speed = learning_speed(read_dynamics(model_dir))
     scan = Scan.from_folder(cell / "emb").with_dynamics(model_dir)
     rows = []
     for label, kw in modes(len(speed)).items():
+        if a.modes and label.split()[0] not in a.modes:
+            continue
         t = time.perf_counter()
         scan.find_suspects(DETECTORS.names(), k=a.k, seed=a.seed, **kw)
         metrics = dict(scan.metrics)
@@ -206,17 +213,51 @@ def run_cell(world: str, attack: str, rate: float, a: argparse.Namespace) -> dic
             rows.append({"mode": label, "detector": det, **m})
         print(f"[{cell.name}] {label}: fused {metrics['fused']['auroc']:.4f} ({time.perf_counter() - t:.1f} s)",
               flush=True)
+    if probe is not None:
+        probe.update(_probe_metrics(cell, scan.scores))
+        print(f"[{cell.name}] probe: noise stability AUROC {probe['noise_auroc']:.4f}, blur {probe['blur_auroc']:.4f} "
+              f"({probe['seconds']:.1f} s)", flush=True)
     last = attempts[-1]
     record = {"world": world, "target": target_of(a, world), "attack": attack, "rate": rate,
               "n_poisoned": res.n_poisoned, "epochs": last["epochs"], "clean_accuracy": last["clean_accuracy"],
               "attack_success_rate": last["attack_success_rate"], "learned": last["attack_success_rate"] >= a.learned,
-              "attempts": attempts, "detection": rows, "k": a.k, "seed": a.seed, "preset": a.preset,
+              "attempts": attempts, "detection": rows, "probe": probe, "k": a.k, "seed": a.seed, "preset": a.preset,
               "seconds": round(time.perf_counter() - t0, 1)}
     (cell / "result.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(cell / "data" / "images", ignore_errors=True)
     for m in cell.glob("model_e*"):
         shutil.rmtree(m, ignore_errors=True)
     return record
+
+
+def _probe(cell: Path, bundle, manifest_path: Path, asr: float, a: argparse.Namespace) -> dict:
+    """Probe the cell's model on its training pairs (``clipguard.embed.perturbation_stability``, noise and blur)
+    while it is in memory; the record goes to ``<cell>/stability.parquet`` (``perturbation_probe.py`` reuses it)."""
+    from clipguard.data.manifest import read_manifest
+    from clipguard.embed import perturbation_stability, write_stability
+
+    t = time.perf_counter()
+    frame, skips = perturbation_stability(bundle, read_manifest(manifest_path), seed=a.seed, batch_size=256,
+                                          num_workers=a.loader_workers, device=a.device, progress=False)
+    seconds = time.perf_counter() - t
+    frame["asr_here"] = asr
+    frame["n_skipped"] = len(skips)
+    write_stability(frame, cell)
+    return {"seconds": round(seconds, 1), "images_per_s": round(len(frame) / seconds, 1), "n_skipped": len(skips)}
+
+
+def _probe_metrics(cell: Path, scores) -> dict:
+    """AUROC / AUPRC of the noise stability (higher = more suspicious) and of one minus the blur stability."""
+    import pandas as pd
+
+    from clipguard.detect.metrics import detection_metrics
+
+    stab = pd.read_parquet(cell / "stability.parquet")
+    y = scores.set_index("id").loc[stab["id"], "poisoned"].to_numpy(bool)
+    noise = detection_metrics(y, stab["noise_stability"].to_numpy())
+    blur = detection_metrics(y, 1 - stab["blur_stability"].to_numpy())
+    return {"noise_auroc": noise["auroc"], "noise_auprc": noise["auprc"], "blur_auroc": blur["auroc"],
+            "blur_auprc": blur["auprc"]}
 
 
 def cells(a: argparse.Namespace) -> list[tuple[str, str, float]]:
@@ -239,6 +280,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rates", nargs="*", type=float, default=RATES)
     p.add_argument("--learned", type=float, default=0.8, help="ASR from which the backdoor counts as learned")
     p.add_argument("--record-epochs", type=int, default=3, help="epochs of the training-dynamics record")
+    p.add_argument("--epochs", nargs="*", type=int, default=None,
+                   help="epoch ladder (train again with the next count while not learned); default: the preset's")
+    p.add_argument("--modes", nargs="*", default=None, choices=("batch", "auto", "global"),
+                   help="scan only these reference modes (default: every mode of modes())")
+    p.add_argument("--probe", action="store_true",
+                   help="also probe each cell's model (perturbation stability, <cell>/stability.parquet)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="DataLoader workers for the cell's embedding and probe (a GPU needs several)")
     add_cell_options(p, None)
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args(argv)

@@ -16,7 +16,9 @@ are joined by id to the panel's stored scores of the same pairs and scored again
   ``fusion_min_p.py``), and ``fused`` with the noise stability added as a sixth component (Fisher).
 
 The training reproduces the stored cell: the script checks the ASR against ``result.json`` and reports both.
-Stabilities are kept in ``<work>/<cell>/stability.parquet`` and reused by a rerun.
+Stabilities are kept in ``<work>/<cell>/stability.parquet`` and reused by a rerun. A panel run with ``--probe``
+probed each cell while its model was in memory (``<cell>/stability.parquet``): that record is used as it is, and
+nothing is rebuilt.
 
 ``--probe-model clean`` is the control: the same poisoned pairs probed by the world's CLEAN tiny-rn (the panel's
 ``<panel>/world_*/clean_model``, never trained on poison) instead of the poisoned one. If the signal comes from
@@ -75,6 +77,11 @@ def probe_cell(cell: Path, a: argparse.Namespace) -> Path:
     target = out / _stability_file(a)
     if target.is_file():
         return target
+    made = cell / "stability.parquet"  # probed by the panel itself (panel.py --probe), the model then in memory
+    if a.probe_model == "poisoned" and not a.extra_noise_sd and made.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(made, target)
+        return target
     for stale in [out / "data", *out.glob("model_e*")]:  # a killed run's leftovers (training would resume them)
         shutil.rmtree(stale, ignore_errors=True)
     res, r, pa = panel.repoison_cell(cell, out / "data", a.panel)
@@ -130,6 +137,8 @@ def report(a: argparse.Namespace) -> Path:
     name = _stability_file(a)
     rows = [score_cell(c, pd.read_parquet(Path(a.work) / c.name / name)) for c in learned_cells(a)
             if (Path(a.work) / c.name / name).is_file()]
+    if not rows:
+        raise SystemExit(f"no learned cell (ASR >= {a.learned}) of {a.panel} has a stability record to report")
     out = Path(a.out)
     stem = "perturbation_probe" if a.probe_model == "poisoned" else "perturbation_probe_clean"
     stem += "".join(f"_sd{sd:g}" for sd in a.extra_noise_sd)
