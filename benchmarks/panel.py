@@ -202,7 +202,8 @@ def run_cell(world: str, attack: str, rate: float, a: argparse.Namespace) -> dic
         if a.modes and label.split()[0] not in a.modes:
             continue
         t = time.perf_counter()
-        scan.find_suspects(DETECTORS.names(), k=a.k, seed=a.seed, **kw)
+        scan.find_suspects([n for n in DETECTORS.names() if not DETECTORS.get(n).missing_inputs(scan.available_inputs)],
+                           k=a.k, seed=a.seed, **kw)   # every detector but those of a record not given (perturbation)
         metrics = dict(scan.metrics)
         scan_scores = scan.scores
         frame = scan_scores[["id"] + [c for c in scan_scores.columns if c.endswith("_score")]].copy()

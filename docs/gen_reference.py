@@ -178,6 +178,13 @@ SOURCES: dict[str, dict[str, Source]] = {
                                   (CLEANCLIP_PAPER, "the training-dynamics signal on CLIP")),
                                  own="clipguard's own scoring of the signal: the mean within-epoch percentile "
                                      "of each pair's cosine, two-sided by default."),
+        "perturbation": Source(((Paper("Yansong Gao, Chang Xu, Derui Wang, Shiping Chen, Damith C. Ranasinghe, "
+                                       "Surya Nepal", "STRIP: A Defence Against Trojan Attacks on Deep Neural "
+                                       "Networks", "ACSAC", 2019),
+                                 "a trigger keeps driving a backdoored model under perturbations of its input"),
+                                (DAO_PAPER, "the setting (0.1 % SIG of 30,000 pairs) of the measured 0.931")),
+                               own="clipguard's adaptation to CLIP without labels: the cosine between the "
+                                   "embeddings of an image and of a noisy copy, under the model trained on the pairs."),
         "fused": Source(((FISHER, "Fisher's method of combining p-values"),
                          (DAO_PAPER, "the density components (DAO)")),
                         own="clipguard's own: the fusion of image density with the pair and caption signals."),
@@ -211,7 +218,7 @@ EXAMPLE_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
                 "badclip": {"patch": "badclip/trigger.png"}},
     "detectors": {"iforest": {"n_estimators": 100}, "caption_dup": {"source": "auto"}, "spectral": {"min_size": 10},
                   "activation_cluster": {"max_share": 0.35}, "learning_speed": {"direction": "two-sided"},
-                  "fused": {"method": "fisher"}},
+                  "perturbation": {"direction": "stable"}, "fused": {"method": "fisher"}},
     "defences": {"cleanclip": {"lambda2": 2.0}, "par": {"tau": 2.15}, "filter-retrain": {"share": 0.05},
                  "abl": {"reference": "clean-model"}},
 }
@@ -526,18 +533,47 @@ def render_attack(name: str, cls: type) -> str:
     return _page(f"`{name}` (attack)", parts, [], after, cli, _attack_python(name, params, amount[1]))
 
 
+@dataclass(frozen=True)
+class RecordInput:
+    """How the pages show a detector of a per-row record (an on-request input joined by id)."""
+
+    requires: str     # what the inputs row of the page says
+    cli: str          # appended to the page's `clipguard scan` line
+    python: str       # an argument of the page's `run_scan` call
+    opt_in: str       # the "runs in a default scan" cell
+    call: str         # the estimator example's fit_score call
+
+
+#: input name -> how a page shows it (the folders `model` and `probe` are made by docs/api.md)
+RECORD_INPUTS = {
+    "dynamics": RecordInput("a training-dynamics record (`clipguard train --record-epochs N`)", " --dynamics model",
+                            "dynamics=\"model\"",
+                            "yes, when a training-dynamics record is given (`--dynamics MODEL_DIR`)",
+                            "det.fit_score(dynamics=speeds)   # speeds: (N,) learning speeds, NaN = no record"),
+    "stability": RecordInput("a perturbation-stability record (`clipguard probe MODEL_DIR MANIFEST --out DIR`)",
+                             " --record probe", "records=[\"probe\"]",
+                             "yes, when a perturbation-stability record is given (`--record DIR`)",
+                             "det.fit_score(stability=noise)   # noise: (N,) noise stabilities, NaN = no record"),
+}
+
+
+def _record_input(cls: type) -> RecordInput | None:
+    return next((RECORD_INPUTS[r] for r in sorted(cls.requires) if r in RECORD_INPUTS), None)
+
+
 def _requires(cls: type) -> str:
     names = {"image": "image embeddings (`img_emb/`)", "text": "caption embeddings (`text_emb/`)",
              "captions": "caption strings (metadata column `caption`)",
-             "dynamics": "a training-dynamics record (`clipguard train --record-epochs N`)"}
+             **{name: rec.requires for name, rec in RECORD_INPUTS.items()}}
     return "; ".join(" or ".join(names[p] for p in r.split("|")) for r in sorted(cls.requires))
 
 
 def array_call(cls: type) -> str:
     """The ``fit_score`` call of a detector's estimator example, by the inputs it needs."""
     req = set(cls.requires)
-    if req == {"dynamics"}:
-        return "det.fit_score(dynamics=speeds)   # speeds: (N,) learning speeds, NaN = no record"
+    record = _record_input(cls)
+    if record is not None:
+        return record.call
     if req == {"captions|text"}:
         return "det.fit_score(None, captions=captions)   # or text=text_emb, (N, d_t)"
     if "text" in req or cls.name == "fused":
@@ -549,13 +585,13 @@ def render_detector(name: str, cls: type) -> str:
     """The page of detector ``name``."""
     parts = _common("detectors", name, cls, DETECTORS)
     params = EXAMPLE_PARAMS["detectors"].get(name, {})
-    dyn = "dynamics" in cls.requires
+    record = _record_input(cls)
     cli_params = "".join(f" --param {name}.{k}={_cli_value(v)}" for k, v in params.items())
     cli = (f"clipguard scan emb --out scan-{name} --detector {name} -k 8{cli_params}"
-           f"{' --dynamics model' if dyn else ''} --top 5\nclipguard detectors   # every detector")
+           f"{record.cli if record else ''} --top 5\nclipguard detectors   # every detector")
     scan_args = ", ".join([py("emb"), py(f"scan-{name}"), f"detectors=[{py(name)}]", "k=8"]
                           + ([f"detector_params={{{py(name)}: {py(params)}}}"] if params else [])
-                          + (["dynamics=\"model\""] if dyn else []))
+                          + ([record.python] if record else []))
     python = "\n".join([
         "from clipguard.detect import run_scan, top_suspects",
         "from clipguard.detect.detectors import make_detector",
@@ -570,8 +606,8 @@ def render_detector(name: str, cls: type) -> str:
     ])
     if not cls.in_default_scan:
         opt_in = f"no, opt-in: `--detector {name}`"
-    elif "dynamics" in cls.requires:
-        opt_in = "yes, when a training-dynamics record is given (`--dynamics MODEL_DIR`)"
+    elif record is not None:
+        opt_in = record.opt_in
     else:
         opt_in = "yes" if set(cls.requires) <= {"image"} else "yes, when the data has its inputs"
     after = [

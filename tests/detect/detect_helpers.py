@@ -8,12 +8,12 @@ from clipguard.detect import score_embeddings
 
 DENSITY_NAMES = ("kdist", "lid", "slof", "dao")
 ALL = ["kdist", "lid", "slof", "dao", "density_anomaly", "iforest", "clipscore", "caption_dup",
-       "caption_disagreement", "spectral", "activation_cluster", "learning_speed", "fused"]
+       "caption_disagreement", "spectral", "activation_cluster", "learning_speed", "perturbation", "fused"]
 """Every registered detector, in registration order."""
 
-DEFAULT = [name for name in ALL if name not in ("spectral", "activation_cluster", "learning_speed")]
-"""The detectors of a default scan without a training-dynamics record (the concept detectors are
-opt-in; learning_speed runs only with a record)."""
+DEFAULT = [name for name in ALL if name not in ("spectral", "activation_cluster", "learning_speed", "perturbation")]
+"""The detectors of a default scan without a per-row record (the concept detectors are opt-in;
+learning_speed and perturbation run only with their record)."""
 
 
 def engine_scores(x, detectors=DENSITY_NAMES, **options):

@@ -50,6 +50,28 @@ def test_same_score_files_as_the_single_process_scan(folder, tmp_path, mode, opt
     assert not (tmp_path / "sharded" / "parts").exists()  # removed after a complete scan
 
 
+def test_records_give_the_single_process_scores(folder, tmp_path):
+    from clipguard.embed import write_stability
+
+    ids = [f"s{j:06d}" for j in range(2400)]
+    rng = np.random.default_rng(1)
+    write_stability(pd.DataFrame({"id": ids[5:], "row": range(5, 2400), "noise_stability": rng.uniform(0.5, 1, 2395)}),
+                    tmp_path / "probe")
+    (tmp_path / "model").mkdir()
+    pd.DataFrame({"id": ids, "row": range(2400), "epoch": 1, "cosine": rng.normal(size=2400)}).to_parquet(
+        tmp_path / "model" / "dynamics.parquet", index=False)
+    opts = dict(reference="batch", batch_size=256, k=8, detectors=["dao", "perturbation", "learning_speed", "fused"])
+    single = run_scan(folder, tmp_path / "single", records=[tmp_path / "probe"], dynamics=tmp_path / "model", **opts)
+    sharded = scan_sharded(folder, tmp_path / "sharded", records=[tmp_path / "probe"], dynamics=tmp_path / "model",
+                           part_rows=700, **opts)
+    assert _score_bytes(tmp_path / "sharded") == _score_bytes(tmp_path / "single")
+    assert sharded.records_info == single.records_info and set(single.records_info) == {"dynamics", "stability"}
+    assert sharded.records_info["stability"]["n_rows_without_record"] == 5
+    assert sharded.dynamics_info == single.records_info["dynamics"]
+    run = json.loads(sharded.run_json.read_text())
+    assert run["stability"] == single.records_info["stability"] and run["dynamics"] == single.dynamics_info
+
+
 def test_ray_gives_the_same_files_as_sequential(folder, tmp_path, ray_cluster, monkeypatch):
     opts = dict(reference="batch", batch_size=256, k=8, part_rows=512)
     scan_sharded(folder, tmp_path / "seq", **opts)

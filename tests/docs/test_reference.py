@@ -204,14 +204,14 @@ def test_the_python_examples_of_the_api_guide_run(tmp_path, monkeypatch, pages):
     assert namespace["poisoned"].n_poisoned == 15 and namespace["kept"].n_removed == 15
     assert namespace["in_memory"].metrics["dao"]["auroc"] == 1.0      # what the guide says it prints
     assert set(namespace["record"]) >= {"before", "after"}
-    for folder in ("world", "poisoned", "model", "emb", "scan", "filtered", "defended", "clean"):
+    for folder in ("world", "poisoned", "model", "emb", "probe", "scan", "filtered", "defended", "clean"):
         assert Path(folder).is_dir(), f"the guide did not make {folder}/"
     assert Path("scan/report.html").is_file()
 
     rng = np.random.default_rng(0)
     arrays = {"image_emb": rng.normal(size=(120, 8)), "text_emb": rng.normal(size=(120, 8)),
               "captions": [f"a photo of a {c}." for c in rng.choice(["star", "ring", "cross"], 120)],
-              "speeds": rng.uniform(0.01, 1.0, 120)}
+              "speeds": rng.uniform(0.01, 1.0, 120), "noise": rng.uniform(0.5, 1.0, 120)}
     for name in DETECTORS.names():
         if name == "mean_knn":
             continue

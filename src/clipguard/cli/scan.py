@@ -4,7 +4,7 @@ scores equal :func:`clipguard.detect.run_scan`'s, shard by shard and resumable; 
 
 Every scan option is a :class:`~clipguard.detect.ScanConfig` field of the same name, with the
 field's default and, for the named choices, the library's list of them; ``--dynamics`` is
-``run_scan(dynamics=...)``.
+``run_scan(dynamics=...)`` and ``--record`` (repeatable) ``run_scan(records=[...])``.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from clipguard.detect import (
     top_suspects,
 )
 from clipguard.detect.detectors import nest_params
+from clipguard.detect.detectors.records import RECORD_KINDS
 from clipguard.detect.store import default_detector, format_tradeoff, read_share
 from clipguard.distributed import scan_sharded
 from clipguard.errors import ConfigError
@@ -91,17 +92,16 @@ def _check_inputs(emb_dir: str | None, model_dir: str | None, manifest: str | No
 
 
 def _echo_result(res: ScanResult) -> None:
-    """Where the scores went, the reference plan, the dynamics record's join, skipped detectors and
+    """Where the scores went, the reference plan, each record's join, skipped detectors and
     (with ground truth) metrics."""
     plan = res.info.get("reference_plan", {})
     click.echo(f"scored {len(res.scores)} samples -> {res.out_dir / 'scores'}")
     click.echo(f"reference: {plan.get('mode')} ({plan.get('reason')})"
                + (f"; kNN recall@k {res.info['recall_at_k']:.4f}" if "recall_at_k" in res.info else ""))
-    if res.dynamics_info:
-        d = res.dynamics_info
-        click.echo(f"dynamics: {d['n_rows'] - d['n_rows_without_record']} of {d['n_rows']} samples have a record "
-                   f"in {d['source']} ({d['n_rows_without_record']} without: learning_speed NaN, least "
-                   f"suspicious; {d['n_record_ids_unmatched']} record ids match no sample)")
+    for kind, d in res.records_info.items():
+        click.echo(f"{kind}: {d['n_rows'] - d['n_rows_without_record']} of {d['n_rows']} samples have a record "
+                   f"in {d['source']} ({d['n_rows_without_record']} without: {RECORD_KINDS[kind].detector} NaN, "
+                   f"least suspicious; {d['n_record_ids_unmatched']} record ids match no sample)")
     for det, why in res.skipped_detectors.items():
         click.echo(f"skipped {det}: {why}")
     note = (read_json_object(res.run_json, "the scan record").get("embedding_model") or {}).get("note")
@@ -150,6 +150,10 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
 @click.option("--dynamics", "dynamics", type=click.Path(), default=default_of(run_scan, "dynamics"),
               help="Model folder trained on these pairs with --record-epochs N: its training-dynamics record, "
                    "joined by id, adds the detector learning_speed (with EMB_DIR).")
+@click.option("--record", "records", type=click.Path(), multiple=True,
+              help="A per-row record of these pairs, joined by id (repeatable; with EMB_DIR): a folder or parquet "
+                   "file, its kind inferred. stability.parquet (`clipguard probe MODEL_DIR MANIFEST --out DIR`) "
+                   "adds the detector perturbation, dynamics.parquet learning_speed.")
 @_scan_options
 @distributor_options
 @click.option("--part-rows", default=default_of(scan_sharded, "part_rows"), show_default=True,
@@ -163,8 +167,8 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
               help="Detector whose suspects --top prints [default: the first --detector, else fused].")
 @click.pass_obj
 def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
-         detectors: tuple[str, ...], dynamics: str | None, params: dict[str, Any], top: int,
-         rank_by: str | None, distributor: str, address: str | None, processes: int | None, retries: int,
+         detectors: tuple[str, ...], dynamics: str | None, records: tuple[str, ...], params: dict[str, Any],
+         top: int, rank_by: str | None, distributor: str, address: str | None, processes: int | None, retries: int,
          part_rows: int, keep_parts: bool, no_report: bool, **options: Any) -> None:
     """Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a
     model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."""
@@ -172,6 +176,9 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
     if from_data and dynamics is not None:
         raise ConfigError("--dynamics scans an EMB_DIR: embed first (`clipguard embed MODEL_DIR MANIFEST --out EMB`), "
                           "then `clipguard scan EMB --dynamics MODEL_DIR`")
+    if from_data and records:
+        raise ConfigError("--record scans an EMB_DIR: embed first (`clipguard embed MODEL_DIR MANIFEST --out EMB`), "
+                          "then `clipguard scan EMB --record DIR`")
     if from_data and (distributor != "sequential" or address):
         raise ConfigError("--distributor/--address scan an EMB_DIR: embed first (`clipguard embed MODEL_DIR "
                           "MANIFEST --out EMB --distributor ray`), then `clipguard scan EMB --distributor ray`")
@@ -185,8 +192,8 @@ def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | 
         res = dres.scan
     else:
         res = scan_sharded(emb_dir, out or emb_dir, detectors=names, config=config, dynamics=dynamics,
-                           distributor=distributor, address=address, workers=processes, retries=retries,
-                           part_rows=part_rows, keep_parts=keep_parts)
+                           records=list(records), distributor=distributor, address=address, workers=processes,
+                           retries=retries, part_rows=part_rows, keep_parts=keep_parts)
     _echo_result(res)
     if not no_report:
         click.echo(f"report -> {build_scan_report(res.out_dir, res.out_dir / 'report.html')}")

@@ -6,18 +6,21 @@ Detectors that need caption embeddings (``text_emb/``) or caption strings (metad
 when they run by default and the folder lacks that input; asking for one explicitly raises a
 :class:`~clipguard.errors.ConfigError` instead. ``dynamics=MODEL_DIR`` adds the model's
 training-dynamics record (``learning_speed``, see :meth:`Scan.with_dynamics
-<clipguard.detect.facade.Scan.with_dynamics>`).
+<clipguard.detect.facade.Scan.with_dynamics>`), ``records=[PATH, ...]`` any per-row record, its kind
+inferred (``perturbation`` reads a perturbation-stability record, see :meth:`Scan.with_record
+<clipguard.detect.facade.Scan.with_record>`).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
 from clipguard.detect.config import ScanConfig
+from clipguard.detect.detectors.records import record_sources
 from clipguard.detect.facade import Scan
 from clipguard.errors import ConfigError
 
@@ -39,9 +42,10 @@ class ScanResult:
         run_json: path of ``run.json``.
         info: the reference plan, per-draw kNN info (IVF recall) and detector info.
         skipped_detectors: ``{name: reason}`` of default detectors skipped for missing inputs.
-        dynamics_info: with a training-dynamics record, what was joined (``source``,
-            ``n_record_ids``, ``n_record_ids_unmatched``, ``n_rows``, ``n_rows_without_record``),
-            else None.
+        records_info: ``{input name: what was joined}`` of each per-row record (``"dynamics"``,
+            ``"stability"``: ``source``, ``n_record_ids``, ``n_record_ids_unmatched``, ``n_rows``,
+            ``n_rows_without_record``); ``{}`` without one.
+        dynamics_info: ``records_info["dynamics"]`` with a training-dynamics record, else None.
     """
 
     scores: pd.DataFrame
@@ -53,6 +57,7 @@ class ScanResult:
     info: dict[str, Any] = field(default_factory=dict)
     skipped_detectors: dict[str, str] = field(default_factory=dict)
     dynamics_info: dict[str, Any] | None = None
+    records_info: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def run_scan(
@@ -62,6 +67,7 @@ def run_scan(
     detectors: list[str] | tuple[str, ...] | None = None,
     config: ScanConfig | None = None,
     dynamics: str | os.PathLike | None = None,
+    records: Sequence[str | os.PathLike] = (),
     **overrides: Any,
 ) -> ScanResult:
     """Score every sample of a clip-retrieval embedding folder.
@@ -79,6 +85,10 @@ def run_scan(
             ``dynamics.parquet``): its training-dynamics record is joined to the rows by id
             (:meth:`Scan.with_dynamics <clipguard.detect.facade.Scan.with_dynamics>`) and
             ``learning_speed`` joins the default detectors; None = no record.
+        records: per-row records, each a folder or a parquet file whose kind is inferred
+            (:func:`~clipguard.detect.detectors.records.record_kind_of`): a perturbation-stability
+            record (``clipguard probe MODEL_DIR MANIFEST --out DIR``: ``perturbation`` joins the
+            default detectors) or a training-dynamics record; joined by id as ``dynamics``.
         **overrides: ScanConfig field names applied on top of ``config``, e.g.
             ``run_scan(emb, out, k=8, reference="batch", batch_size=512)``, or
             ``device="cuda"`` to run the kNN search on a GPU.
@@ -91,19 +101,21 @@ def run_scan(
         EmbeddingError: the folder is malformed or holds NaN/inf/zero embeddings.
         ConfigError: an unknown option or detector, an invalid option value, k too large for
             the data or the reference, a device that is not available, an explicitly
-            requested detector whose input the folder lacks, or a ``dynamics`` record that is
-            missing or whose ids match no row.
+            requested detector whose input the folder lacks, or a record (``dynamics``,
+            ``records``) that is missing, of no known kind, given twice for one kind, or whose ids
+            match no row.
     """
     cfg = ScanConfig.resolve(config, **overrides)
+    sources = record_sources(dynamics, records)
     scan = Scan.from_folder(emb_dir)
-    if dynamics is not None:
-        scan.with_dynamics(dynamics)
+    for kind, source in sources:
+        scan.with_record(source, kind=kind)
     scan.find_suspects(detectors, config=cfg)
     run_json = scan.save(out_dir)
     return ScanResult(scores=scan.scores, metrics=scan.metrics, detectors=scan.detectors,
                       out_dir=Path(out_dir), score_paths=scan.score_paths, run_json=run_json,
                       info=scan.info, skipped_detectors=scan.skipped_detectors,
-                      dynamics_info=scan.dynamics_info)
+                      dynamics_info=scan.dynamics_info, records_info=dict(scan.records_info))
 
 
 def top_suspects(result: ScanResult, detector: str, n: int = 20) -> pd.DataFrame:

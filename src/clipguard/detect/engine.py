@@ -9,6 +9,7 @@ Example::
     scores, info = score_embeddings(image, ["dao", "clipscore", "fused"], cfg, text=text)
     info["reference_plan"]["mode"], info["recall_at_k"]
     scores, _ = score_embeddings(image, ["learning_speed"], dynamics=speed)   # speed: (N,), NaN = no record
+    scores, _ = score_embeddings(image, ["perturbation"], records={"stability": noise})   # (N,), NaN = no record
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from clipguard.detect.config import ScanConfig
 from clipguard.detect.detectors.base import Detector, ScoreInputs
 from clipguard.detect.detectors.caption_dup import caption_keys
 from clipguard.detect.detectors.device_batch import DEVICE_BATCH_DETECTORS, batch_scores_on_device
-from clipguard.detect.detectors.learning_speed import as_speeds
+from clipguard.detect.detectors.records import as_records
 from clipguard.detect.detectors.registry import DETECTORS, make_detector
 from clipguard.detect.neighbours.normalize import normalize
 from clipguard.detect.reference.graph import NeighbourGraph, build_graph
@@ -36,18 +37,21 @@ __all__ = ["score_embeddings", "select_detectors", "split_by_inputs", "describe_
 
 log = logging.getLogger("clipguard")
 
-INPUT_NAMES = ("image", "text", "captions", "dynamics")
-ON_REQUEST_INPUTS = frozenset({"dynamics"})
+INPUT_NAMES = ("image", "text", "captions", "dynamics", "stability")
+ON_REQUEST_INPUTS = frozenset({"dynamics", "stability"})
 """Inputs that no embedding folder holds: a scan has them only when the user supplies them (the
-training-dynamics record, ``--dynamics MODEL_DIR``). A default detector that needs one runs when it
-is given and is left out of a default scan, without a warning or a ``skipped_detectors`` entry,
-when it is not."""
+per-row records of :data:`~clipguard.detect.detectors.records.RECORD_KINDS`: the training-dynamics
+record, ``--dynamics MODEL_DIR``; any record, ``--record PATH``). A default detector that needs one
+runs when it is given and is left out of a default scan, without a warning or a
+``skipped_detectors`` entry, when it is not."""
 _INPUT_TEXT = {
     "image": "image embeddings",
     "text": "caption embeddings (text_emb/ in an embedding folder, text= in Python)",
     "captions": "caption strings (the metadata column 'caption', captions= in Python)",
     "dynamics": "a training-dynamics record (clipguard scan --dynamics MODEL_DIR, Scan.with_dynamics(...) in "
                 "Python; train with --record-epochs N)",
+    "stability": "a perturbation-stability record (clipguard scan --record DIR, Scan.with_record(...) in Python; "
+                 "probe the model with `clipguard probe MODEL_DIR MANIFEST --out DIR`)",
 }
 
 
@@ -187,7 +191,7 @@ def _graph_builder(x: np.ndarray, plan: ReferencePlan, cfg: ScanConfig, need_knn
 
 
 def score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: ScanConfig,
-                dets: dict[str, Detector], make: Callable, dynamics: np.ndarray | None = None,
+                dets: dict[str, Detector], make: Callable, records: Mapping[str, np.ndarray] | None = None,
                 *, graph_of: Callable[[int], NeighbourGraph] | None = None,
                 cache_of: Callable[[int], dict[str, np.ndarray]] | None = None,
                 ) -> tuple[dict[str, np.ndarray], list[dict]]:
@@ -196,7 +200,9 @@ def score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: Scan
     Args:
         x: (N, d) normalised image embeddings (:func:`prepare_inputs`); a sharded scan whose
             remaining detectors read no embedding values passes a zero-stride placeholder.
-        t, keys, dynamics: the other inputs (or None).
+        t, keys: the other inputs (or None).
+        records: ``{input name: (N,) values}`` of the per-row records
+            (:func:`~clipguard.detect.detectors.records.as_records`), or None.
         plan, cfg: the resolved reference plan and scan options.
         dets: the scan's detectors by name; ``make``: :func:`detector_factory` of ``cfg``.
         graph_of: ``draw -> NeighbourGraph``; default builds it over ``x`` here. A sharded
@@ -217,7 +223,7 @@ def score_draws(x: np.ndarray, t: Any, keys: Any, plan: ReferencePlan, cfg: Scan
             bar.update(1)
         graph = graph_of(r)
         inputs = ScoreInputs(x, graph, cfg.k, text=t, captions=keys, seed=cfg.seed, make=make,
-                             detectors=dets, dynamics=dynamics,
+                             detectors=dets, records=dict(records or {}),
                              cache=dict(cache_of(r)) if cache_of is not None else {})
         for name in names:
             if r > 0 and name in fixed:
@@ -271,6 +277,17 @@ def scan_info(plan: ReferencePlan, ref_infos: list[dict], dets: dict[str, Detect
     return info
 
 
+def _with_dynamics(records: Mapping[str, Any] | None, dynamics: Any) -> dict[str, Any]:
+    """``records`` (not None values) with the shorthand ``dynamics=`` added under ``"dynamics"``."""
+    out = {name: v for name, v in (records or {}).items() if v is not None}
+    if dynamics is not None:
+        if "dynamics" in out:
+            raise ConfigError("the learning speeds were given twice, as dynamics= and as records['dynamics']; "
+                              "pass one")
+        out["dynamics"] = dynamics
+    return out
+
+
 def score_embeddings(
     image: np.ndarray,
     detectors: Iterable[str] = ("kdist", "lid", "slof", "dao"),
@@ -278,6 +295,7 @@ def score_embeddings(
     *,
     text: np.ndarray | None = None,
     captions: Any = None,
+    records: Mapping[str, Any] | None = None,
     dynamics: np.ndarray | None = None,
     describe_row: Any = None,
     **overrides: Any,
@@ -303,9 +321,12 @@ def score_embeddings(
             component of ``fused``).
         text: (N, d_t) caption embeddings, or None.
         captions: (N,) caption strings, or None.
-        dynamics: (N,) learning speed of each sample from a training-dynamics record
-            (:func:`~clipguard.detect.detectors.learning_speed.speeds_of_rows`; NaN = no record,
-            scored NaN = least suspicious by ``learning_speed``), or None.
+        records: the per-row records by input name -> (N,) values, row-aligned, NaN where a row
+            has no record (scored NaN = least suspicious): ``"dynamics"``, the learning speed
+            (:func:`~clipguard.detect.detectors.learning_speed.speeds_of_rows`), read by
+            ``learning_speed``; ``"stability"``, the noise stability, read by ``perturbation``
+            (:func:`~clipguard.detect.detectors.records.join_record` joins a record file by id).
+        dynamics: shorthand for ``records={"dynamics": dynamics}``.
         describe_row: ``row -> text`` for error messages about bad embedding rows.
         **overrides: ScanConfig field names, applied on top of ``config``
             (``score_embeddings(x, ["dao"], k=8, reference="global")``).
@@ -333,13 +354,14 @@ def score_embeddings(
         raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
     for name in names:
         DETECTORS.get(name)
-    done = _on_device(image, names, cfg, describe_row) if dynamics is None else None
+    given_records = _with_dynamics(records, dynamics)
+    done = _on_device(image, names, cfg, describe_row) if not given_records else None
     if done is not None:
         return done
     x, t, keys = prepare_inputs(image, text, captions, describe_row)
     n = x.shape[0]
-    speeds = None if dynamics is None else as_speeds(dynamics, n)
-    given = {"image": x, "text": t, "captions": keys, "dynamics": speeds}
+    recs = as_records(given_records, n)
+    given = {"image": x, "text": t, "captions": keys, **recs}
     split_by_inputs(names, {name for name, v in given.items() if v is not None}, explicit=True)
     plan = _plan(n, cfg)
     if plan.mode == "global" and cfg.k > n - 1:
@@ -347,6 +369,6 @@ def score_embeddings(
                           f"use k <= {max(n - 1, 0)}")
     make = detector_factory(cfg)
     dets = {name: make(name, {}) for name in names}
-    out, ref_infos = score_draws(x, t, keys, plan, cfg, dets, make, speeds)
+    out, ref_infos = score_draws(x, t, keys, plan, cfg, dets, make, recs)
     log.info("scored %d samples with %s (reference %s)", n, ", ".join(names), plan.mode)
     return out, scan_info(plan, ref_infos, dets)

@@ -19,10 +19,13 @@ Example:
     [0, 1, 2, 3, 4]
     >>> print(scan.report())                       # doctest: +SKIP
 
-A training-dynamics record (``clipguard train --record-epochs N``) adds the per-sample input
-``"dynamics"`` and with it the detector ``learning_speed``::
+A per-row record joined by id adds an input and the detector that reads it: a training-dynamics
+record (``clipguard train --record-epochs N``) adds ``"dynamics"`` and ``learning_speed``, a
+perturbation-stability record (``clipguard probe MODEL_DIR MANIFEST --out DIR``) adds ``"stability"``
+and ``perturbation``::
 
     scan = Scan.from_folder("emb").with_dynamics("model").find_suspects()   # + learning_speed
+    scan = Scan.from_folder("emb").with_record("probe").find_suspects()     # + perturbation
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from clipguard.detect.config import ScanConfig
-from clipguard.detect.detectors.learning_speed import speeds_of_rows
+from clipguard.detect.detectors.records import RECORD_KINDS, join_record, record_kind_of
 from clipguard.detect.engine import score_embeddings, select_detectors
 from clipguard.detect.report import format_report
 from clipguard.detect.results import build_score_table, detection_table, n_suspects, suspects_of
@@ -76,11 +79,13 @@ class Scan:
         detectors: the detectors that ran.
         skipped_detectors: ``{name: reason}`` of default detectors skipped for missing inputs.
         info: reference plan (mode chosen and why), per-draw kNN info (IVF recall), detector info.
-        dynamics: (N,) float64 learning speed per sample after :meth:`with_dynamics` (NaN = no
-            record), else None.
-        dynamics_info: what :meth:`with_dynamics` joined (``source``, ``n_record_ids``,
-            ``n_record_ids_unmatched``, ``n_rows``, ``n_rows_without_record``; also in
-            ``run.json`` under ``dynamics``), else None.
+        records: ``{input name: (N,) float64 values}`` of the records :meth:`with_record` joined
+            (``"dynamics"``: the learning speed, ``"stability"``: the noise stability; NaN = no
+            record).
+        records_info: ``{input name: what was joined}`` (``source``, ``n_record_ids``,
+            ``n_record_ids_unmatched``, ``n_rows``, ``n_rows_without_record``; also in ``run.json``
+            under the input name).
+        dynamics, dynamics_info: ``records["dynamics"]`` and ``records_info["dynamics"]``, or None.
         metrics: ``{det: {"auroc", "auprc", "tpr_at_1pct_fpr"}}`` or None.
         config: the :class:`~clipguard.detect.config.ScanConfig` of the last run.
 
@@ -117,8 +122,8 @@ class Scan:
                 raise ConfigError(f"{what} has {len(arr)} entries but image_emb has {n} rows; "
                                   "they must be row-aligned")
         self._inputs = _inputs_of(self.text, self.captions)
-        self.dynamics: np.ndarray | None = None
-        self.dynamics_info: dict[str, Any] | None = None
+        self.records: dict[str, np.ndarray] = {}
+        self.records_info: dict[str, dict[str, Any]] = {}
         self._shard = np.zeros(n, dtype=np.int64)
         self._row_in_shard = np.arange(n, dtype=np.int64)
         self._shard_ids, self._skipped_shards, self._sizes = [0], [], [int(n)]
@@ -174,7 +179,8 @@ class Scan:
         scan.ids = table["id"].to_numpy()
         scan.ground_truth = table["poisoned"].to_numpy() if "poisoned" in table.columns else None
         scan._inputs = set(run.get("inputs") or ["image"])
-        scan.dynamics, scan.dynamics_info = None, run.get("dynamics")
+        scan.records = {}
+        scan.records_info = {kind: run[kind] for kind in RECORD_KINDS if isinstance(run.get(kind), dict)}
         scan._shard = table["shard"].to_numpy(np.int64)
         scan._row_in_shard = table["row_in_shard"].to_numpy(np.int64)
         scan._shard_ids = list(run.get("shard_ids") or sorted(set(scan._shard.tolist())))
@@ -191,15 +197,48 @@ class Scan:
         scan.score_paths = saved.score_paths
         return scan
 
+    def with_record(self, source: str | os.PathLike | pd.DataFrame, kind: str | None = None) -> "Scan":
+        """Add a per-row record of these pairs, joined BY ID, as the input ``kind`` (a default scan then
+        runs the detector that reads it).
+
+        Kinds (:data:`~clipguard.detect.detectors.records.RECORD_KINDS`): ``"dynamics"``, the
+        training-dynamics record of the model trained on these pairs (``clipguard train
+        --record-epochs N``; ``learning_speed``), and ``"stability"``, the perturbation-stability
+        record of that model (``clipguard probe MODEL_DIR MANIFEST --out DIR``; ``perturbation``).
+        Rows whose id is not in the record get NaN (scored least suspicious); that count and the
+        record ids that match no row are logged and kept in ``records_info`` and ``run.json``. A
+        second record of a kind replaces the first.
+
+        Args:
+            source: a folder holding the record's file (``dynamics.parquet``, ``stability.parquet``),
+                the parquet file, or the record as a DataFrame.
+            kind: ``"dynamics"`` or ``"stability"``; None = inferred from the folder's file or the
+                file's columns (:func:`~clipguard.detect.detectors.records.record_kind_of`). A
+                DataFrame needs it.
+
+        Returns:
+            self, for chaining.
+
+        Raises:
+            ConfigError: no (or a malformed) record, a kind that cannot be inferred, no id of the
+                record among the scan's ids (was the model trained on this dataset?), or a scan
+                made by :meth:`load`.
+        """
+        if self.image is None:
+            raise ConfigError(f"this scan was loaded from {self._source or 'a scan folder'} and holds scores, "
+                              "not embeddings; add the record to Scan.from_folder(<embedding folder>)")
+        if kind is None:
+            if isinstance(source, pd.DataFrame):
+                raise ConfigError("a record given as a DataFrame needs its kind: with_record(frame, kind=...), one "
+                                  f"of {', '.join(RECORD_KINDS)}")
+            kind = record_kind_of(source)
+        self.records[kind], self.records_info[kind] = join_record(kind, source, self.ids)
+        self._inputs.add(kind)
+        return self
+
     def with_dynamics(self, record: str | os.PathLike | pd.DataFrame) -> "Scan":
         """Add the training-dynamics record of the model trained on these pairs as the input
-        ``"dynamics"`` (which ``learning_speed`` scores; a default scan then runs it too).
-
-        The record (``clipguard train --record-epochs N``) becomes one learning speed per pair
-        (:func:`~clipguard.train.learning_speed`, higher = fitted earlier) and is joined to the
-        scan's rows BY ID: rows whose id is not in the record get NaN (scored least suspicious),
-        and both that count and the record ids that match no row are logged and kept in
-        ``dynamics_info`` and ``run.json``.
+        ``"dynamics"`` (which ``learning_speed`` scores): :meth:`with_record` of kind ``"dynamics"``.
 
         Args:
             record: the model folder, its ``dynamics.parquet``, or the record as a DataFrame
@@ -209,19 +248,24 @@ class Scan:
             self, for chaining.
 
         Raises:
-            ConfigError: no (or a malformed) record, no id of the record among the scan's ids (was
-                the model trained on this dataset?), or a scan made by :meth:`load`.
+            ConfigError: as :meth:`with_record`.
         """
-        if self.image is None:
-            raise ConfigError(f"this scan was loaded from {self._source or 'a scan folder'} and holds scores, "
-                              "not embeddings; add the record to Scan.from_folder(<embedding folder>)")
-        self.dynamics, self.dynamics_info = speeds_of_rows(record, self.ids)
-        self._inputs.add("dynamics")
-        return self
+        return self.with_record(record, kind="dynamics")
+
+    @property
+    def dynamics(self) -> np.ndarray | None:
+        """(N,) float64 learning speed per sample after :meth:`with_dynamics` (NaN = no record), else None."""
+        return self.records.get("dynamics")
+
+    @property
+    def dynamics_info(self) -> dict[str, Any] | None:
+        """What :meth:`with_dynamics` joined (``records_info["dynamics"]``), else None."""
+        return self.records_info.get("dynamics")
 
     @property
     def available_inputs(self) -> set[str]:
-        """``{"image"}`` plus ``"text"`` / ``"captions"`` / ``"dynamics"`` when present."""
+        """``{"image"}`` plus ``"text"`` / ``"captions"`` / a record's input (``"dynamics"``,
+        ``"stability"``) when present."""
         return set(self._inputs)
 
     def __len__(self) -> int:
@@ -240,7 +284,7 @@ class Scan:
         Args:
             detectors: registered names; None = every registered detector whose inputs this
                 data has (the others are skipped, see ``skipped_detectors``; ``learning_speed``
-                runs when :meth:`with_dynamics` gave a record). Naming a detector whose input is
+                and ``perturbation`` run when :meth:`with_record` gave their record). Naming a detector whose input is
                 missing raises ConfigError.
             config: the scan options (:class:`~clipguard.detect.config.ScanConfig`; default
                 ``ScanConfig()``).
@@ -271,10 +315,10 @@ class Scan:
                     shard_sizes=self._sizes, skipped_shards=self._skipped_shards, ignored_files=self._ignored_files)
         with rec.stage("score"):
             raw, info = score_embeddings(self.image, names, cfg, text=self.text, captions=self.captions,
-                                         dynamics=self.dynamics, describe_row=self._locate)
+                                         records=self.records, describe_row=self._locate)
         record_scoring(rec, info, skipped)
-        if self.dynamics_info is not None:
-            rec["dynamics"] = self.dynamics_info
+        for kind, joined in self.records_info.items():
+            rec[kind] = joined
         table = build_score_table(self._base_table(), raw, cfg.suspect_share)
         rec["n_suspects"] = n_suspects(n, cfg.suspect_share)
         with rec.stage("metrics"):

@@ -358,7 +358,7 @@ def reduce_scores(
     x: np.ndarray, plan: ReferencePlan, cfg: ScanConfig, names: list[str],
     graph_of: Callable[[int], NeighbourGraph], cache_of: Callable[[int], dict[str, np.ndarray]], *,
     text: np.ndarray | None = None, captions: np.ndarray | None = None,
-    dynamics: np.ndarray | None = None,
+    records: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The reduce of a sharded scan: every detector's (N,) scores, as a single-process scan.
 
@@ -369,13 +369,14 @@ def reduce_scores(
             (:func:`~clipguard.detect.reference.graph.assemble_graph`).
         cache_of: ``draw -> {cache key: (N,) scores}`` of the row-local scores of the parts.
         captions: (N,) caption keys (:func:`~clipguard.detect.detectors.caption_dup.caption_keys`).
-        dynamics: (N,) learning speeds, or None.
+        records: ``{input name: (N,) values}`` of the per-row records (``"dynamics"``,
+            ``"stability"``; :func:`~clipguard.detect.detectors.records.join_record`), or None.
 
     Returns:
         ``(scores, info)`` as :func:`~clipguard.detect.engine.score_embeddings`.
     """
     make = detector_factory(cfg)
     dets = {name: make(name, {}) for name in names}
-    out, ref_infos = score_draws(x, text, captions, plan, cfg, dets, make, dynamics,
+    out, ref_infos = score_draws(x, text, captions, plan, cfg, dets, make, records,
                                  graph_of=graph_of, cache_of=cache_of)
     return out, scan_info(plan, ref_infos, dets)

@@ -31,14 +31,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from clipguard.detect.api import ScanResult
 from clipguard.detect.config import ScanConfig
 from clipguard.detect.detectors.caption_dup import caption_keys
-from clipguard.detect.detectors.learning_speed import speeds_of_rows
+from clipguard.detect.detectors.records import RECORD_KINDS, join_record, record_sources
 from clipguard.detect.engine import select_detectors
 from clipguard.detect.neighbours.normalize import normalize
 from clipguard.detect.reference.graph import NeighbourGraph
@@ -79,7 +79,7 @@ class _ScanJob:
     available: set[str]
     part_rows: int
     refs: list[ReferenceDraw] | None
-    dynamics: np.ndarray | None = None
+    records: dict[str, np.ndarray] | None = None
 
 
 def _make_worker(job: _ScanJob) -> Callable[[int], tuple[PartResult, dict[str, float]]]:
@@ -163,29 +163,32 @@ def _reduce(store: PartStore, parts: list[PartSpec], job: _ScanJob, meta) -> tup
         t = _normalised(job.rows, every, "text") if need_t else not_loaded(n, job.rows.text_dim)
     graph_of, cache_of = _reduce_inputs(store, parts, job, need_graph)
     return reduce_scores(x, job.plan, job.cfg, job.names, graph_of, cache_of, text=t, captions=keys,
-                         dynamics=job.dynamics)
+                         records=job.records)
 
 
-def _prepare(emb_dir: str | Path, detectors: Any, cfg: ScanConfig, part_rows: int, dynamics: Any):
-    """``(job, meta, requested, skipped, rec)``: the folder opened, the detectors chosen, the plan made."""
+def _prepare(emb_dir: str | Path, detectors: Any, cfg: ScanConfig, part_rows: int,
+             sources: list[tuple[str, Any]]):
+    """``(job, meta, requested, skipped, rec)``: the folder opened, the records joined
+    (``sources``: ``[(kind, source)]``), the detectors chosen, the plan made."""
     t0 = time.perf_counter()
     rows = EmbeddingRows(emb_dir)
     meta = rows.metadata(["id", "caption", "poisoned"])
     available = {"image"} | ({"text"} if rows.has_text else set()) | (
         {"captions"} if "caption" in meta.columns else set())
-    speeds = dyn_info = None
-    if dynamics is not None:
+    values, joined = {}, {}
+    if sources:
         ids = meta["id"].to_numpy() if "id" in meta.columns else np.arange(len(rows), dtype=np.int64)
-        speeds, dyn_info = speeds_of_rows(dynamics, ids)
-        available.add("dynamics")
+        for kind, source in sources:
+            values[kind], joined[kind] = join_record(kind, source, ids)
+            available.add(kind)
     requested, names, skipped = select_detectors(detectors, available)
     rec = new_scan_record(str(emb_dir), requested, cfg, time.perf_counter() - t0)
-    if dyn_info is not None:
-        rec["dynamics"] = dyn_info
+    for kind, info in joined.items():
+        rec[kind] = info
     n = len(rows)
     plan = plan_reference(n, cfg.reference, k=cfg.k, batch_size=cfg.batch_size, reference_size=cfg.reference_size,
                           n_references=cfg.n_references, index=cfg.index)
-    job = _ScanJob(rows, plan, cfg, names, available, int(part_rows), None, speeds)
+    job = _ScanJob(rows, plan, cfg, names, available, int(part_rows), None, values)
     plan_parts(n, plan, cfg, part_rows)  # refuses what a sharded scan cannot do, before any work
     return job, meta, requested, skipped, rec
 
@@ -212,8 +215,10 @@ def _finish(job: _ScanJob, meta, scores: dict, info: dict, rec: RunRecord, skipp
     rec["detection"] = metrics
     rec.data["config"]["out_dir"] = str(out_dir)
     paths, run_json = write_scan(table, job.names, job.rows.shard_ids + job.rows.skipped_shards, out_dir, rec)
+    joined = {kind: rec.data[kind] for kind in RECORD_KINDS if kind in rec.data}
     return ScanResult(scores=table, metrics=metrics, detectors=job.names, out_dir=out_dir, score_paths=paths,
-                      run_json=run_json, info=info, skipped_detectors=skipped, dynamics_info=rec.data.get("dynamics"))
+                      run_json=run_json, info=info, skipped_detectors=skipped, dynamics_info=joined.get("dynamics"),
+                      records_info=joined)
 
 
 def scan_sharded(
@@ -230,6 +235,7 @@ def scan_sharded(
     retries: int = 2,
     keep_parts: bool = False,
     dynamics: str | os.PathLike | None = None,
+    records: Sequence[str | os.PathLike] = (),
     **overrides: Any,
 ) -> ScanResult:
     """Scan an embedding folder as a map over parts (on ``distributor``) and a reduce.
@@ -249,6 +255,8 @@ def scan_sharded(
         keep_parts: keep ``parts/`` after a complete scan.
         dynamics: a training-dynamics record (model folder or ``dynamics.parquet``), joined by
             id as in :func:`~clipguard.detect.run_scan`; its speeds enter the reduce.
+        records: per-row records (folders or parquet files, kinds inferred), as
+            :func:`~clipguard.detect.run_scan`; their values enter the reduce.
 
     Returns:
         A :class:`~clipguard.detect.ScanResult`; ``run.json`` adds ``distributed`` (distributor,
@@ -261,7 +269,8 @@ def scan_sharded(
     """
     cfg = ScanConfig.resolve(config, **overrides)
     out = Path(out_dir)
-    job, meta, requested, skipped, rec = _prepare(emb_dir, detectors, cfg, part_rows, dynamics)
+    sources = record_sources(dynamics, records)
+    job, meta, requested, skipped, rec = _prepare(emb_dir, detectors, cfg, part_rows, sources)
     n, d = len(job.rows), job.rows.dim
     with rec.stage("fingerprint"):
         rec["data_fingerprint"] = job.rows.fingerprint()

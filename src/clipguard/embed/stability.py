@@ -17,7 +17,9 @@ case, or a data team that trains first):
   much with the clean model (mean 0.83): a pixel artefact of the sharp trigger on the worlds' smooth drawn
   images, which natural photos may not share.
 
-Not yet a detector of ``clipguard scan``: it needs the images and the model, not only embeddings.
+It needs the images and the model, not only embeddings: :func:`write_stability` saves it as a record
+(:data:`STABILITY_FILE`) that ``clipguard scan EMB_DIR --record DIR`` joins by id for the detector
+``perturbation`` (the noise stability; :mod:`clipguard.detect.detectors.records`).
 
 Perturbations (:data:`PERTURBATIONS`), applied to the decoded image before the model's preprocessing:
 

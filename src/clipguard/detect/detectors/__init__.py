@@ -7,7 +7,7 @@ Every detector follows the PyOD / scikit-learn contract of
 order, so ``DETECTORS.names()`` is always::
 
     kdist, lid, slof, dao, density_anomaly, iforest, clipscore, caption_dup,
-    caption_disagreement, spectral, activation_cluster, learning_speed, fused
+    caption_disagreement, spectral, activation_cluster, learning_speed, perturbation, fused
 
 Example::
 
@@ -21,8 +21,8 @@ from clipguard.detect.detectors.base import DensityDetector, Detector, ScoreInpu
 from clipguard.detect.detectors.registry import DETECTORS, make_detector, nest_params
 
 # The registration order (= DETECTORS.names()): density detectors, the forest, the pair/text
-# signals, the sub-population tests inside caption concepts, the training-dynamics signal, then fused,
-# which combines the others.
+# signals, the sub-population tests inside caption concepts, the signals of the per-row records (training
+# dynamics, perturbation stability), then fused, which combines the others.
 from clipguard.detect.detectors.kdist import KDistance  # noqa: E402  (registers "kdist")
 from clipguard.detect.detectors.lid import LID  # noqa: E402
 from clipguard.detect.detectors.slof import SLOF  # noqa: E402
@@ -35,8 +35,9 @@ from clipguard.detect.detectors.caption_disagreement import CaptionDisagreement 
 from clipguard.detect.detectors.spectral import Spectral  # noqa: E402
 from clipguard.detect.detectors.activation_cluster import ActivationCluster  # noqa: E402
 from clipguard.detect.detectors.learning_speed import LearningSpeed  # noqa: E402
+from clipguard.detect.detectors.perturbation import Perturbation  # noqa: E402
 from clipguard.detect.detectors.fused import Fused  # noqa: E402
 
 __all__ = ["DETECTORS", "Detector", "DensityDetector", "ScoreInputs", "check_is_fitted", "make_detector",
            "nest_params", "KDistance", "LID", "SLOF", "DAO", "DensityAnomaly", "IForest", "CLIPScore",
-           "CaptionDup", "CaptionDisagreement", "Spectral", "ActivationCluster", "LearningSpeed", "Fused"]
+           "CaptionDup", "CaptionDisagreement", "Spectral", "ActivationCluster", "LearningSpeed", "Perturbation", "Fused"]

@@ -15,8 +15,9 @@ The contract of :class:`Detector`:
 
 Detectors that also use the captions take them as keyword arguments (``text=`` caption
 embeddings, ``captions=`` strings) and say so in their ``requires`` class attribute; the one
-detector of the training-dynamics record, ``learning_speed``, takes ``dynamics=`` (one learning
-speed per sample) the same way.
+detectors of a per-row record (:mod:`~clipguard.detect.detectors.records`) take its values the
+same way: ``learning_speed`` takes ``dynamics=`` (one learning speed per sample), ``perturbation``
+takes ``stability=`` (one noise stability per sample).
 
 In a scan the engine (:func:`clipguard.detect.engine.score_embeddings`) does not call ``fit``: it
 builds one neighbour graph per reference draw and calls each detector's hook
@@ -73,8 +74,11 @@ class Detector(ABC):
         name: the registry name (set by ``DETECTORS.register``).
         requires: inputs the detector needs, from ``"image"`` (image embeddings), ``"text"``
             (caption embeddings, ``text_emb/``), ``"captions"`` (caption strings, the
-            metadata column ``caption``) and ``"dynamics"`` (the learning speed of each sample,
-            from a training-dynamics record); an entry ``"a|b"`` needs either of them.
+            metadata column ``caption``) and the per-row records
+            (:data:`~clipguard.detect.detectors.records.RECORD_KINDS`): ``"dynamics"`` (the
+            learning speed of each sample, from a training-dynamics record) and ``"stability"``
+            (its noise stability, from a perturbation-stability record); an entry ``"a|b"``
+            needs either of them.
         uses_neighbours: whether :meth:`score_draw` reads the kNN graph.
         fit_hint: how to fit it, for the "not fitted" error.
         in_default_scan: whether a scan that names no detectors runs it (False: opt-in, run only
@@ -208,9 +212,11 @@ class ScoreInputs:
             ``detectors`` (a component of ``fused``) with the scan's options and ``params``.
         detectors: the scan's own detectors, by name (reused when a component is one of them).
         cache: scores already computed on these inputs (fused reuses its components' scores).
-        dynamics: (N,) float64 learning speed of each sample from a training-dynamics record
-            (:func:`~clipguard.train.learning_speed`, in (0, 1], higher = fitted earlier), NaN
-            where a sample has no record; or None.
+        records: the per-row records by input name (``"dynamics"``, ``"stability"``: a key of
+            :data:`~clipguard.detect.detectors.records.RECORD_KINDS`) -> (N,) float64 values joined
+            by id (:func:`~clipguard.detect.detectors.records.join_record`), NaN where a sample
+            has no record. ``"dynamics"``: the learning speed (:func:`~clipguard.train.learning_speed`,
+            in (0, 1], higher = fitted earlier); ``"stability"``: the noise stability (cosine).
     """
 
     image: np.ndarray
@@ -222,18 +228,23 @@ class ScoreInputs:
     make: Callable[[str, Mapping[str, Any]], Detector] | None = None
     detectors: dict[str, Detector] = field(default_factory=dict)
     cache: dict[str, np.ndarray] = field(default_factory=dict)
-    dynamics: np.ndarray | None = None
+    records: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def dynamics(self) -> np.ndarray | None:
+        """(N,) learning speeds: ``records["dynamics"]``, or None without a training-dynamics record."""
+        return self.records.get("dynamics")
 
     @property
     def available(self) -> set[str]:
-        """Input names present: ``"image"`` and maybe ``"text"``, ``"captions"``, ``"dynamics"``."""
+        """Input names present: ``"image"`` and maybe ``"text"``, ``"captions"`` and the names of
+        the ``records`` (``"dynamics"``, ``"stability"``)."""
         out = {"image"}
         if self.text is not None:
             out.add("text")
         if self.captions is not None:
             out.add("captions")
-        if self.dynamics is not None:
-            out.add("dynamics")
+        out.update(name for name, v in self.records.items() if v is not None)
         return out
 
     def score(self, name: str, params: Mapping[str, Any] | None = None) -> np.ndarray:

@@ -14,9 +14,7 @@ Hence the default ``direction="two-sided"``.
 """
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,14 +22,11 @@ import pandas as pd
 
 from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted, require_input
 from clipguard.detect.detectors.registry import DETECTORS
-from clipguard.detect.neighbours.stats import robust_center_scale, robust_z
-from clipguard.errors import ConfigError
-from clipguard.train.dynamics import DYNAMICS_FILE, learning_speed, read_dynamics
+from clipguard.detect.detectors.records import as_values, join_record, two_sided, two_sided_against
+from clipguard.detect.neighbours.stats import robust_center_scale
 from clipguard.utils.validate import check_choice
 
 __all__ = ["DIRECTIONS", "LearningSpeed", "as_speeds", "speed_scores", "speeds_of_rows"]
-
-log = logging.getLogger("clipguard")
 
 DIRECTIONS = ("two-sided", "fast", "slow")
 """``direction`` of :class:`LearningSpeed`: ``"two-sided"`` (|robust z| of the speed: fitted
@@ -46,18 +41,7 @@ def as_speeds(dynamics: Any, n: int | None = None) -> np.ndarray:
     Raises:
         ConfigError: not 1-D, not ``n`` long (when given), or holding +-inf.
     """
-    try:
-        s = np.asarray(dynamics, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError("the learning speeds (dynamics) must be numbers, one per sample (NaN: no record)") from None
-    if s.ndim != 1 or (n is not None and len(s) != n):
-        want = f"({n},)" if n is not None else "(N,)"
-        raise ConfigError(f"the learning speeds (dynamics) have shape {s.shape} but must be {want}: one per "
-                          "scanned row, NaN where a row has no record")
-    if np.isinf(s).any():
-        raise ConfigError(f"the learning speeds (dynamics) hold {int(np.isinf(s).sum())} infinite value(s); use NaN "
-                          "for a row without a record")
-    return s
+    return as_values(dynamics, n, "the learning speeds (dynamics)")
 
 
 def speed_scores(speed: np.ndarray, direction: str = "two-sided") -> np.ndarray:
@@ -75,25 +59,17 @@ def speed_scores(speed: np.ndarray, direction: str = "two-sided") -> np.ndarray:
     """
     check_choice("direction of learning_speed", direction, DIRECTIONS)
     s = as_speeds(speed)
+    if direction == "two-sided":
+        return two_sided(s)
     out = np.full_like(s, np.nan)
     has = ~np.isnan(s)
-    if direction == "fast":
-        out[has] = s[has]
-    elif direction == "slow":
-        out[has] = 1.0 - s[has]
-    else:
-        out[has] = np.abs(robust_z(s[has]))
+    out[has] = s[has] if direction == "fast" else 1.0 - s[has]
     return out
 
 
-def _record_path(record: str | os.PathLike) -> Path:
-    """The parquet file that :func:`~clipguard.train.read_dynamics` reads for ``record``."""
-    p = Path(record)
-    return p if p.suffix == ".parquet" else p / DYNAMICS_FILE
-
-
 def speeds_of_rows(record: str | os.PathLike | pd.DataFrame, ids: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """The learning speed of every scanned row, joined to the training-dynamics record by id.
+    """The learning speed of every scanned row, joined to the training-dynamics record by id:
+    :func:`~clipguard.detect.detectors.records.join_record` of kind ``"dynamics"``.
 
     Args:
         record: a model folder trained with ``--record-epochs``, its ``dynamics.parquet``, or a
@@ -109,27 +85,7 @@ def speeds_of_rows(record: str | os.PathLike | pd.DataFrame, ids: Any) -> tuple[
     Raises:
         ConfigError: no record or a malformed one, or not one id of the record is among ``ids``.
     """
-    if isinstance(record, pd.DataFrame):
-        frame, source = record, "the training-dynamics record"
-    else:
-        frame, source = read_dynamics(record), str(_record_path(record))
-    if "id" in frame.columns:
-        frame = frame.assign(id=frame["id"].astype(str))
-    speed = learning_speed(frame)
-    keys = pd.Index(pd.Series(np.asarray(ids, dtype=object)).astype(str))
-    matched = int(speed.index.isin(keys).sum())
-    if matched == 0:
-        raise ConfigError(f"{source}: none of its {len(speed)} ids matches an id of the scanned rows (record "
-                          f"{speed.index[0]!r}, data {keys[0] if len(keys) else None!r}); was the model trained on "
-                          "this dataset?")
-    aligned = speed.reindex(keys).to_numpy(dtype=np.float64)
-    info = {"source": source, "n_record_ids": int(len(speed)), "n_record_ids_unmatched": int(len(speed) - matched),
-            "n_rows": int(len(keys)), "n_rows_without_record": int(np.isnan(aligned).sum())}
-    if info["n_rows_without_record"] or info["n_record_ids_unmatched"]:
-        log.warning("%s: %d of %d scanned rows have no record (learning_speed scores them NaN, least "
-                    "suspicious); %d of its %d ids match no scanned row", source, info["n_rows_without_record"],
-                    info["n_rows"], info["n_record_ids_unmatched"], info["n_record_ids"])
-    return aligned, info
+    return join_record("dynamics", record, ids)
 
 
 @DETECTORS.register("learning_speed")
@@ -183,7 +139,7 @@ class LearningSpeed(Detector):
         s = as_speeds(require_input(dynamics, _WHAT, "learning_speed"))
         if self.direction != "two-sided":
             return speed_scores(s, self.direction)
-        return np.abs(s - self.center_) / self.scale_ if self.scale_ > 0 else np.where(np.isnan(s), s, 0.0)
+        return two_sided_against(s, self.center_, self.scale_)
 
     def fit_score(self, X: Any = None, *, text: Any = None, captions: Any = None,
                   dynamics: np.ndarray | None = None) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""``perturbation``: how little an image's embedding moves under pixel noise, from the
+perturbation-stability record.
+
+STRIP (Gao et al. 2019) observed that a trigger dominates a backdoored model's response under
+perturbations that change a clean input's. Adapted to CLIP (:func:`~clipguard.embed.perturbation_stability`):
+the cosine between the embedding of an image and that of a noisy copy, under the model trained on
+the scanned pairs. ``clipguard probe MODEL_DIR MANIFEST --out DIR`` writes it to ``DIR/stability.parquet``
+(:func:`~clipguard.embed.write_stability`); a scan joins it BY ID to its rows
+(:func:`~clipguard.detect.detectors.records.join_record`, kind ``"stability"``) and this detector
+scores the noise stability. Rows without a record get NaN: ranked least suspicious, and counted
+(``info_``, ``run.json``), never dropped.
+
+The blur stability of the record is not used: on the evaluation panel it told poison apart as much
+with a clean model as with the poisoned one (a pixel artefact of sharp triggers on smooth drawn
+images), and its sign depends on the attack.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted, require_input
+from clipguard.detect.detectors.records import RECORD_KINDS, as_values, two_sided, two_sided_against
+from clipguard.detect.detectors.registry import DETECTORS
+from clipguard.detect.neighbours.stats import robust_center_scale
+from clipguard.utils.validate import check_choice
+
+__all__ = ["DIRECTIONS", "Perturbation", "stability_scores"]
+
+DIRECTIONS = ("stable", "two-sided")
+"""``direction`` of :class:`Perturbation`: ``"stable"`` (the noise stability itself: the embedding
+moved less = more suspicious) or ``"two-sided"`` (|robust z| of the stability: unusually stable OR
+unstable)."""
+
+_WHAT = "a noise stability per sample (stability=, see Scan.with_record)"
+_VALUES = RECORD_KINDS["stability"].value_text
+
+
+def stability_scores(stability: np.ndarray, direction: str = "stable") -> np.ndarray:
+    """Suspicion scores of noise stabilities; NaN (no record) stays NaN.
+
+    Args:
+        stability: (N,) noise stabilities (cosines in [-1, 1]), NaN where a row has no record.
+        direction: one of :data:`DIRECTIONS`. ``"stable"``: the stability; ``"two-sided"``:
+            ``|robust_z(stability)|`` over the rows that have a record (median and 1.4826 * MAD).
+
+    Returns:
+        (N,) float64, higher = more suspicious; NaN where ``stability`` is NaN.
+    """
+    check_choice("direction of perturbation", direction, DIRECTIONS)
+    s = as_values(stability, None, _VALUES)
+    return two_sided(s) if direction == "two-sided" else s.copy()
+
+
+@DETECTORS.register("perturbation")
+class Perturbation(Detector):
+    """How little the image's embedding moves under noise (STRIP adapted). Needs a stability record (--record).
+
+    Args:
+        direction: one of :data:`DIRECTIONS`: ``"stable"`` (default; the noise stability, higher =
+            the embedding moved less) or ``"two-sided"`` (|robust z| of the stability).
+
+    The input is one noise stability per sample (``stability=``, (n,) float: the cosine between
+    the embeddings of the image and of a noisy copy under the model trained on the pairs, NaN = no
+    record), not the embeddings: ``X`` is accepted for a uniform API and ignored. Poisoned images
+    are MORE stable under noise (the trigger survives it and keeps driving the embedding): AUROC of
+    the noise stability 0.714 at worst and 0.888 on average over the 16 learned cells of the
+    evaluation panel, 0.931 in the DAO paper's setting (0.1 % SIG of 30,000 pairs). The record comes
+    from ``clipguard probe MODEL_DIR MANIFEST --out DIR`` (or
+    :func:`~clipguard.embed.perturbation_stability` and :func:`~clipguard.embed.write_stability`);
+    in a scan it runs whenever one is given (``Scan.with_record(DIR)``, ``clipguard scan EMB_DIR
+    --record DIR``) and reports in ``info_`` how many rows had none. NaN stabilities score NaN
+    (ranked least suspicious). Not a kNN detector: the reference mode does not change it; not a
+    component of ``fused``.
+
+    Fitted attributes:
+        center_, scale_: median and robust scale of the reference stabilities that have a record.
+        n_reference_: how many reference stabilities had a record.
+
+    Example:
+        >>> import numpy as np
+        >>> Perturbation().fit_score(stability=np.array([0.9, 0.99, np.nan]))
+        array([0.9 , 0.99,  nan])
+    """
+
+    requires = frozenset({"stability"})
+    reads_embeddings = False
+    fit_hint = "fit(stability=...)"
+
+    def __init__(self, *, direction: str = "stable") -> None:
+        self.direction = direction
+
+    def fit(self, X: Any = None, *, text: Any = None, captions: Any = None,
+            stability: np.ndarray | None = None) -> "Perturbation":
+        """Learn the median and scale of the reference stabilities ``stability`` (n_ref,); X is ignored."""
+        check_choice("direction of perturbation", self.direction, DIRECTIONS)
+        s = as_values(require_input(stability, _WHAT, "perturbation"), None, _VALUES)
+        finite = s[~np.isnan(s)]
+        self.center_, self.scale_ = robust_center_scale(finite)
+        self.n_reference_ = int(finite.size)
+        return self
+
+    def score_samples(self, X: Any = None, *, text: Any = None, captions: Any = None,
+                      stability: np.ndarray | None = None) -> np.ndarray:
+        """(n_q,) float64 scores of new stabilities ``stability`` (against the fitted reference's
+        median and scale with ``"two-sided"``); NaN where a stability is NaN. Higher = more suspicious."""
+        check_is_fitted(self, "center_")
+        s = as_values(require_input(stability, _WHAT, "perturbation"), None, _VALUES)
+        if self.direction != "two-sided":
+            return stability_scores(s, self.direction)
+        return two_sided_against(s, self.center_, self.scale_)
+
+    def fit_score(self, X: Any = None, *, text: Any = None, captions: Any = None,
+                  stability: np.ndarray | None = None) -> np.ndarray:
+        """Fit on the stabilities ``stability`` (n,) and score them: :func:`stability_scores`."""
+        self.fit(X, stability=stability)
+        return stability_scores(stability, self.direction)
+
+    def reference_free(self, inputs: ScoreInputs) -> bool:  # noqa: D102
+        return True
+
+    def score_draw(self, inputs: ScoreInputs) -> np.ndarray:  # noqa: D102
+        s = as_values(require_input(inputs.records.get("stability"), _WHAT, "perturbation"), len(inputs.image),
+                      _VALUES)
+        n_missing = int(np.isnan(s).sum())
+        self.info_ = {"direction": self.direction, "n_scored": int(len(s) - n_missing),
+                      "n_rows_without_record": n_missing}
+        return stability_scores(s, self.direction)
