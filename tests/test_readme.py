@@ -38,6 +38,7 @@ PLACEHOLDERS = {
 SIZES = {
     "synth": {"--n-train": "300", "--n-test": "100"},
     "train": {"--epochs": "1"},
+    "probe": {"--workers": "0"},
     "demo": {"--n-train": "300", "--n-test": "100", "--epochs": "1"},
     "badclip": {"--steps": "2"},
     "defend": {"--epochs": "1"},
@@ -113,6 +114,7 @@ def _expected_outputs(args: list[str]) -> list[str]:
         "poison": ["manifest.parquet", "attack.json"],
         "train": ["model.safetensors", "model.json", "run.json"],
         "embed": ["img_emb/img_emb_0.npy", "run.json"],
+        "probe": ["stability.parquet", "skipped.csv", "run.json"],
         "scan": ["run.json", "scores/scores_0.parquet"],
         "filter": ["manifest.parquet", "removed.csv", "run.json"],
         "demo": ["summary.json"],

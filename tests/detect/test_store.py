@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 
 from clipguard.detect import Scan, ScanConfig, run_scan
+from clipguard.detect.options import DEFAULT_RULE
+from clipguard.detect.store import default_detector
 from clipguard.detect.store import TRAINED_ON_THIS_SET, embedding_model, read_scan
 from clipguard.errors import ConfigError
 from detect_helpers import pair_folder
@@ -105,6 +107,9 @@ def test_run_json_names_the_default_ranking(tmp_path):
     assert json.loads((tmp_path / "all" / "run.json").read_text())["default_detector"] == "fused"
     run_scan(tmp_path / "emb", tmp_path / "two", detectors=["dao", "kdist"], k=5)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["default_detector"] == "dao"
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["default_rule"] == DEFAULT_RULE
+    assert default_detector(["fused", "perturbation", "dao"]) == "perturbation"  # a probe record was joined
+    assert default_detector(["dao", "fused"]) == "fused" and default_detector(["kdist", "dao"]) == "kdist"
 
 
 def test_run_json_notes_embeddings_from_a_model_trained_on_the_set(tmp_path):

@@ -51,6 +51,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("clipguard.cli.train", "train",
               "Train a CLIP model on MANIFEST (resumable: rerun the same command after a kill)."),
     "embed": ("clipguard.cli.embed", "embed", "Embed MANIFEST with the model in MODEL_DIR (resumable, sharded)."),
+    "probe": ("clipguard.cli.probe", "probe",
+              "Perturbation probe of MANIFEST under the model in MODEL_DIR trained on it: the record for scan --record."),
     "scan": ("clipguard.cli.scan", "scan",
              "Score every sample of an embedding folder EMB_DIR, or of a dataset embedded first with a "
              "model (--model MODEL_DIR --data MANIFEST --out OUT); higher = more suspicious."),

@@ -20,8 +20,9 @@ __all__ = ["defences", "defend", "filter_"]
 @click.argument("manifest", type=click.Path())
 @click.argument("scan_dir", type=click.Path())
 @out_option("Folder for the filtered manifest, removed.csv and run.json.")
-@click.option("--detector", default=default_of(filter_manifest, "detector"), show_default=True,
-              help="Whose ranking decides.")
+@click.option("--detector", default=default_of(filter_manifest, "detector"),
+              help="Whose ranking decides [default: the scan's default ranking, run.json's default_detector: "
+                   "perturbation when the scan joined a probe record, else fused].")
 @click.option("--share", default="auto", show_default=True,
               help="auto: from the poisoned share estimated from the scores, the largest top cut whose expected "
                    "precision is >= 0.5 (nothing when no poison is found; run.json records the estimate and why); "
@@ -35,13 +36,13 @@ __all__ = ["defences", "defend", "filter_"]
               help="The null of the estimate and of the auto/estimate/--fdr cuts: envelope (a bound on the clean "
                    "tail if its hazard rate does not fall; nothing removed from the clean sets measured) or gamma "
                    "(fitted to the bulk; also finds poison merging into the clean tail, misreads other tails).")
-def filter_(manifest: str, scan_dir: str, out: str, detector: str, share: str, top: int | None, fdr: float | None,
+def filter_(manifest: str, scan_dir: str, out: str, detector: str | None, share: str, top: int | None, fdr: float | None,
             seed: int | None, null: str) -> None:
     """Write MANIFEST without the suspects that `clipguard scan` (output SCAN_DIR) ranked highest."""
     res = filter_manifest(manifest, scan_dir, out, detector=detector, share=share, top=top, fdr=fdr, seed=seed,
                           null=null)
     msg = (f"cut: {res.reason}\n"
-           f"removed {res.n_removed} of {res.n_rows} rows by {detector}, kept {res.n_kept}"
+           f"removed {res.n_removed} of {res.n_rows} rows by {res.detector}, kept {res.n_kept}"
            + (f" ({res.n_unscored} unscored rows kept)" if res.n_unscored else "") + f" -> {res.manifest_path}")
     if res.poisoned_recall is not None:
         prec = "n/a" if res.poisoned_precision is None else f"{res.poisoned_precision:.3f}"

@@ -51,7 +51,7 @@ import pandas as pd
 from clipguard.data.dataset import SkipLog
 from clipguard.data.manifest import Manifest, read_manifest, write_manifest
 from clipguard.detect.facade import Scan
-from clipguard.detect.options import DEFAULT_DETECTOR
+from clipguard.detect.store import default_detector
 from clipguard.detect.share import DEFAULT_NULL, NULLS, ShareEstimate, bh_cut, estimate_share, null_pvalues, precision_cut
 from clipguard.errors import ConfigError
 from clipguard.utils.fs import is_url
@@ -80,6 +80,7 @@ class FilterResult:
     rule: str = ""
     reason: str = ""
     share_estimate: ShareEstimate | None = None
+    detector: str = ""
 
 
 SHARE_RULES = ("auto", "estimate", "suspects")
@@ -114,10 +115,12 @@ def _check_rule(share: float | str | None, top: int | None, fdr: float | None) -
     return share
 
 
-def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, manifest_path: Path
-                 ) -> tuple[pd.DataFrame, int]:
-    """``(the score table of the scan in scan_dir (ids as strings), checked against the manifest; the scan's seed)``."""
+def _scan_scores(scan_dir: str | os.PathLike, detector: str | None, ids: pd.Series, manifest_path: Path
+                 ) -> tuple[pd.DataFrame, int, str]:
+    """``(the score table of the scan in scan_dir (ids as strings), checked against the manifest; the scan's seed;
+    the detector: the one given, or the scan's default ranking)``."""
     scan = Scan.load(scan_dir)
+    detector = detector or default_detector(scan.detectors)
     if detector not in scan.detectors:
         raise ConfigError(f"{scan_dir}: the scan did not run detector {detector!r}; choose one of: "
                           f"{', '.join(scan.detectors)}")
@@ -128,7 +131,7 @@ def _scan_scores(scan_dir: str | os.PathLike, detector: str, ids: pd.Series, man
     if unknown.any():
         raise ConfigError(f"{scan_dir}: {int(unknown.sum())} of {len(scores)} scored ids are not in {manifest_path} "
                           f"(e.g. {scores['id'][unknown].iat[0]!r}); was the scan made from this manifest?")
-    return scores, seed
+    return scores, seed, detector
 
 
 def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, top: int | None,
@@ -162,7 +165,7 @@ def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, t
 
 
 def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                    detector: str = DEFAULT_DETECTOR, share: float | str | None = "auto", top: int | None = None,
+                    detector: str | None = None, share: float | str | None = "auto", top: int | None = None,
                     fdr: float | None = None, seed: int | None = None, null: str = DEFAULT_NULL) -> FilterResult:
     """Write ``manifest`` without the suspects of ``detector`` in ``scan_dir`` to ``out_dir``.
 
@@ -173,7 +176,8 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
         scan_dir: the output folder of ``clipguard scan`` (``scores/`` and ``run.json`` inside).
         out_dir: folder for ``manifest.<ext>`` (the input's format), ``removed.csv``, ``run.json`` (and
             ``skipped.csv`` when the manifest's reader left a line out).
-        detector: whose ranking decides (a detector the scan ran).
+        detector: whose ranking decides (a detector the scan ran); None (default): the scan's default ranking
+            (``run.json``'s ``default_detector``: :func:`~clipguard.detect.store.default_detector`).
         share: ``"auto"`` (default): from the poisoned share estimated from the detector's scores,
             the largest top cut whose expected precision is >= 0.5 (nothing when the estimate is
             0); ``"estimate"``: exactly the estimated number of rows; a fraction f: the top
@@ -199,7 +203,7 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
     check_choice("null", null, NULLS)
     m = read_manifest(manifest)
     ids = m.df["id"].astype(str)
-    scores, scan_seed = _scan_scores(scan_dir, detector, ids, m.path)
+    scores, scan_seed, detector = _scan_scores(scan_dir, detector, ids, m.path)
     remove, rule, reason, est = _to_remove(scores, detector, share, top, fdr, scan_seed if seed is None else seed,
                                            null)
     drop = ids.isin(set(scores["id"][remove])).to_numpy()
@@ -226,7 +230,8 @@ def filter_manifest(manifest: str | os.PathLike, scan_dir: str | os.PathLike, ou
     if n_unscored:
         log.warning("%d manifest rows have no score (skipped when embedding); kept", n_unscored)
     res = FilterResult(manifest_out, len(m), len(scores), int(drop.sum()), len(kept), n_unscored,
-                       removed.reset_index(drop=True), rule=rule, reason=reason, share_estimate=est)
+                       removed.reset_index(drop=True), rule=rule, reason=reason, share_estimate=est,
+                       detector=detector)
     if m.has_ground_truth:
         y = m.df["poisoned"].astype(bool).to_numpy()
         res.poisoned_recall = float(drop[y].mean()) if y.any() else None

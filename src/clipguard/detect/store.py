@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from clipguard.detect.config import ScanConfig
-from clipguard.detect.options import DEFAULT_DETECTOR
+from clipguard.detect.options import DEFAULT_DETECTOR, DEFAULT_RULE, PROBE_DETECTOR
 from clipguard.detect.results import score_columns
 from clipguard.detect.share import estimate_share, tradeoff_curve
 from clipguard.errors import ConfigError
@@ -91,9 +91,13 @@ def new_scan_record(source: str | None, requested: list[str] | None, cfg: ScanCo
 
 
 def default_detector(detectors: list[str]) -> str:
-    """The scan's default ranking column: :data:`~clipguard.detect.options.DEFAULT_DETECTOR` when it
-    ran, else the first detector that ran."""
-    return DEFAULT_DETECTOR if DEFAULT_DETECTOR in detectors else detectors[0]
+    """The scan's default ranking column: :data:`~clipguard.detect.options.PROBE_DETECTOR` when it ran (the
+    scan joined a perturbation-stability record), else :data:`~clipguard.detect.options.DEFAULT_DETECTOR` when it
+    ran, else the first detector that ran (:data:`~clipguard.detect.options.DEFAULT_RULE`)."""
+    for name in (PROBE_DETECTOR, DEFAULT_DETECTOR):
+        if name in detectors:
+            return name
+    return detectors[0]
 
 
 def record_data(rec: RunRecord, *, n: int, d: int, inputs: set[str], detectors: list[str],
@@ -106,6 +110,7 @@ def record_data(rec: RunRecord, *, n: int, d: int, inputs: set[str], detectors: 
     rec["inputs"] = sorted(inputs)
     rec["detectors"] = detectors
     rec["default_detector"] = default_detector(detectors)
+    rec["default_rule"] = DEFAULT_RULE
     rec["shard_ids"] = shard_ids
     rec["shard_sizes"] = shard_sizes
     rec["skipped_shards"] = skipped_shards

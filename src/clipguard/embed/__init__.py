@@ -1,7 +1,8 @@
 """Embedding extraction in the clip-retrieval layout (:func:`embed_dataset`; the shard-level pieces
 :func:`make_job`, :func:`embed_shard`, :func:`reuse_shard`, :func:`finish_embed` are what
 :mod:`clipguard.distributed` runs on a cluster), and the perturbation stability of each image under a model
-(:func:`perturbation_stability`, a STRIP-like backdoor probe)."""
+(:func:`perturbation_stability`, a STRIP-like backdoor probe; :func:`probe_dataset` runs it over a dataset as a
+resumable run and writes the record that ``clipguard scan --record`` reads)."""
 from clipguard.embed.extract import (
     GROUND_TRUTH_COLUMNS,
     EmbedJob,
@@ -15,6 +16,7 @@ from clipguard.embed.extract import (
     reuse_shard,
     shard_bounds,
 )
+from clipguard.embed.probe import DEFAULT_PART_ROWS, ProbeResult, probe_dataset
 from clipguard.embed.stability import (
     BLUR_FRACTION,
     NOISE_SD,
@@ -30,4 +32,4 @@ from clipguard.embed.stability import (
 __all__ = ["EmbedResult", "embed_dataset", "EmbedJob", "ShardOutcome", "make_job", "embed_shard", "reuse_shard",
            "finish_embed", "embed_record", "shard_bounds", "GROUND_TRUTH_COLUMNS", "perturbation_stability",
            "perturb_image", "PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION", "STABILITY_FILE",
-           "PerturbedImages", "write_stability", "read_stability"]
+           "PerturbedImages", "write_stability", "read_stability", "probe_dataset", "ProbeResult", "DEFAULT_PART_ROWS"]

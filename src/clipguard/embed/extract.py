@@ -44,7 +44,7 @@ from clipguard.utils.runrecord import RunRecord, fingerprint_files
 from clipguard.utils.validate import check_choice, check_int
 
 __all__ = ["EmbedResult", "embed_dataset", "GROUND_TRUTH_COLUMNS", "EmbedJob", "ShardOutcome", "make_job",
-           "shard_bounds", "embed_shard", "reuse_shard", "embed_record", "finish_embed"]
+           "shard_bounds", "embed_shard", "reuse_shard", "embed_record", "finish_embed", "same_file"]
 
 GROUND_TRUTH_COLUMNS = ("poisoned", "trigger", "label", "class_name", "plant", "natural", "mismatched")
 
@@ -248,11 +248,11 @@ def embed_record(job: EmbedJob, precision: str) -> RunRecord:
     rec.data.update(m.read_counts())
     if job.bundle.trained_on:
         rec["model_trained_on"] = job.bundle.trained_on
-        rec["model_trained_on_this_set"] = m.path is not None and _same_file(job.bundle.trained_on, m.path)
+        rec["model_trained_on_this_set"] = m.path is not None and same_file(job.bundle.trained_on, m.path)
     return rec
 
 
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name the same file (the same inode, or the same resolved path when one is gone)."""
     try:
         return os.path.samefile(a, b)
