@@ -96,3 +96,16 @@ def test_the_record_is_written_and_read_back(tiny_world, tmp_path):
     frame[["id", "row"]].to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ConfigError, match="noise_stability"):
         read_stability(tmp_path / "bad.parquet")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_stabilities_are_the_cpu_ones(tiny_world, tmp_path):
+    """On CUDA the workers send uint8 images and the GPU normalises them: the same stabilities as on the CPU."""
+    torch.manual_seed(0)
+    m = _manifest(tiny_world, tmp_path)
+    cpu, _ = perturbation_stability(create_model("tiny-rn"), m, batch_size=5, progress=False, device="cpu")
+    gpu, _ = perturbation_stability(create_model("tiny-rn"), m, batch_size=5, num_workers=2, progress=False,
+                                    device="cuda")
+    assert gpu["row"].tolist() == cpu["row"].tolist()
+    assert np.allclose(gpu[["noise_stability", "blur_stability"]], cpu[["noise_stability", "blur_stability"]],
+                       atol=1e-4)

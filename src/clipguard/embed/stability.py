@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipguard.data.dataset import ImageCaptionDataset, SkipLog, collate_skipping, record_errors
 from clipguard.data.manifest import Manifest
+from clipguard.embed.extract import split_preprocess
 from clipguard.errors import ConfigError
 from clipguard.models.factory import ClipBundle
 from clipguard.utils.progress import progress_bar
@@ -160,7 +161,9 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
     dev = bundle.device
     bundle.model.eval()
     skips = SkipLog()
-    ds = PerturbedImages(manifest, bundle.preprocess, kinds, seed=seed, noise_sd=noise_sd, skip_log=skips)
+    # on a GPU the workers send uint8 images, which the GPU normalises (the same values, a quarter of the bytes)
+    cpu_part, dev_part = split_preprocess(bundle.preprocess) if dev.type == "cuda" else (bundle.preprocess, None)
+    ds = PerturbedImages(manifest, cpu_part, kinds, seed=seed, noise_sd=noise_sd, skip_log=skips)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skipping, pin_memory=dev.type == "cuda")
     rows: list[np.ndarray] = []
@@ -173,7 +176,8 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
                 continue
             x = batch["image"].to(dev, non_blocking=True)  # (B, 1 + K, 3, H, W)
             b, c = x.shape[:2]
-            emb = torch.nn.functional.normalize(bundle.model.encode_image(x.flatten(0, 1)).float(), dim=-1)
+            x = x.flatten(0, 1) if dev_part is None else dev_part(x.flatten(0, 1))
+            emb = torch.nn.functional.normalize(bundle.model.encode_image(x).float(), dim=-1)
             emb = emb.view(b, c, -1)
             stab.append((emb[:, :1] * emb[:, 1:]).sum(dim=-1).cpu().numpy().astype(np.float64))  # (B, K)
             rows.append(batch["index"].numpy())
