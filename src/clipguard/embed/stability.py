@@ -17,9 +17,13 @@ case, or a data team that trains first):
   much with the clean model (mean 0.83): a pixel artefact of the sharp trigger on the worlds' smooth drawn
   images, which natural photos may not share.
 
+In the DAO paper's setting at 100,000 pairs (0.1 %, rare target, on a GPU) the noise stability gave 0.948
+(SIG) and 0.879 (BadNets) (``benchmarks/results/perturbation_probe_gpu.md``).
+
 It needs the images and the model, not only embeddings: :func:`write_stability` saves it as a record
-(:data:`STABILITY_FILE`) that ``clipguard scan EMB_DIR --record DIR`` joins by id for the detector
-``perturbation`` (the noise stability; :mod:`clipguard.detect.detectors.records`).
+(:data:`STABILITY_FILE`; :func:`~clipguard.embed.probe.probe_dataset`, ``clipguard probe``, does both for a
+whole dataset) that ``clipguard scan EMB_DIR --record DIR`` joins by id for the detector ``perturbation`` (the
+noise stability; :mod:`clipguard.detect.detectors.records`).
 
 Perturbations (:data:`PERTURBATIONS`), applied to the decoded image before the model's preprocessing:
 

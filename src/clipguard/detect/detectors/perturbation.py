@@ -66,7 +66,9 @@ class Perturbation(Detector):
     record), not the embeddings: ``X`` is accepted for a uniform API and ignored. Poisoned images
     are MORE stable under noise (the trigger survives it and keeps driving the embedding): AUROC of
     the noise stability 0.714 at worst and 0.888 on average over the 16 learned cells of the
-    evaluation panel, 0.931 in the DAO paper's setting (0.1 % SIG of 30,000 pairs). The record comes
+    evaluation panel, 0.931 in the DAO paper's setting (0.1 % SIG of 30,000 pairs), 0.948 / 0.879 (SIG /
+    BadNets, 0.1 % of 100,000 pairs, on a GPU). When it runs it is the scan's default ranking
+    (:data:`~clipguard.detect.options.PROBE_DETECTOR`). The record comes
     from ``clipguard probe MODEL_DIR MANIFEST --out DIR`` (or
     :func:`~clipguard.embed.perturbation_stability` and :func:`~clipguard.embed.write_stability`);
     in a scan it runs whenever one is given (``Scan.with_record(DIR)``, ``clipguard scan EMB_DIR
