@@ -108,6 +108,15 @@ def probe_cell(cell: Path, a: argparse.Namespace) -> Path:
     return target
 
 
+def _record_of(cell: Path, a: argparse.Namespace) -> Path | None:
+    """The cell's stability record: the one in ``--work``, else the panel's own (``panel.py --probe``), else None."""
+    here = Path(a.work) / cell.name / _stability_file(a)
+    if here.is_file():
+        return here
+    made = cell / "stability.parquet"
+    return made if a.probe_model == "poisoned" and not a.extra_noise_sd and made.is_file() else None
+
+
 def _stability_file(a: argparse.Namespace) -> str:
     return "stability.parquet" if a.probe_model == "poisoned" else "stability_clean.parquet"
 
@@ -134,19 +143,21 @@ def score_cell(cell: Path, stab: pd.DataFrame) -> dict:
 
 
 def report(a: argparse.Namespace) -> Path:
-    name = _stability_file(a)
-    rows = [score_cell(c, pd.read_parquet(Path(a.work) / c.name / name)) for c in learned_cells(a)
-            if (Path(a.work) / c.name / name).is_file()]
+    paths = {c: _record_of(c, a) for c in learned_cells(a)}
+    rows = [score_cell(c, pd.read_parquet(path)) for c, path in paths.items() if path is not None]
     if not rows:
         raise SystemExit(f"no learned cell (ASR >= {a.learned}) of {a.panel} has a stability record to report")
     out = Path(a.out)
     stem = "perturbation_probe" if a.probe_model == "poisoned" else "perturbation_probe_clean"
-    stem += "".join(f"_sd{sd:g}" for sd in a.extra_noise_sd)
+    stem += "".join(f"_sd{sd:g}" for sd in a.extra_noise_sd) + (f"_{a.name}" if a.name else "")
     extra = [f"noise_sd{sd:g}" for sd in a.extra_noise_sd]
     write_csv(out / f"{stem}.csv", FIELDS + extra, [{k: row.get(k) for k in FIELDS + extra} for row in rows])
     df = pd.DataFrame(rows)
     cols = ["noise", *extra, "blur", "both", "fused", "fused_plus_noise", "best_image_signal", "oracle_either_sign"]
-    probe = ("each learned cell rebuilt (same poison, same tiny-rn, same epochs) and its model probed"
+    from_panel = all((c / "stability.parquet").is_file() for c in learned_cells(a))
+    probe = ("each learned cell's model probed by the panel run itself (`panel.py --probe`, the model in memory)"
+             if a.probe_model == "poisoned" and from_panel and not a.extra_noise_sd else
+             "each learned cell rebuilt (same poison, same tiny-rn, same epochs) and its model probed"
              if a.probe_model == "poisoned" else "CONTROL: each learned cell's poisoned pairs rebuilt and probed by "
              "the world's CLEAN tiny-rn (never trained on poison; `asr here` is not measured)")
     if a.extra_noise_sd:
@@ -184,6 +195,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extra-noise-sd", nargs="*", type=float, default=[],
                    help="also probe with these noise sds (0-255 scale): a sensitivity check")
     p.add_argument("--cells", nargs="*", default=[], help="only these learned cells (default: all)")
+    p.add_argument("--name", default="", help="suffix of the output files (perturbation_probe_<name>.md)")
     p.add_argument("--device", default=None)
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
