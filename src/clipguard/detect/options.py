@@ -51,9 +51,11 @@ PROBE_DETECTOR = "perturbation"
 trained on the scanned pairs): over the 16 learned cells of the cpu evaluation panel (3 worlds x 4 attacks x
 0.5-5 %) the noise stability gave worst 0.714 / mean 0.888 against ``fused``'s 0.152 / 0.731; in the DAO paper's
 setting (rare target, 0.1 %) 0.931 against 0.648 at 30,000 pairs (SIG), and 0.948 / 0.879 (SIG / BadNets)
-against the per-batch ``fused``'s 0.878 / 0.921 at 100,000 pairs on a GPU. It is worse than ``fused`` in some
-cells (that BadNets one), but ``fused`` collapses where the probe does not. ``benchmarks/results/
-perturbation_probe*.md``."""
+against the per-batch ``fused``'s 0.878 / 0.921 at 100,000 pairs on a GPU. Over all 22 learned cells measured
+(with three trigger designs the panel never saw) its worst case is 0.684 -- a colour-filter trigger (Nashville),
+where ``fused`` gave 0.980 -- and ``fused``'s is 0.152. It is not uniformly better (that BadNets cell, the
+filter), but ``fused`` collapses where the probe does not. It sees only a LEARNED backdoor (chance where ASR is
+near 0). ``benchmarks/results/perturbation_probe*.md``."""
 
 DEFAULT_RULE = (f"{PROBE_DETECTOR} when the scan joined a perturbation-stability record (its worst case over the "
                 f"evaluation panel beats {DEFAULT_DETECTOR}'s), else {DEFAULT_DETECTOR} when it ran, else the first "
