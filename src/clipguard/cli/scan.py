@@ -164,7 +164,8 @@ def _echo_top(res: ScanResult, detector: str, n: int) -> None:
               "caption_dup.source=text, fused.caption_dup__source=text (a component of fused).")
 @click.option("--top", default=0, show_default=True, help="Print the N most suspicious samples.")
 @click.option("--rank-by", default=None,
-              help="Detector whose suspects --top prints [default: the first --detector, else fused].")
+              help="Detector whose suspects --top prints [default: the first --detector, else the default ranking: "
+                   "perturbation with a probe record, else fused].")
 @click.pass_obj
 def scan(obj: dict, emb_dir: str | None, model_dir: str | None, manifest: str | None, out: str | None,
          detectors: tuple[str, ...], dynamics: str | None, records: tuple[str, ...], params: dict[str, Any],
