@@ -40,8 +40,9 @@ Usage::
     python benchmarks/panel.py --preset cpu --report-only      # re-write the tables from the cells
 
 Cells are resumable (a finished cell has ``result.json`` and is skipped). ``--probe`` also probes each cell's
-model while it is in memory (perturbation stability of its training pairs, ``<cell>/stability.parquet``; AUROC in
-``result.json`` under ``probe``), ``--epochs`` replaces the preset's epoch ladder and ``--loader-workers`` sets the
+model while it is in memory (perturbation stability of its training pairs, ``<cell>/stability.parquet``, joined to
+the scan as ``scan --record`` does: the detector ``perturbation`` in the tables; AUROC also in ``result.json`` under
+``probe``), ``--epochs`` replaces the preset's epoch ladder and ``--loader-workers`` sets the
 DataLoader workers of the embedding and the probe.
 """
 from __future__ import annotations
@@ -207,6 +208,8 @@ def run_cell(world: str, attack: str, rate: float, a: argparse.Namespace) -> dic
     probe = _probe(cell, bundle, res.manifest_path, attempts[-1]["attack_success_rate"], a) if a.probe else None
     speed = learning_speed(read_dynamics(model_dir))
     scan = Scan.from_folder(cell / "emb").with_dynamics(model_dir)
+    if probe is not None:
+        scan.with_record(cell / "stability.parquet")  # the detector perturbation, as `scan --record` adds it
     rows = []
     for label, kw in modes(len(speed)).items():
         if a.modes and label.split()[0] not in a.modes:

@@ -22,9 +22,9 @@ from clipguard.detect.metrics import detection_metrics
 
 IMAGE_ONLY = [n for n in DETECTORS.names() if DETECTORS.get(n).requires == frozenset({"image"}) and n != "fused"]
 """Detectors that need image embeddings only: the single signals of the image-only panel."""
-NO_CAPTIONS = {*IMAGE_ONLY, "learning_speed", "learning_speed[fast]", "learning_speed[slow]"}
-"""Rows of the image-only tables: the image detectors and the training-dynamics signal (which needs the
-training record, not the captions)."""
+NO_CAPTIONS = {*IMAGE_ONLY, "learning_speed", "learning_speed[fast]", "learning_speed[slow]", "perturbation"}
+"""Rows of the image-only tables: the image detectors, the training-dynamics signal (which needs the
+training record, not the captions) and the perturbation probe (``panel.py --probe``: the model and the images)."""
 FIELDS = ["world", "attack", "rate", "n_poisoned", "epochs", "clean_accuracy", "attack_success_rate", "learned",
           "mode", "detector", "captions", "auroc", "auprc", "tpr_at_1pct_fpr", "seed"]
 
