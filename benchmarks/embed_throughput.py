@@ -96,17 +96,22 @@ def bare_throughput(bundle, dev, batch: int, bf16: bool, text: bool, reps: int =
     return batch * reps / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def pair_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """The options of a throughput run on :func:`make_pairs`'s pairs (model, pairs, loader, device, folders)."""
     p.add_argument("--arch", default="ViT-B-32")
     p.add_argument("--n", type=int, default=8192)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--device", default="auto")
+    p.add_argument("--work", default=f"/tmp/{name}")
+    p.add_argument("--out", default=f"runs/{name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    pair_arguments(p, "embed_throughput")
     p.add_argument("--precisions", nargs="*", default=None)
-    p.add_argument("--work", default="/tmp/embed_throughput")
-    p.add_argument("--out", default="runs/embed_throughput")
     a = p.parse_args(argv)
     import torch
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from embed_throughput import make_pairs
+from embed_throughput import make_pairs, pair_arguments
 
 from clipguard.data.manifest import read_manifest
 from clipguard.embed import embed_dataset, perturbation_stability
@@ -32,14 +31,7 @@ from clipguard.utils.device import resolve_device
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--arch", default="ViT-B-32")
-    p.add_argument("--n", type=int, default=8192)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--work", default="/tmp/probe_throughput")
-    p.add_argument("--out", default="runs/probe_throughput")
+    pair_arguments(p, "probe_throughput")
     a = p.parse_args(argv)
     dev = resolve_device(a.device)
     manifest = read_manifest(make_pairs(Path(a.work), a.n, a.size, a.workers))

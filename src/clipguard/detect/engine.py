@@ -247,6 +247,22 @@ def _plan(n: int, cfg: ScanConfig) -> ReferencePlan:
                           reference_size=cfg.reference_size, n_references=cfg.n_references, index=cfg.index)
 
 
+def _requested(detectors: Iterable[str]) -> list[str]:
+    """The requested detector names, once each and in order; ConfigError for none or an unknown one."""
+    names = list(dict.fromkeys(detectors))
+    if not names:
+        raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
+    for name in names:
+        DETECTORS.get(name)
+    return names
+
+
+def _check_k(plan: ReferencePlan, k: int, n: int) -> None:
+    """ConfigError when the global reference has fewer than ``k`` other samples for each of ``n`` rows."""
+    if plan.mode == "global" and k > n - 1:
+        raise ConfigError(f"k={k} needs at least {k} other samples but there are {n - 1}; use k <= {max(n - 1, 0)}")
+
+
 def _on_device(image: np.ndarray, names: list[str], cfg: ScanConfig, describe_row: Any
                ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """The per-batch scan entirely on a GPU (:func:`~clipguard.detect.detectors.device_batch.
@@ -349,11 +365,7 @@ def score_embeddings(
         EmbeddingError: NaN/inf or zero rows in the embeddings.
     """
     cfg = ScanConfig.resolve(config, **overrides)
-    names = list(dict.fromkeys(detectors))
-    if not names:
-        raise ConfigError("no detectors requested; choose from: " + ", ".join(DETECTORS.names()))
-    for name in names:
-        DETECTORS.get(name)
+    names = _requested(detectors)
     given_records = _with_dynamics(records, dynamics)
     done = _on_device(image, names, cfg, describe_row) if not given_records else None
     if done is not None:
@@ -364,9 +376,7 @@ def score_embeddings(
     given = {"image": x, "text": t, "captions": keys, **recs}
     split_by_inputs(names, {name for name, v in given.items() if v is not None}, explicit=True)
     plan = _plan(n, cfg)
-    if plan.mode == "global" and cfg.k > n - 1:
-        raise ConfigError(f"k={cfg.k} needs at least {cfg.k} other samples but there are {n - 1}; "
-                          f"use k <= {max(n - 1, 0)}")
+    _check_k(plan, cfg.k, n)
     make = detector_factory(cfg)
     dets = {name: make(name, {}) for name in names}
     out, ref_infos = score_draws(x, t, keys, plan, cfg, dets, make, recs)

@@ -221,6 +221,15 @@ def _finish(job: _ScanJob, meta, scores: dict, info: dict, rec: RunRecord, skipp
                       records_info=joined)
 
 
+def _record_rows(job: _ScanJob, rec: RunRecord) -> None:
+    """The data's fingerprint, sizes, inputs, detectors and shards into the run record."""
+    with rec.stage("fingerprint"):
+        rec["data_fingerprint"] = job.rows.fingerprint()
+    record_data(rec, n=len(job.rows), d=job.rows.dim, inputs=job.available, detectors=job.names,
+                shard_ids=job.rows.shard_ids, shard_sizes=job.rows.shard_sizes,
+                skipped_shards=job.rows.skipped_shards, ignored_files=job.rows.ignored_files)
+
+
 def scan_sharded(
     emb_dir: str | Path,
     out_dir: str | Path,
@@ -271,12 +280,8 @@ def scan_sharded(
     out = Path(out_dir)
     sources = record_sources(dynamics, records)
     job, meta, requested, skipped, rec = _prepare(emb_dir, detectors, cfg, part_rows, sources)
-    n, d = len(job.rows), job.rows.dim
-    with rec.stage("fingerprint"):
-        rec["data_fingerprint"] = job.rows.fingerprint()
-    record_data(rec, n=n, d=d, inputs=job.available, detectors=job.names, shard_ids=job.rows.shard_ids,
-                shard_sizes=job.rows.shard_sizes, skipped_shards=job.rows.skipped_shards,
-                ignored_files=job.rows.ignored_files)
+    n = len(job.rows)
+    _record_rows(job, rec)
     store = PartStore(out / "parts", _spec(job, rec["data_fingerprint"]))
     need_graph = reduce_needs(job.names, cfg, job.available, "caption" in meta.columns)[2]
     parts = plan_parts(n, job.plan, cfg, part_rows)

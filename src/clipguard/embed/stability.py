@@ -56,6 +56,7 @@ from clipguard.data.manifest import Manifest
 from clipguard.embed.extract import split_preprocess
 from clipguard.errors import ConfigError
 from clipguard.models.factory import ClipBundle
+from clipguard.utils.io import atomic_path, file_in
 from clipguard.utils.progress import progress_bar
 from clipguard.utils.validate import check_int
 
@@ -197,12 +198,9 @@ def perturbation_stability(bundle: ClipBundle, manifest: Manifest, *, kinds: Seq
 def write_stability(frame: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write a stability record (:func:`perturbation_stability`'s frame) to ``out`` -- a folder, which gets
     :data:`STABILITY_FILE`, or a ``.parquet`` path -- atomically (written aside, then renamed). Returns the path."""
-    p = Path(out)
-    path = p if p.suffix == ".parquet" else p / STABILITY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    path = file_in(out, STABILITY_FILE)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return path
 
 
@@ -215,8 +213,7 @@ def read_stability(record: str | os.PathLike) -> pd.DataFrame:
     Raises:
         ConfigError: the record is absent, or lacks ``id`` or every stability column.
     """
-    p = Path(record)
-    path = p if p.suffix == ".parquet" else p / STABILITY_FILE
+    path = file_in(record, STABILITY_FILE)
     if not path.is_file():
         raise ConfigError(f"{path}: no perturbation-stability record; write one with `clipguard probe MODEL_DIR "
                           "MANIFEST --out DIR` (clipguard.embed.perturbation_stability)")

@@ -21,7 +21,7 @@ import torch
 from clipguard.errors import ConfigError
 from clipguard.train.data import PairData, ordered_loader
 from clipguard.utils.device import autocast
-from clipguard.utils.io import atomic_path
+from clipguard.utils.io import atomic_path, file_in
 from clipguard.utils.progress import progress_bar
 
 __all__ = ["DYNAMICS_FILE", "COLUMNS", "learning_speed", "pair_cosines", "read_dynamics", "write_epoch"]
@@ -102,8 +102,7 @@ def read_dynamics(model_dir: str | os.PathLike) -> pd.DataFrame:
     Raises:
         ConfigError: the record is absent or lacks a column.
     """
-    p = Path(model_dir)
-    path = p if p.suffix == ".parquet" else p / DYNAMICS_FILE
+    path = file_in(model_dir, DYNAMICS_FILE)
     if not path.is_file():
         raise ConfigError(f"{path}: no training-dynamics record; train with `clipguard train ... --record-epochs N` "
                           "(TrainConfig.record_epochs > 0)")

@@ -13,6 +13,13 @@ import numpy as np
 from clipguard.errors import ConfigError
 
 
+def file_in(source: str | os.PathLike, name: str, suffix: str = ".parquet") -> Path:
+    """``source`` itself when it names a ``suffix`` file, else the file ``name`` inside the folder ``source``
+    (the records a command writes into its output folder: ``dynamics.parquet``, ``stability.parquet``)."""
+    p = Path(source)
+    return p if p.suffix == suffix else p / name
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it onto ``path`` only if the block succeeds."""

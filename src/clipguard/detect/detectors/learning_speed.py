@@ -20,10 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted, require_input
 from clipguard.detect.detectors.registry import DETECTORS
-from clipguard.detect.detectors.records import as_values, join_record, two_sided, two_sided_against
-from clipguard.detect.neighbours.stats import robust_center_scale
+from clipguard.detect.detectors.records import RecordDetector, as_values, join_record, two_sided
 from clipguard.utils.validate import check_choice
 
 __all__ = ["DIRECTIONS", "LearningSpeed", "as_speeds", "speed_scores", "speeds_of_rows"]
@@ -89,7 +87,7 @@ def speeds_of_rows(record: str | os.PathLike | pd.DataFrame, ids: Any) -> tuple[
 
 
 @DETECTORS.register("learning_speed")
-class LearningSpeed(Detector):
+class LearningSpeed(RecordDetector):
     """How early training fitted the pair (two-sided by default). Needs a training-dynamics record (--dynamics).
 
     Args:
@@ -115,7 +113,7 @@ class LearningSpeed(Detector):
     """
 
     requires = frozenset({"dynamics"})
-    reads_embeddings = False
+    record, what, directions = "dynamics", _WHAT, DIRECTIONS
     fit_hint = "fit(dynamics=...)"
 
     def __init__(self, *, direction: str = "two-sided") -> None:
@@ -124,22 +122,13 @@ class LearningSpeed(Detector):
     def fit(self, X: Any = None, *, text: Any = None, captions: Any = None,
             dynamics: np.ndarray | None = None) -> "LearningSpeed":
         """Learn the median and scale of the reference speeds ``dynamics`` (n_ref,); X is ignored."""
-        check_choice("direction of learning_speed", self.direction, DIRECTIONS)
-        s = as_speeds(require_input(dynamics, _WHAT, "learning_speed"))
-        finite = s[~np.isnan(s)]
-        self.center_, self.scale_ = robust_center_scale(finite)
-        self.n_reference_ = int(finite.size)
-        return self
+        return self._fit_values(dynamics)
 
     def score_samples(self, X: Any = None, *, text: Any = None, captions: Any = None,
                       dynamics: np.ndarray | None = None) -> np.ndarray:
         """(n_q,) float64 scores of new speeds ``dynamics`` against the fitted reference's median and
         scale (``"two-sided"``); NaN where a speed is NaN. Higher = more suspicious."""
-        check_is_fitted(self, "center_")
-        s = as_speeds(require_input(dynamics, _WHAT, "learning_speed"))
-        if self.direction != "two-sided":
-            return speed_scores(s, self.direction)
-        return two_sided_against(s, self.center_, self.scale_)
+        return self._score_new(dynamics)
 
     def fit_score(self, X: Any = None, *, text: Any = None, captions: Any = None,
                   dynamics: np.ndarray | None = None) -> np.ndarray:
@@ -147,12 +136,5 @@ class LearningSpeed(Detector):
         self.fit(X, dynamics=dynamics)
         return speed_scores(dynamics, self.direction)
 
-    def reference_free(self, inputs: ScoreInputs) -> bool:  # noqa: D102
-        return True
-
-    def score_draw(self, inputs: ScoreInputs) -> np.ndarray:  # noqa: D102
-        s = as_speeds(require_input(inputs.dynamics, _WHAT, "learning_speed"), len(inputs.image))
-        n_missing = int(np.isnan(s).sum())
-        self.info_ = {"direction": self.direction, "n_scored": int(len(s) - n_missing),
-                      "n_rows_without_record": n_missing}
-        return speed_scores(s, self.direction)
+    def score_values(self, values: np.ndarray) -> np.ndarray:  # noqa: D102
+        return speed_scores(values, self.direction)

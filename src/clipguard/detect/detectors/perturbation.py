@@ -20,10 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted, require_input
-from clipguard.detect.detectors.records import RECORD_KINDS, as_values, two_sided, two_sided_against
+from clipguard.detect.detectors.records import RECORD_KINDS, RecordDetector, as_values, two_sided
 from clipguard.detect.detectors.registry import DETECTORS
-from clipguard.detect.neighbours.stats import robust_center_scale
 from clipguard.utils.validate import check_choice
 
 __all__ = ["DIRECTIONS", "Perturbation", "stability_scores"]
@@ -54,7 +52,7 @@ def stability_scores(stability: np.ndarray, direction: str = "stable") -> np.nda
 
 
 @DETECTORS.register("perturbation")
-class Perturbation(Detector):
+class Perturbation(RecordDetector):
     """How little the image's embedding moves under noise (STRIP adapted). Needs a stability record (--record).
 
     Args:
@@ -87,7 +85,7 @@ class Perturbation(Detector):
     """
 
     requires = frozenset({"stability"})
-    reads_embeddings = False
+    record, what, directions = "stability", _WHAT, DIRECTIONS
     fit_hint = "fit(stability=...)"
 
     def __init__(self, *, direction: str = "stable") -> None:
@@ -96,22 +94,13 @@ class Perturbation(Detector):
     def fit(self, X: Any = None, *, text: Any = None, captions: Any = None,
             stability: np.ndarray | None = None) -> "Perturbation":
         """Learn the median and scale of the reference stabilities ``stability`` (n_ref,); X is ignored."""
-        check_choice("direction of perturbation", self.direction, DIRECTIONS)
-        s = as_values(require_input(stability, _WHAT, "perturbation"), None, _VALUES)
-        finite = s[~np.isnan(s)]
-        self.center_, self.scale_ = robust_center_scale(finite)
-        self.n_reference_ = int(finite.size)
-        return self
+        return self._fit_values(stability)
 
     def score_samples(self, X: Any = None, *, text: Any = None, captions: Any = None,
                       stability: np.ndarray | None = None) -> np.ndarray:
         """(n_q,) float64 scores of new stabilities ``stability`` (against the fitted reference's
         median and scale with ``"two-sided"``); NaN where a stability is NaN. Higher = more suspicious."""
-        check_is_fitted(self, "center_")
-        s = as_values(require_input(stability, _WHAT, "perturbation"), None, _VALUES)
-        if self.direction != "two-sided":
-            return stability_scores(s, self.direction)
-        return two_sided_against(s, self.center_, self.scale_)
+        return self._score_new(stability)
 
     def fit_score(self, X: Any = None, *, text: Any = None, captions: Any = None,
                   stability: np.ndarray | None = None) -> np.ndarray:
@@ -119,13 +108,5 @@ class Perturbation(Detector):
         self.fit(X, stability=stability)
         return stability_scores(stability, self.direction)
 
-    def reference_free(self, inputs: ScoreInputs) -> bool:  # noqa: D102
-        return True
-
-    def score_draw(self, inputs: ScoreInputs) -> np.ndarray:  # noqa: D102
-        s = as_values(require_input(inputs.records.get("stability"), _WHAT, "perturbation"), len(inputs.image),
-                      _VALUES)
-        n_missing = int(np.isnan(s).sum())
-        self.info_ = {"direction": self.direction, "n_scored": int(len(s) - n_missing),
-                      "n_rows_without_record": n_missing}
-        return stability_scores(s, self.direction)
+    def score_values(self, values: np.ndarray) -> np.ndarray:  # noqa: D102
+        return stability_scores(values, self.direction)

@@ -29,20 +29,22 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from clipguard.detect.neighbours.stats import robust_z
+from clipguard.detect.detectors.base import Detector, ScoreInputs, check_is_fitted, require_input
+from clipguard.detect.neighbours.stats import robust_center_scale, robust_z
 from clipguard.embed.stability import STABILITY_FILE, read_stability
 from clipguard.errors import ConfigError
 from clipguard.train.dynamics import DYNAMICS_FILE, learning_speed, read_dynamics
+from clipguard.utils.io import file_in
 from clipguard.utils.validate import check_choice
 
 __all__ = ["RecordKind", "RECORD_KINDS", "record_kind_of", "record_sources", "join_record", "noise_stability",
-           "as_values", "as_records", "two_sided", "two_sided_against"]
+           "as_values", "as_records", "two_sided", "two_sided_against", "RecordDetector"]
 
 log = logging.getLogger("clipguard")
 
@@ -96,8 +98,7 @@ class RecordKind:
 
     def path_of(self, source: str | os.PathLike) -> Path:
         """The parquet file that :attr:`read` reads for ``source`` (a folder or the file itself)."""
-        p = Path(source)
-        return p if p.suffix == ".parquet" else p / self.file
+        return file_in(source, self.file)
 
 
 RECORD_KINDS: dict[str, RecordKind] = {
@@ -262,3 +263,54 @@ def two_sided_against(values: np.ndarray, center: float, scale: float) -> np.nda
     """(N,) ``|values - center| / scale`` (a fitted reference's median and robust scale); zeros when the
     scale is 0; NaN stays NaN."""
     return np.abs(values - center) / scale if scale > 0 else np.where(np.isnan(values), values, 0.0)
+
+
+class RecordDetector(Detector):
+    """Base of the detectors of a per-row record (``learning_speed``, ``perturbation``): they read one value per
+    sample (the record's input :attr:`record`; NaN = no record), not the embeddings.
+
+    A subclass sets :attr:`record`, :attr:`what` (the input, for the missing-input error), :attr:`directions`
+    (its ``direction`` choices, ``"two-sided"`` among them) and :meth:`score_values`; its ``fit`` /
+    ``score_samples`` take the record under its input's keyword and call :meth:`_fit_values` /
+    :meth:`_score_new`. ``fit`` learns the median and robust scale of the reference values (``center_``,
+    ``scale_``, ``n_reference_``), which ``score_samples`` uses for ``"two-sided"``. In a scan the detector is
+    reference-free and reports in ``info_`` how many rows had no record.
+    """
+
+    record: ClassVar[str] = ""
+    what: ClassVar[str] = ""
+    directions: ClassVar[tuple[str, ...]] = ("two-sided",)
+    reads_embeddings = False
+    direction: str
+
+    def score_values(self, values: np.ndarray) -> np.ndarray:
+        """(N,) scores of (N,) record values in this detector's ``direction``; NaN stays NaN."""
+        raise NotImplementedError
+
+    def _values(self, values: Any, n: int | None = None) -> np.ndarray:
+        return as_values(require_input(values, self.what, self.name), n, RECORD_KINDS[self.record].value_text)
+
+    def _fit_values(self, values: Any) -> "RecordDetector":
+        check_choice(f"direction of {self.name}", self.direction, self.directions)
+        s = self._values(values)
+        finite = s[~np.isnan(s)]
+        self.center_, self.scale_ = robust_center_scale(finite)
+        self.n_reference_ = int(finite.size)
+        return self
+
+    def _score_new(self, values: Any) -> np.ndarray:
+        check_is_fitted(self, "center_")
+        s = self._values(values)
+        if self.direction != "two-sided":
+            return self.score_values(s)
+        return two_sided_against(s, self.center_, self.scale_)
+
+    def reference_free(self, inputs: ScoreInputs) -> bool:  # noqa: D102
+        return True
+
+    def score_draw(self, inputs: ScoreInputs) -> np.ndarray:  # noqa: D102
+        s = self._values(inputs.records.get(self.record), len(inputs.image))
+        n_missing = int(np.isnan(s).sum())
+        self.info_ = {"direction": self.direction, "n_scored": int(len(s) - n_missing),
+                      "n_rows_without_record": n_missing}
+        return self.score_values(s)
