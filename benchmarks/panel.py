@@ -42,8 +42,8 @@ Usage::
 Cells are resumable (a finished cell has ``result.json`` and is skipped). ``--probe`` also probes each cell's
 model while it is in memory (perturbation stability of its training pairs, ``<cell>/stability.parquet``, joined to
 the scan as ``scan --record`` does: the detector ``perturbation`` in the tables; AUROC also in ``result.json`` under
-``probe``), ``--epochs`` replaces the preset's epoch ladder and ``--loader-workers`` sets the
-DataLoader workers of the embedding and the probe.
+``probe``; ``--probe-kinds`` names its perturbations, default noise and blur), ``--epochs`` replaces the preset's
+epoch ladder and ``--loader-workers`` sets the DataLoader workers of the embedding and the probe.
 """
 from __future__ import annotations
 
@@ -229,8 +229,8 @@ def run_cell(world: str, attack: str, rate: float, a: argparse.Namespace) -> dic
               flush=True)
     if probe is not None:
         probe.update(_probe_metrics(cell, scan.scores))
-        print(f"[{cell.name}] probe: noise stability AUROC {probe['noise_auroc']:.4f}, blur {probe['blur_auroc']:.4f} "
-              f"({probe['seconds']:.1f} s)", flush=True)
+        aurocs = ", ".join(f"{k} {probe[f'{k}_auroc']:.4f}" for k in a.probe_kinds)
+        print(f"[{cell.name}] probe AUROC: {aurocs} ({probe['seconds']:.1f} s)", flush=True)
     last = attempts[-1]
     record = {"world": world, "target": target_of(a, world), "attack": attack, "rate": rate,
               "n_poisoned": res.n_poisoned, "epochs": last["epochs"], "clean_accuracy": last["clean_accuracy"],
@@ -251,8 +251,8 @@ def _probe(cell: Path, bundle, manifest_path: Path, asr: float, a: argparse.Name
     from clipguard.embed import perturbation_stability, write_stability
 
     t = time.perf_counter()
-    frame, skips = perturbation_stability(bundle, read_manifest(manifest_path), seed=a.seed, batch_size=256,
-                                          num_workers=a.loader_workers, device=a.device, progress=False)
+    frame, skips = perturbation_stability(bundle, read_manifest(manifest_path), kinds=a.probe_kinds, seed=a.seed,
+                                          batch_size=256, num_workers=a.loader_workers, device=a.device, progress=False)
     seconds = time.perf_counter() - t
     frame["asr_here"] = asr
     frame["n_skipped"] = len(skips)
@@ -261,17 +261,21 @@ def _probe(cell: Path, bundle, manifest_path: Path, asr: float, a: argparse.Name
 
 
 def _probe_metrics(cell: Path, scores) -> dict:
-    """AUROC / AUPRC of the noise stability (higher = more suspicious) and of one minus the blur stability."""
+    """AUROC / AUPRC of each stability of the record: the stability itself (higher = more suspicious) for every
+    kind but blur, one minus the blur stability (a sharp trigger does not survive a blur)."""
     import pandas as pd
 
     from clipguard.detect.metrics import detection_metrics
 
     stab = pd.read_parquet(cell / "stability.parquet")
     y = scores.set_index("id").loc[stab["id"], "poisoned"].to_numpy(bool)
-    noise = detection_metrics(y, stab["noise_stability"].to_numpy())
-    blur = detection_metrics(y, 1 - stab["blur_stability"].to_numpy())
-    return {"noise_auroc": noise["auroc"], "noise_auprc": noise["auprc"], "blur_auroc": blur["auroc"],
-            "blur_auprc": blur["auprc"]}
+    out = {}
+    for col in (c for c in stab.columns if c.endswith("_stability")):
+        kind = col[: -len("_stability")]
+        v = stab[col].to_numpy()
+        m = detection_metrics(y, 1 - v if kind == "blur" else v)
+        out.update({f"{kind}_auroc": m["auroc"], f"{kind}_auprc": m["auprc"]})
+    return out
 
 
 def cells(a: argparse.Namespace) -> list[tuple[str, str, float]]:
@@ -301,6 +305,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="scan only these reference modes (default: every mode of modes())")
     p.add_argument("--probe", action="store_true",
                    help="also probe each cell's model (perturbation stability, <cell>/stability.parquet)")
+    p.add_argument("--probe-kinds", nargs="+", default=["noise", "blur"], choices=["noise", "blur", "blend"],
+                   help="perturbations of the probe (clipguard.embed.PERTURBATIONS)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="DataLoader workers for the cell's embedding and probe (a GPU needs several)")
     add_cell_options(p, None)

@@ -12,14 +12,14 @@ def test_probe_then_scan_with_the_record(tiny_world, tmp_path):
     save_model(create_model("tiny-rn", seed=0), tmp_path / "model")
     manifest = tiny_world / "train" / "manifest.parquet"
     r = run_cli("probe", tmp_path / "model", manifest, "--out", tmp_path / "probe", "--kind", "noise",
-                "--device", "cpu")
+                "--kind", "blend", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     n = len(pd.read_parquet(manifest))
-    assert f"probed {n} images (noise), skipped 0" in r.stdout and "--record" in r.stdout
-    assert list(read_stability(tmp_path / "probe").columns) == ["id", "row", "noise_stability"]
+    assert f"probed {n} images (noise, blend), skipped 0" in r.stdout and "--record" in r.stdout
+    assert list(read_stability(tmp_path / "probe").columns) == ["id", "row", "noise_stability", "blend_stability"]
     assert json.loads((tmp_path / "probe" / "run.json").read_text())["n_probed"] == n
     again = run_cli("probe", tmp_path / "model", manifest, "--out", tmp_path / "probe", "--kind", "noise",
-                    "--device", "cpu")
+                    "--kind", "blend", "--device", "cpu")
     assert "1 part(s) reused" in again.stdout
     r = run_cli("embed", tmp_path / "model", manifest, "--out", tmp_path / "emb", "--device", "cpu")
     assert r.returncode == 0, r.stderr

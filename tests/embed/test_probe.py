@@ -21,17 +21,20 @@ def _manifest(world, tmp_path, n=11):
 def test_parts_give_the_record_of_one_pass_and_a_rerun_resumes(tiny_world, tmp_path):
     torch.manual_seed(0)
     b, m = create_model("tiny-rn"), _manifest(tiny_world, tmp_path)
-    whole, _ = perturbation_stability(b, m, kinds=("noise",), progress=False)
-    res = probe_dataset(b, m, tmp_path / "out", kinds=("noise",), part_rows=4, progress=False)
+    whole, _ = perturbation_stability(b, m, kinds=("noise",), noise_sd=120.0, progress=False)
+    res = probe_dataset(b, m, tmp_path / "out", kinds=("noise",), noise_sd=120.0, part_rows=4, progress=False)
     got = read_stability(tmp_path / "out")
     assert res.n_probed == 11 and res.n_skipped == 0 and res.reused_parts == []
     assert got["row"].tolist() == list(range(11)) and got["id"].tolist() == whole["id"].tolist()
-    assert np.allclose(got["noise_stability"], whole["noise_stability"], atol=1e-6)
+    # the copies are seeded by the whole set's row: another row's noise would move these by far more
+    gap = np.abs(got["noise_stability"].to_numpy() - whole["noise_stability"].to_numpy()).max()
+    spread = np.abs(np.diff(whole["noise_stability"].to_numpy())).min()
+    assert gap < 1e-7 < spread / 10, (gap, spread)
     run = json.loads(res.run_json.read_text())
     assert run["command"] == "probe" and run["n_probed"] == 11 and run["config"]["kinds"] == ["noise"]
     assert run["data_fingerprint"] and run["model_trained_on_this_set"] is None  # a fresh model names no set
     (tmp_path / "out" / PARTS_DIR / "part-00001.parquet").unlink()  # as if killed while probing part 1
-    again = probe_dataset(b, m, tmp_path / "out", kinds=("noise",), part_rows=4, progress=False)
+    again = probe_dataset(b, m, tmp_path / "out", kinds=("noise",), noise_sd=120.0, part_rows=4, progress=False)
     assert again.reused_parts == [0, 2]
     assert np.array_equal(read_stability(tmp_path / "out")["noise_stability"], got["noise_stability"])
 

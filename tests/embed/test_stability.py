@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipguard.data import read_manifest, write_manifest
-from clipguard.embed import NOISE_SD, perturb_image, perturbation_stability, read_stability, write_stability
+from clipguard.data import SkipLog, read_manifest, write_manifest
+from clipguard.embed import BLEND_WEIGHT, NOISE_SD, PerturbedImages, perturb_image, perturbation_stability, read_stability, write_stability
 from clipguard.errors import ConfigError
 from clipguard.models import create_model
 
@@ -32,6 +32,34 @@ def test_blur_leaves_a_flat_image_alone_and_smooths_an_edge():
     edge[:, 32:] = 255
     out = np.asarray(perturb_image(Image.fromarray(edge), "blur"))
     assert 0 < out[10, 31, 0] < 255 and 0 < out[10, 32, 0] < 255  # both sides of the edge are now mixed
+
+
+def test_blend_superimposes_the_other_image_with_its_weight():
+    a = Image.fromarray(np.full((8, 8, 3), (200, 0, 40), np.uint8))
+    b = Image.fromarray(np.full((16, 16, 3), (0, 100, 240), np.uint8))  # resized to the image's size
+    out = np.asarray(perturb_image(a, "blend", other=b), dtype=np.float64)
+    assert out.shape == (8, 8, 3)
+    expect = (1 - BLEND_WEIGHT) * np.array([200, 0, 40]) + BLEND_WEIGHT * np.array([0, 100, 240])
+    assert np.abs(out - expect).max() <= 1.0  # PIL rounds to 8 bits
+    with pytest.raises(ConfigError, match="other="):
+        perturb_image(a, "blend")
+
+
+def test_the_blend_partner_is_another_seeded_image_or_grey(tiny_world, tmp_path):
+    m = _manifest(tiny_world, tmp_path, n=6)
+    ds = PerturbedImages(m, lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32)), ("blend",), seed=0,
+                         noise_sd=NOISE_SD, skip_log=SkipLog())
+    originals = [np.asarray(ds.images[j]["image"]) for j in range(6)]
+    for j in range(6):
+        p = np.asarray(ds.partner(j, j, (64, 64)))
+        same = [k for k in range(6) if np.array_equal(p, originals[k])]
+        assert same and j not in same  # one of the set's images, never the item itself
+        assert np.array_equal(p, np.asarray(ds.partner(j, j, (64, 64))))  # seeded by (seed, row)
+    item = ds[2]
+    assert item["image"].shape[0] == 2  # the image, then its blended copy
+    one = _manifest(tiny_world, tmp_path / "one", n=1)
+    lone = PerturbedImages(one, None, ("blend",), seed=0, noise_sd=NOISE_SD, skip_log=SkipLog())
+    assert np.asarray(lone.partner(0, 0, (5, 4))).tolist() == np.full((4, 5, 3), 128).tolist()
 
 
 def test_stability_is_the_cosine_of_the_two_embeddings(tiny_world, tmp_path):
@@ -62,7 +90,7 @@ def test_bad_rows_are_listed_not_dropped_silently(tmp_path):
 
 
 def test_unknown_perturbation_is_refused_with_the_choices(tiny_world, tmp_path):
-    with pytest.raises(ConfigError, match="noise, blur"):
+    with pytest.raises(ConfigError, match="noise, blur, blend"):
         perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), kinds=("jpeg",))
     with pytest.raises(ConfigError, match="noise_sd"):
         perturbation_stability(create_model("tiny-rn"), _manifest(tiny_world, tmp_path), noise_sd=-1.0)

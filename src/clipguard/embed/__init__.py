@@ -18,6 +18,7 @@ from clipguard.embed.extract import (
 )
 from clipguard.embed.probe import DEFAULT_PART_ROWS, ProbeResult, probe_dataset
 from clipguard.embed.stability import (
+    BLEND_WEIGHT,
     BLUR_FRACTION,
     NOISE_SD,
     PERTURBATIONS,
@@ -31,5 +32,5 @@ from clipguard.embed.stability import (
 
 __all__ = ["EmbedResult", "embed_dataset", "EmbedJob", "ShardOutcome", "make_job", "embed_shard", "reuse_shard",
            "finish_embed", "embed_record", "shard_bounds", "GROUND_TRUTH_COLUMNS", "perturbation_stability",
-           "perturb_image", "PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION", "STABILITY_FILE",
+           "perturb_image", "PERTURBATIONS", "NOISE_SD", "BLUR_FRACTION", "BLEND_WEIGHT", "STABILITY_FILE",
            "PerturbedImages", "write_stability", "read_stability", "probe_dataset", "ProbeResult", "DEFAULT_PART_ROWS"]

@@ -141,8 +141,7 @@ def _probe_part(bundle: ClipBundle, manifest: Manifest, i: int, lo: int, part_ro
     """Probe rows ``[lo, lo + part_rows)`` and write the part (skips first, the frame last and atomically)."""
     sub = replace(manifest, df=manifest.df.iloc[lo:lo + part_rows].reset_index(drop=True),
                   read_skips=manifest.read_skips if i == 0 else ())
-    frame, skips = perturbation_stability(bundle, sub, **kw)
-    frame["row"] = frame["row"] + lo
+    frame, skips = perturbation_stability(bundle, sub, row_offset=lo, **kw)
     skips.entries = [(r + lo if r >= 0 else r, id_, why) for r, id_, why in skips.entries]
     skips.save(skip_path)
     write_stability(frame, frame_path)

@@ -12,7 +12,10 @@ scores the noise stability. Rows without a record get NaN: ranked least suspicio
 
 The blur stability of the record is not used: on the evaluation panel it told poison apart as much
 with a clean model as with the poisoned one (a pixel artefact of sharp triggers on smooth drawn
-images), and its sign depends on the attack.
+images), and its sign depends on the attack. Nor is the blend stability (STRIP's superimposition, when
+probed with ``--kind blend``): it finds a learned colour filter that noise misses (0.94 against 0.68) but
+is inverted on a small patch (0.34), and its combination with the noise stability lowers the worst
+learned cell from 0.69 to 0.59 (``benchmarks/results/probe_kinds_panel.md``).
 """
 from __future__ import annotations
 
