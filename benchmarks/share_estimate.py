@@ -25,7 +25,8 @@ Each clean world's result is kept in ``<work>/clean/<world>/result.json`` and re
 
 Output: ``<out>/share_estimate.md`` (per-cell table, summary, the issue's goals reached or not) and
 ``<out>/share_estimate.csv`` (one row per cell and per clean world) for the default null (the IFR envelope);
-with ``--null gamma`` ``share_estimate_gamma.md`` / ``.csv``. A clean world trained, embedded and scanned once is
+with ``--null gamma`` ``share_estimate_gamma.md`` / ``.csv``; ``--name N`` adds ``_N`` to the file names. A clean
+world trained, embedded and scanned once is
 rescored from its stored scan for another null (``result_<null>.json``).
 
 Usage::
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -312,6 +314,7 @@ def summary_lines(rows: list[dict], clean: list[dict] | None, fdr: float) -> lis
 def write_report(rows: list[dict], skipped: list[str], clean: list[dict] | None, a: argparse.Namespace) -> Path:
     out = Path(a.out)
     stem = "share_estimate" if a.null == DEFAULT_NULL else f"share_estimate_{a.null}"
+    stem += f"_{a.name}" if a.name else ""
     write_csv(out / f"{stem}.csv", FIELDS, [{k: r.get(k) for k in FIELDS} for r in rows + (clean or [])])
     cols = ["source", "cell", "true_share", "est_share", "est_low", "est_high", "inside", "asr", "learned", "auroc",
             "auto_n", "auto_recall", "auto_precision", "estimate_recall", "estimate_precision", "oracle_recall",
@@ -320,6 +323,7 @@ def write_report(rows: list[dict], skipped: list[str], clean: list[dict] | None,
              f"`benchmarks/share_estimate.py`: `estimate_share` (null `{a.null}`, n_boot {a.n_boot}, level 0.95) on "
              f"`{DETECTOR}_score` of `scores_{a.mode}.parquet`; learned = ASR >= {a.learned}; BH at fdr {a.fdr} on "
              "`null_pvalues`. No ground truth is used by the estimate; it is used only to score it.", "",
+             f"Command: `python benchmarks/share_estimate.py {' '.join(sys.argv[1:])}`", "",
              *summary_lines(rows, clean, a.fdr), "", "## Cells", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
@@ -350,6 +354,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (estimate_share's default)")
     p.add_argument("--null", choices=NULLS, default=DEFAULT_NULL, help="the estimate's null (another than the "
                    "default: results go to share_estimate_<null>.md / .csv)")
+    p.add_argument("--name", default="", help="suffix of the result files (share_estimate[_<null>]_<name>.md)")
     p.add_argument("--clean-worlds", action="store_true", help="also train, embed and scan clean worlds")
     p.add_argument("--worlds", nargs="*", default=["shapes", "longtail-frequent"], choices=list(WORLDS))
     p.add_argument("--preset", choices=list(PRESETS), default="cpu", help="the panel preset of the clean worlds")

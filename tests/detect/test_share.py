@@ -360,3 +360,54 @@ def test_the_default_null_is_the_envelope():
     s, _ = gamma_mixture(3_000, 0.02, seed=5)
     assert DEFAULT_NULL == "envelope" and estimate_share(s, n_boot=0).null["family"] == "envelope"
     assert estimate_share(s, n_boot=0).as_dict() == estimate_share(s, n_boot=0, null="envelope").as_dict()
+
+
+# ---- the envelope's deep tail: a handful of rows beyond every clean row ---------------------------------------
+
+def _few_far(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) scores: Gamma(4) clean rows (an IFR tail) and k rows far beyond all of them (score 12: the clean
+    tail puts ~1e-9 of its mass there); ``y`` flags those k."""
+    gen = np.random.default_rng(seed)
+    s = np.concatenate([gen.gamma(4.0, 0.25, n - k), np.full(k, 12.0) + gen.uniform(0, 0.1, k)])
+    return s, np.arange(n) >= n - k
+
+
+def test_deep_levels_count_a_handful_of_rows_no_other_level_can():
+    s, y = _few_far(5_000, 5, seed=0)  # 0.1 %: at 2/n the bound expects 2 rows, and 5 is a z of about 2.1
+    est = estimate_share(s, n_boot=0)
+    assert est.lam is not None and est.lam * len(s) < 2  # read at a deep level
+    assert est.n_estimated == 5 and est.z >= 3.0
+    k = precision_cut(s, est)
+    top = np.argsort(-s)[:k]
+    assert y[top].sum() == 5 and y[top].mean() >= 0.5
+    clean = estimate_share(s[~y], n_boot=0)  # the same clean rows alone: nothing, at any level
+    assert clean.share == 0.0 and clean.lam is None
+
+
+def test_deep_gate_is_the_exact_poisson_tail_and_opens_only_where_no_other_level_does():
+    from scipy import stats
+
+    from clipguard.detect.share import DEEP_ROWS, _excess, _lam_grid
+
+    n = 5_000
+    grid = _lam_grid(n, deep=True)
+    d = len(DEEP_ROWS)
+    assert np.allclose(grid[:d] * n, sorted(DEEP_ROWS)) and np.array_equal(grid[d:], _lam_grid(n))
+    counts = np.zeros((1, len(grid)))
+    counts[0, :d] = 5  # 5 rows beyond each deep level; the bound expects 0.05 ... 1 of them
+    counts[0, d:] = grid[d:] * n + 3  # an excess of 3 above every other level: z <= 2.1 there
+    share, lam, z, low = _excess(counts, np.array([float(n)]), grid, 3.0, 1.0, d)[0]
+    tail = stats.poisson.sf(4, grid[:d] * n)  # P(X >= 5), by hand for each deep level
+    assert lam * n in DEEP_ROWS and tail[list(grid[:d]).index(lam)] <= stats.norm.sf(3.0)
+    assert share == pytest.approx((5 - lam * n) / (n * (1 - lam)))
+    assert z == pytest.approx(stats.norm.isf(tail[tail <= stats.norm.sf(3.0)].min()))
+    # 7 rows beyond every level: at 2/n (2 expected) that is a z of 3.5, so the reading stays there, where it was
+    # without deep levels -- the deep levels' larger lower count (about 6.5 against 2.2) is not looked at
+    counts[0, :] = np.r_[np.full(d, 7.0), grid[d:] * n + 5]
+    with_deep = _excess(counts, np.array([float(n)]), grid, 3.0, 1.0, d)[0]
+    without = _excess(counts[:, d:], np.array([float(n)]), grid[d:], 3.0, 1.0)[0]
+    np.testing.assert_array_equal(with_deep, without)
+    assert with_deep[1] * n == pytest.approx(2.0)
+    # and fewer rows than the exact tail needs: closed
+    counts[0, :] = np.r_[np.full(d, 1.0), grid[d:] * n]
+    assert _excess(counts, np.array([float(n)]), grid, 3.0, 1.0, d)[0, 0] == 0.0
