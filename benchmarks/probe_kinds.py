@@ -156,7 +156,8 @@ def report(a: argparse.Namespace) -> Path:
              "model and epochs as the panel) and probed with " + ", ".join(a.kinds) + "; AUROC against the "
              "ground truth, higher stability = more suspicious (one minus it for blur). `clean ...`: the same "
              "pairs probed by the world's clean model (the control). `fused`: the scan's default without a record.",
-             "", f"Over {len(df)} cells: worst / mean AUROC (for the correlation: its smallest / mean value)", "", "| score | worst | mean | worst cell |",
+             "", f"Over {len(df)} cells: worst / mean AUROC (for the correlation: its smallest / mean value)", "",
+             "| score | worst | mean | worst cell |",
              "|---|---|---|---|"]
     for c in cols:
         lines.append(f"| {c} | {df[c].min():.3f} | {df[c].mean():.3f} | {df.loc[df[c].idxmin(), 'cell']} |")

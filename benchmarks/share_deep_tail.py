@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     lines = ["# The envelope's deep tail on clean data (issue 16)", "",
              f"`python benchmarks/share_deep_tail.py {' '.join(sys.argv[1:])}`: clean synthetic score sets, "
-             "`estimate_share` with its defaults (no bootstrap). `grid`: sets whose estimate is not 0 through the levels "
-             "from 2/n up (as before the deep levels); `deep`: sets opened only by the deep levels; `removed`: the "
-             "most rows `--share auto` removes from one of those.", "",
+             "`estimate_share` with its defaults (no bootstrap). `grid`: sets whose estimate is not 0 through the "
+             "levels from 2/n up (as before the deep levels); `deep`: sets opened only by the deep levels; "
+             "`removed`: the most rows `--share auto` removes from one of those.", "",
              "| family | rising hazard | rows | sets | grid | deep | removed (deep) |", "|---|---|---|---|---|---|---|"]
     for name, (rising, sample) in FAMILIES.items():
         for n, sets in SIZES.items():

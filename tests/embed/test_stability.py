@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from clipguard.data import SkipLog, read_manifest, write_manifest
-from clipguard.embed import BLEND_WEIGHT, NOISE_SD, PerturbedImages, perturb_image, perturbation_stability, read_stability, write_stability
+from clipguard.embed import (BLEND_WEIGHT, NOISE_SD, PerturbedImages, perturb_image, perturbation_stability,
+                             read_stability, write_stability)
 from clipguard.errors import ConfigError
 from clipguard.models import create_model
 
