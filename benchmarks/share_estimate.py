@@ -263,6 +263,7 @@ def summary_lines(rows: list[dict], clean: list[dict] | None, fdr: float) -> lis
     sets = [("learned", learned), (f"learned, AUROC >= {AUROC_HIGH}", learned[learned["auroc"] >= AUROC_HIGH]),
             ("not learned", df[~df["learned"]]), ("all", df)]
     sets += [(f"learned, from {src}", part) for src, part in learned.groupby("source", sort=False)]
+    sets += [(f"learned, world {w}", part) for w, part in learned.groupby("world", sort=True)]
     for label, part in sets:
         if not len(part):
             out.append(f"| {label} | 0 | - | - | - | - |")
