@@ -219,3 +219,5 @@ def test_auto_without_ground_truth_runs_and_records_its_reason(tiny_world, tmp_p
     assert res.rule == "auto" and res.poisoned_recall is None and run["cut"]["reason"] == res.reason
     assert res.n_removed <= 0.005 * len(m) + 1  # one Gaussian cloud: (almost) nothing
     assert ("nothing removed" in res.reason) == (res.share_estimate.share == 0)
+    assert res.share_estimate.share == 0  # measured: this seeded cloud shows no excess
+    assert "kdist_score separates" in res.reason and "--share F or --top N" in res.reason  # how to cut anyway

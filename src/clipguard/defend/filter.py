@@ -160,7 +160,8 @@ def _to_remove(scores: pd.DataFrame, detector: str, share: float | str | None, t
                 f"({est.reason})", est)
     n = precision_cut(values, est, AUTO_MIN_PRECISION)
     why = (f"the largest top cut whose expected precision is >= {AUTO_MIN_PRECISION:g}: {n} of {n_scored} rows"
-           if est.share > 0 else f"no poisoned share found, nothing removed ({n} of {n_scored} rows)")
+           if est.share > 0 else f"no poisoned share found, nothing removed ({n} of {n_scored} rows): the estimate "
+           f"counts only poison that {detector}_score separates from the clean tail; --share F or --top N cut anyway")
     return scores[rank_col] <= n, "auto", f"{why} ({est.reason})", est
 
 
