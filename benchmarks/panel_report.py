@@ -110,7 +110,8 @@ def cell_table(df: pd.DataFrame, default: str = "fisher") -> list[str]:
 
 def fusion_table(df: pd.DataFrame) -> list[str]:
     """Markdown rows: every fusion rule (method), with captions and image-only, worst / mean AUROC over the
-    learned cells in mode auto, and the worst gap to the best image-only single signal of the cell."""
+    learned cells in mode auto, and the worst gap to the best image-only single signal of the cell; and the
+    probe's ``perturbation`` (the default ranking of a scan with a stability record) when the run has it."""
     auto = df[(df["mode"] == "auto") & df["learned"]]
     if auto.empty:
         return ["(no learned cell)"]
@@ -118,7 +119,8 @@ def fusion_table(df: pd.DataFrame) -> list[str]:
     best = auto[auto["detector"].isin(IMAGE_ONLY)].groupby(keys)["auroc"].max().rename("best")
     lines = ["| rule | captions | worst AUROC | mean AUROC | worst AUPRC | worst gap to best image-only signal | "
              "mean gap |", "|---|---|---|---|---|---|---|"]
-    for label in fusion_variants():
+    probed = ["perturbation"] if (auto["detector"] == "perturbation").any() else []  # the default with a record
+    for label in [*fusion_variants(), *probed]:
         sub = auto[auto["detector"] == label].set_index(keys).join(best)
         gap = sub["auroc"] - sub["best"]
         lines.append(f"| {label} | {'yes' if sub['captions'].iloc[0] else 'no'} | {sub['auroc'].min():.4f} | "
