@@ -26,6 +26,7 @@ def test_probe_then_scan_with_the_record(tiny_world, tmp_path):
     r = run_cli("scan", tmp_path / "emb", "--out", tmp_path / "scan", "--record", tmp_path / "probe", "-k", "5")
     assert r.returncode == 0, r.stderr
     assert f"stability: {n} of {n} samples have a record" in r.stdout
+    assert "poisoned share: " in r.stdout and "poison ranked among clean rows is neither in it" in r.stdout
     scores = pd.read_parquet(tmp_path / "scan" / "scores")
     assert scores["perturbation_score"].notna().all()
     run = json.loads((tmp_path / "scan" / "run.json").read_text())

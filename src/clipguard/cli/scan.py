@@ -124,6 +124,8 @@ def _echo_share(res: ScanResult) -> None:
         click.echo(f"poisoned share: not estimated ({est['skipped']})")
         return
     click.echo(f"poisoned share: {est['reason'].split('; ')[0]}")
+    click.echo("  (it counts the poison the scores separate from the clean tail; poison ranked among clean rows is "
+               "neither in it nor in its interval)")
     if curve is not None:
         click.echo(f"trade-off (top rows by {est['detector']}_score; exp. = from the estimate) -> "
                    f"{res.out_dir / 'tradeoff.csv'}")

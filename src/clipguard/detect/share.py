@@ -165,7 +165,8 @@ class ShareEstimate:
         n_rows: rows scored (non-finite scores are left out and counted in ``n_nonfinite``).
         n_estimated: ``round(share * n_rows)``, the rows a cut at the estimate removes.
         lam: the tail level the estimate was read at (None when no excess reached ``z_min``).
-        z: the binomial z of the excess at ``lam`` (the largest over the grid).
+        z: the z of the excess at ``lam`` (the largest over the grid): binomial, or at a deep level
+            (:data:`DEEP_ROWS`) the normal z of its exact Poisson tail.
         null: the fitted null (``family``, ``shape``, ``scale``, ``shift``).
         detector: whose scores (``None`` when given bare scores).
         method: :data:`METHOD`; ``reason``: the estimate in words.
@@ -460,7 +461,8 @@ def estimate_share(scores: Any, *, detector: str | None = None, n_boot: int = 20
         n_boot: bootstrap resamples of the interval (0: no bootstrap; the interval is then
             ``[share_low, share]``, the count beyond the tolerated tail to the point estimate).
         level: nominal coverage of the interval.
-        z_min: the binomial z an excess must reach to count (below it the estimate is 0).
+        z_min: the z an excess must reach to count (below it the estimate is 0): binomial, or the same tail
+            probability under the exact Poisson law at the envelope's deep levels.
         tail_tolerance: how many times heavier than fitted the null's tail may be (the gate and the
             interval's low end count only the rows beyond it); None: :data:`TAIL_TOLERANCE` for the Gamma,
             1.0 for the envelope (already a bound).
